@@ -1,0 +1,7 @@
+"""grounded: text-grounded image work around a complete, fast Segment Anything Model.
+
+`import grounded` loads only torch, numpy and pillow; every heavier library is imported by the
+module that needs it.
+"""
+
+__version__ = "0.1.0"

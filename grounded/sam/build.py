@@ -1,0 +1,348 @@
+"""Building SAM models and loading their weights: official `.pth` checkpoints, MobileSAM's
+`mobile_sam.pt`, safetensors files, grounded's own save folders and Hugging Face `SamModel`
+folders or hub ids. Pickled checkpoints are read with `weights_only=True`, never executed."""
+
+import json
+import os
+import re
+from functools import partial
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+from .config import OFFICIAL_CONFIGS, SamConfig
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .model import Sam
+from .prompt_encoder import PromptEncoder
+from .tiny_vit import TinyViT
+from .transformer import TwoWayTransformer
+
+StateDict = Dict[str, torch.Tensor]
+CONFIG_FILE = "grounded_sam_config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the requested model."""
+
+
+def build_sam(config: SamConfig) -> Sam:
+    """A randomly initialised SAM of the given dimensions, in eval mode."""
+    emb = config.image_embedding_size
+    if config.encoder == "vit":
+        encoder = ImageEncoderViT(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=config.encoder_embed_dim,
+            depth=config.encoder_depth,
+            num_heads=config.encoder_num_heads,
+            mlp_ratio=config.mlp_ratio,
+            out_chans=config.prompt_embed_dim,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=config.window_size,
+            global_attn_indexes=tuple(config.encoder_global_attn_indexes),
+        )
+    elif config.encoder == "tiny_vit":
+        encoder = TinyViT(
+            img_size=config.image_size,
+            num_classes=config.tiny_num_classes,
+            embed_dims=config.tiny_embed_dims,
+            depths=config.tiny_depths,
+            num_heads=config.tiny_num_heads,
+            window_sizes=config.tiny_window_sizes,
+            mlp_ratio=config.mlp_ratio,
+            out_chans=config.prompt_embed_dim,
+        )
+    else:
+        raise ValueError(f"unknown encoder {config.encoder!r}: expected 'vit' or 'tiny_vit'")
+    model = Sam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(emb, emb),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=config.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+        pixel_mean=config.pixel_mean,
+        pixel_std=config.pixel_std,
+    )
+    model.config = config
+    return model.eval()
+
+
+# ---------------------------------------------------------------- reading checkpoints
+
+
+def read_state_dict(path: Union[str, Path]) -> StateDict:
+    """Tensors of a `.pth`/`.pt`/`.bin` (safe unpickling only) or `.safetensors` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError and friends
+        if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err):
+            raise CheckpointError(
+                f"{path} is a pickle that carries code or objects other than tensors; grounded loads "
+                f"checkpoints with weights_only=True and will not execute it. Re-save its state_dict "
+                f"(torch.save(model.state_dict(), ...)) or convert it to safetensors. ({err.__class__.__name__})"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(data, Mapping) and key in data and isinstance(data[key], Mapping):
+            data = data[key]
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return dict(data)
+
+
+def infer_config(state_dict: Mapping[str, torch.Tensor]) -> SamConfig:
+    """Recover the model dimensions from the shapes in a (grounded/official-named) state dict."""
+    sd = state_dict
+    if "image_encoder.patch_embed.proj.weight" not in sd and "image_encoder.patch_embed.seq.0.c.weight" not in sd:
+        raise CheckpointError("not a SAM state dict: no image_encoder.patch_embed weights")
+    decoder_layers = _count(sd, r"mask_decoder\.transformer\.layers\.(\d+)\.")
+    common = dict(
+        prompt_embed_dim=sd["mask_decoder.iou_token.weight"].shape[1],
+        mask_in_chans=sd["prompt_encoder.mask_downscaling.3.weight"].shape[0],
+        decoder_depth=decoder_layers,
+        decoder_mlp_dim=sd["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+        num_multimask_outputs=sd["mask_decoder.mask_tokens.weight"].shape[0] - 1,
+        iou_head_depth=_count(sd, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
+        iou_head_hidden_dim=sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
+    )
+    if "image_encoder.patch_embed.seq.0.c.weight" in sd:
+        stages = _count(sd, r"image_encoder\.layers\.(\d+)\.")
+        dims, depths, heads, windows = [], [], [], []
+        for i in range(stages):
+            depths.append(_count(sd, rf"image_encoder\.layers\.{i}\.blocks\.(\d+)\."))
+            if i == 0:
+                dims.append(sd["image_encoder.layers.0.blocks.0.conv1.c.weight"].shape[1])
+                # The convolutional first stage has no attention: its entries are placeholders.
+                heads.append(SamConfig.tiny_num_heads[0])
+                windows.append(SamConfig.tiny_window_sizes[0])
+            else:
+                bias = sd[f"image_encoder.layers.{i}.blocks.0.attn.attention_biases"]
+                dims.append(sd[f"image_encoder.layers.{i}.blocks.0.attn.proj.weight"].shape[0])
+                heads.append(bias.shape[0])
+                windows.append(int(round(bias.shape[1] ** 0.5)))
+        head = sd.get("image_encoder.head.weight")
+        return SamConfig(
+            encoder="tiny_vit",
+            tiny_embed_dims=tuple(dims), tiny_depths=tuple(depths), tiny_num_heads=tuple(heads),
+            tiny_window_sizes=tuple(windows), tiny_num_classes=0 if head is None else head.shape[0],
+            mlp_ratio=sd["image_encoder.layers.1.blocks.0.mlp.fc1.weight"].shape[0] / dims[1],
+            **common,
+        )
+    patch = sd["image_encoder.patch_embed.proj.weight"]
+    embed_dim, patch_size = patch.shape[0], patch.shape[-1]
+    grid = sd["image_encoder.pos_embed"].shape[1]
+    depth = _count(sd, r"image_encoder\.blocks\.(\d+)\.")
+    head_dim = sd["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+    global_blocks, window = [], 14
+    for i in range(depth):
+        span = (sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] + 1) // 2
+        if span == grid:
+            global_blocks.append(i)
+        else:
+            window = span
+    return SamConfig(
+        encoder="vit", image_size=grid * patch_size, patch_size=patch_size, encoder_embed_dim=embed_dim,
+        encoder_depth=depth, encoder_num_heads=embed_dim // head_dim,
+        encoder_global_attn_indexes=tuple(global_blocks), window_size=window,
+        mlp_ratio=sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0] / embed_dim,
+        **common,
+    )
+
+
+def _count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
+    found = {int(m.group(1)) for k in sd if (m := re.match(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
+def variant_of(config: SamConfig) -> Optional[str]:
+    """The official variant name whose dimensions equal config's, if any."""
+    for name, official in OFFICIAL_CONFIGS.items():
+        if official == config:
+            return name
+    return None
+
+
+def load_state_dict_strict(model: Sam, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Sam:
+    """Load with strict=True, turning a mismatch into an error that says which variant fits."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong_shape:
+        hint = ""
+        try:
+            fits = variant_of(infer_config(state_dict))
+            hint = f" The checkpoint fits the '{fits}' variant." if fits else " Its dimensions match no official variant; use from_pretrained to build from its own shapes."
+        except Exception:
+            pass
+        raise CheckpointError(
+            f"{source} does not fit this model: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(wrong_shape)} with other shapes "
+            f"{[(k, tuple(state_dict[k].shape), tuple(expected[k].shape)) for k in wrong_shape[:3]]}.{hint}"
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+# ---------------------------------------------------------------- the segment_anything-style registry
+
+
+def _build_variant(name: str, checkpoint: Optional[Union[str, Path]] = None) -> Sam:
+    model = build_sam(OFFICIAL_CONFIGS[name])
+    if checkpoint is not None:
+        load_state_dict_strict(model, _official_state_dict(read_state_dict(checkpoint)), str(checkpoint))
+    return model
+
+
+def _official_state_dict(sd: StateDict) -> StateDict:
+    if any(k.startswith("vision_encoder.") for k in sd):
+        from .hf import convert_hf_state_dict
+
+        sd, _ = convert_hf_state_dict(sd)
+    return sd
+
+
+build_sam_vit_h = partial(_build_variant, "vit_h")
+build_sam_vit_l = partial(_build_variant, "vit_l")
+build_sam_vit_b = partial(_build_variant, "vit_b")
+build_sam_vit_t = partial(_build_variant, "vit_t")
+
+sam_model_registry = {
+    "default": build_sam_vit_h,
+    "vit_h": build_sam_vit_h,
+    "vit_l": build_sam_vit_l,
+    "vit_b": build_sam_vit_b,
+    "vit_t": build_sam_vit_t,
+}
+
+
+# ---------------------------------------------------------------- from_pretrained / save_pretrained
+
+
+def save_pretrained(model: Sam, directory: Union[str, Path]) -> Path:
+    """Write `model.safetensors` and its config to a folder that `from_pretrained` reads."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = getattr(model, "config", None) or infer_config(model.state_dict())
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "library": "grounded"})
+    (directory / CONFIG_FILE).write_text(config.to_json())
+    return directory
+
+
+def from_pretrained(
+    name_or_path: Union[str, Path],
+    *,
+    model_type: Optional[str] = None,
+    device: Union[str, torch.device] = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    cache_dir: Optional[Union[str, Path]] = None,
+    revision: Optional[str] = None,
+) -> Sam:
+    """Load a SAM model from any of the places it can live:
+
+    - a known checkpoint name (`mobile_sam`, `sam_vit_h`, ...; see `grounded weights`), fetched into
+      the weights cache and verified by sha256;
+    - a checkpoint file: official `.pth`, `mobile_sam.pt`, `.safetensors`, `.bin`;
+    - a folder saved by `save_pretrained`, or a Hugging Face `SamModel` folder (config.json + weights);
+    - a Hugging Face hub id such as `facebook/sam-vit-base` (read from the local HF cache when
+      HF_HUB_OFFLINE=1).
+
+    model_type ('vit_h', 'vit_l', 'vit_b', 'vit_t') checks the checkpoint is that variant; by default the
+    dimensions come from the checkpoint itself. Raises FileNotFoundError naming every place tried.
+    """
+    tried: List[str] = []
+    state_dict, config = _resolve(str(name_or_path), tried, cache_dir, revision)
+    if state_dict is None:
+        raise FileNotFoundError(
+            f"could not find SAM weights for {str(name_or_path)!r}. Tried:\n  - " + "\n  - ".join(tried)
+        )
+    if config is None:
+        config = infer_config(state_dict)
+    if model_type is not None:
+        if model_type not in OFFICIAL_CONFIGS:
+            raise ValueError(f"unknown model_type {model_type!r}; expected one of {sorted(OFFICIAL_CONFIGS)}")
+        model = build_sam(OFFICIAL_CONFIGS[model_type])
+    else:
+        model = build_sam(config)
+    load_state_dict_strict(model, state_dict, str(name_or_path))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _resolve(
+    name: str, tried: List[str], cache_dir, revision
+) -> Tuple[Optional[StateDict], Optional[SamConfig]]:
+    from .. import weights
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        return _official_state_dict(read_state_dict(path)), None
+    if path.is_dir():
+        return _read_folder(path, tried)
+    tried.append(f"local path {path} (does not exist)")
+
+    if name in weights.KNOWN:
+        try:
+            return _official_state_dict(read_state_dict(weights.fetch(name, cache_dir=cache_dir))), None
+        except FileNotFoundError as err:
+            tried.append(f"known checkpoint {name!r}: {err}")
+            return None, None
+
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        try:
+            folder = snapshot_download(name, revision=revision, cache_dir=cache_dir, local_files_only=offline,
+                                       allow_patterns=["*.json", "*.safetensors", "*.bin"])
+        except Exception as err:
+            where = cache_dir or os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+            tried.append(f"Hugging Face hub id {name!r} ({'offline, ' if offline else ''}cache {where}): "
+                         f"{err.__class__.__name__}: {str(err).splitlines()[0][:200]}")
+            return None, None
+        return _read_folder(Path(folder), tried)
+    else:
+        tried.append(f"{name!r} is not a known checkpoint name ({', '.join(sorted(weights.KNOWN))}) "
+                     f"nor a hub id of the form org/name")
+    return None, None
+
+
+def _read_folder(folder: Path, tried: List[str]) -> Tuple[Optional[StateDict], Optional[SamConfig]]:
+    ours = folder / CONFIG_FILE
+    if ours.is_file():
+        config = SamConfig.from_dict(json.loads(ours.read_text()))
+        return read_state_dict(folder / WEIGHTS_FILE), config
+    hf_config = folder / "config.json"
+    if hf_config.is_file():
+        from .hf import load_hf_folder
+
+        return load_hf_folder(folder)
+    tried.append(f"folder {folder}: has neither {CONFIG_FILE} nor a Hugging Face config.json")
+    return None, None

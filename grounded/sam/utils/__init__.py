@@ -1,0 +1,1 @@
+"""Helpers with the same import paths as `segment_anything.utils` (transforms, amg)."""
