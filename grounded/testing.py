@@ -12,14 +12,14 @@ def tiny_sam_config(encoder: str = "vit", image_size: int = 128) -> SamConfig:
         return SamConfig(
             encoder="vit", image_size=image_size, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
             encoder_global_attn_indexes=(1,), window_size=3, prompt_embed_dim=32, mask_in_chans=8,
-            decoder_depth=2, decoder_num_heads=2, decoder_mlp_dim=64, iou_head_hidden_dim=32,
+            decoder_depth=2, decoder_num_heads=8, decoder_mlp_dim=64, iou_head_hidden_dim=32,
         )
     if encoder == "tiny_vit":
         # TinyViT is tied to 1024-pixel inputs, and MobileSAM picks the last merge stride by width (320).
         return SamConfig(
             encoder="tiny_vit", image_size=1024, tiny_embed_dims=(16, 24, 32, 320), tiny_depths=(1, 1, 1, 1),
-            tiny_num_heads=(1, 2, 2, 4), tiny_window_sizes=(7, 7, 14, 7), tiny_num_classes=10,
-            prompt_embed_dim=32, mask_in_chans=8, decoder_depth=2, decoder_num_heads=2, decoder_mlp_dim=64,
+            tiny_num_heads=(2, 2, 2, 4), tiny_window_sizes=(7, 7, 14, 7), tiny_num_classes=10,
+            prompt_embed_dim=32, mask_in_chans=8, decoder_depth=2, decoder_num_heads=8, decoder_mlp_dim=64,
             iou_head_hidden_dim=32,
         )
     raise ValueError(f"unknown encoder {encoder!r}")

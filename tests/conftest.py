@@ -15,3 +15,19 @@ def mobile_sam_checkpoint():
     from grounded import weights
 
     return weights.locate("mobile_sam") or weights.fetch("mobile_sam")
+
+
+@pytest.fixture(scope="session")
+def stardist_nuclei():
+    """The real 512x512 fluorescence image (as RGB uint8, mapped by its 1st/99.8th percentiles) and
+    its instance labels (125 nuclei), from the sha256-verified cache."""
+    import numpy as np
+    import tifffile
+
+    from grounded import weights
+    from grounded.io.image import percentile_to_uint8
+
+    image = tifffile.imread(weights.fetch("stardist_nuclei_image"))
+    labels = tifffile.imread(weights.fetch("stardist_nuclei_labels"))
+    gray = percentile_to_uint8(image, 1, 99.8)
+    return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2)), labels

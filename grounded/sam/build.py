@@ -116,7 +116,10 @@ def read_state_dict(path: Union[str, Path]) -> StateDict:
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> SamConfig:
-    """Recover the model dimensions from the shapes in a (grounded/official-named) state dict."""
+    """Recover the model dimensions from the shapes in a (grounded/official-named) state dict.
+
+    Everything is recoverable except the decoder's head count, which leaves no trace in the weights:
+    it is taken as 8, the value of every official model (`save_pretrained` records it)."""
     sd = state_dict
     if "image_encoder.patch_embed.proj.weight" not in sd and "image_encoder.patch_embed.seq.0.c.weight" not in sd:
         raise CheckpointError("not a SAM state dict: no image_encoder.patch_embed weights")
@@ -220,9 +223,9 @@ def _build_variant(name: str, checkpoint: Optional[Union[str, Path]] = None) -> 
 
 
 def _official_state_dict(sd: StateDict) -> StateDict:
-    if any(k.startswith("vision_encoder.") for k in sd):
-        from .hf import convert_hf_state_dict
+    from .hf import convert_hf_state_dict, is_hf_state_dict
 
+    if is_hf_state_dict(sd):
         sd, _ = convert_hf_state_dict(sd)
     return sd
 
@@ -308,7 +311,7 @@ def _resolve(
         return _read_folder(path, tried)
     tried.append(f"local path {path} (does not exist)")
 
-    if name in weights.KNOWN:
+    if name in weights.CHECKPOINTS and weights.CHECKPOINTS[name].model_type:
         try:
             return _official_state_dict(read_state_dict(weights.fetch(name, cache_dir=cache_dir))), None
         except FileNotFoundError as err:
@@ -319,6 +322,8 @@ def _resolve(
         from huggingface_hub import snapshot_download
 
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        # huggingface_hub reads HF_HUB_CACHE once at import; honour a later setting too.
+        cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE")
         try:
             folder = snapshot_download(name, revision=revision, cache_dir=cache_dir, local_files_only=offline,
                                        allow_patterns=["*.json", "*.safetensors", "*.bin"])
@@ -329,7 +334,8 @@ def _resolve(
             return None, None
         return _read_folder(Path(folder), tried)
     else:
-        tried.append(f"{name!r} is not a known checkpoint name ({', '.join(sorted(weights.KNOWN))}) "
+        tried.append(f"{name!r} is not a known checkpoint name "
+                     f"({', '.join(sorted(n for n, c in weights.CHECKPOINTS.items() if c.model_type))}) "
                      f"nor a hub id of the form org/name")
     return None, None
 

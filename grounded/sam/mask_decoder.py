@@ -79,13 +79,23 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        if torch.is_autocast_enabled(src.device.type) and self.iou_token.weight.dtype == torch.float32:
+            # The mask logits are per-pixel dot products whose sign is the mask: under autocast they
+            # are computed in fp32, since bf16 flips pixels near the threshold.
+            with torch.autocast(device_type=src.device.type, enabled=False):
+                masks = self._mask_logits(src.float(), mask_tokens_out.float())
+        else:
+            masks = self._mask_logits(src, mask_tokens_out)
+        return masks, self.iou_prediction_head(iou_token_out)
+
+    def _mask_logits(self, src: torch.Tensor, mask_tokens_out: torch.Tensor) -> torch.Tensor:
+        upscaled = self.output_upscaling(src)
         hyper_in: List[torch.Tensor] = [
             mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)
         ]
         b, c, h, w = upscaled.shape
-        masks = (torch.stack(hyper_in, dim=1) @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        return (torch.stack(hyper_in, dim=1) @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
 
 
 class MLP(nn.Module):

@@ -65,7 +65,8 @@ class SamPredictor:
             )
         self.reset_image()
         with self._precision():
-            features = self.model.image_encoder(self.model.preprocess(transformed_image.to(self.device)))
+            pixels = self.model.preprocess(transformed_image.to(self.device)).to(self.model.dtype)
+            features = self.model.image_encoder(pixels)
         self._use(ImageState(features.float(), tuple(int(s) for s in original_image_size), tuple(transformed_image.shape[-2:])))
 
     def set_images(self, images: Sequence, image_format: str = "RGB", batch_size: int = 4) -> None:
@@ -94,7 +95,7 @@ class SamPredictor:
             inputs.append(self.model.preprocess(tensor.float()))
             sizes.append((image.shape[:2], resized.shape[:2]))
         with self._precision():
-            features = self.model.image_encoder(torch.stack(inputs)).float()
+            features = self.model.image_encoder(torch.stack(inputs).to(self.model.dtype)).float()
         return [ImageState(f[None], tuple(o), tuple(i)) for f, (o, i) in zip(features, sizes)]
 
     def _prepare_image(self, image, image_format: str) -> np.ndarray:
@@ -223,7 +224,7 @@ class SamPredictor:
         with self._precision():
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             low_res, iou = self.model.mask_decoder(
-                image_embeddings=self.features,
+                image_embeddings=self.features.to(self.model.dtype),
                 image_pe=self.model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
@@ -269,7 +270,7 @@ class SamPredictor:
             if m.ndim != 4 or m.shape[1] != 1 or m.shape[2:] != want:
                 raise PromptError(f"mask_input must be 1x{want[0]}x{want[1]} low-res logits (a previous low_res output), got shape {m.shape[1:]}")
             sizes["mask_input"] = m.shape[0]
-            mask_t = torch.as_tensor(m, device=self.device)
+            mask_t = torch.as_tensor(m, device=self.device, dtype=self.model.dtype)
         if len(set(sizes.values())) > 1:
             raise PromptError(f"prompt counts differ: {sizes}")
         return coords_t, labels_t, boxes_t, mask_t

@@ -40,14 +40,14 @@ class PromptEncoder(nn.Module):
 
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image-embedding grid: 1 x C x H x W."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0).to(self.no_mask_embed.weight.dtype)
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # centre of the pixel
         if pad:  # a "not a point" token stands in for the absent box
             points = torch.cat([points, points.new_zeros((points.shape[0], 1, 2))], dim=1)
             labels = torch.cat([labels, -labels.new_ones((labels.shape[0], 1))], dim=1)
-        emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
+        emb = self.pe_layer.forward_with_coords(points, self.input_image_size).to(self.not_a_point_embed.weight.dtype)
         is_pad = (labels == -1).unsqueeze(-1)
         emb = torch.where(is_pad, self.not_a_point_embed.weight.to(emb.dtype), emb)
         emb = emb + (labels == 0).unsqueeze(-1) * self.point_embeddings[0].weight
@@ -57,6 +57,7 @@ class PromptEncoder(nn.Module):
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         boxes = boxes + 0.5
         corners = self.pe_layer.forward_with_coords(boxes.reshape(-1, 2, 2), self.input_image_size)
+        corners = corners.to(self.point_embeddings[2].weight.dtype)
         corner_embed = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
         return corners + corner_embed
 
@@ -83,7 +84,8 @@ class PromptEncoder(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns sparse embeddings B x N x C and dense embeddings B x C x H x W."""
         bs = self._get_batch_size(points, boxes, masks)
-        sparse = [torch.empty((bs, 0, self.embed_dim), device=self._get_device())]
+        weight = self.point_embeddings[0].weight
+        sparse = [torch.empty((bs, 0, self.embed_dim), device=weight.device, dtype=weight.dtype)]
         if points is not None:
             coords, labels = points
             sparse.append(self._embed_points(coords, labels, pad=boxes is None))
