@@ -1,0 +1,125 @@
+"""SAM speed against the reference implementations, on the same weights, in one run.
+
+    bin/python bench/bench_sam.py [--only encoder_vit_b,encoder_vit_t,decoder] [--repeats N]
+
+Prints one line per case with both timings and the ratio reference/grounded (above 1: grounded is
+faster). ViT-B uses random weights (no official ViT-B checkpoint exists offline here; speed does not
+depend on the values); MobileSAM uses the real `mobile_sam.pt`.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+warnings.filterwarnings("ignore", category=FutureWarning)  # timm deprecations inside mobile_sam
+warnings.filterwarnings("ignore", message="Overwriting tiny_vit")
+
+
+def timed(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def report(name, ref_s, ours_s, extra=""):
+    print(f"{name:<44} reference {ref_s:8.3f} s   grounded {ours_s:8.3f} s   ratio {ref_s / ours_s:5.2f}x {extra}", flush=True)
+
+
+def bench_encoder_vit_b(args):
+    from grounded.sam.config import OFFICIAL_CONFIGS
+    from grounded.sam.build import build_sam
+    from grounded.testing import randomize_
+    from reference import reference_sam
+
+    ours = randomize_(build_sam(OFFICIAL_CONFIGS["vit_b"]), seed=0, std=0.02)
+    ref = reference_sam(ours.config, ours.state_dict())
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.no_grad():
+        a, b = ours.image_encoder(x), ref.image_encoder(x)
+        err = ((a - b).norm() / b.norm()).item()
+        t_ref = timed(lambda: ref.image_encoder(x), args.repeats, warmup=0)
+        t_ours = timed(lambda: ours.image_encoder(x), args.repeats, warmup=0)
+    report("ViT-B image encoder, 1x3x1024x1024, fp32", t_ref, t_ours, f"(embedding rel. error {err:.1e})")
+
+
+def _mobile_sam_pair():
+    import mobile_sam
+
+    from grounded import weights
+    from grounded.sam import from_pretrained
+
+    path = weights.fetch("mobile_sam")
+    return from_pretrained(path), mobile_sam.sam_model_registry["vit_t"](checkpoint=str(path)).eval()
+
+
+def bench_encoder_vit_t(args):
+    ours, ref = _mobile_sam_pair()
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.no_grad():
+        t_ref = timed(lambda: ref.image_encoder(x), args.repeats)
+        t_ours = timed(lambda: ours.image_encoder(x), args.repeats)
+    report("MobileSAM image encoder, 1x3x1024x1024", t_ref, t_ours)
+
+
+def bench_decoder(args):
+    from mobile_sam import SamPredictor as RefPredictor
+
+    from grounded.sam import SamPredictor
+
+    ours, ref = _mobile_sam_pair()
+    image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
+        Path(__file__).resolve().parents[1] / "samples" / "astronaut.jpg").convert("RGB"))
+    p_ours, p_ref = SamPredictor(ours), RefPredictor(ref)
+    p_ours.set_image(image)
+    p_ref.set_image(image)
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 400, (64, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(20, 110, (64, 2))], axis=1)
+
+    def ref_loop():
+        for box in boxes:
+            p_ref.predict(box=box, multimask_output=True)
+
+    def ref_batched():
+        with torch.no_grad():
+            tb = p_ref.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), image.shape[:2])
+            p_ref.predict_torch(None, None, boxes=tb, multimask_output=True)
+
+    t_loop = timed(ref_loop, args.repeats)
+    t_batched = timed(ref_batched, args.repeats)
+    t_ours = timed(lambda: p_ours.predict_many(boxes=boxes, multimask_output=True), args.repeats)
+    report("decoder, 64 boxes: reference loop of predict", t_loop, t_ours)
+    report("decoder, 64 boxes: reference predict_torch", t_batched, t_ours)
+
+
+CASES = {"encoder_vit_b": bench_encoder_vit_b, "encoder_vit_t": bench_encoder_vit_t, "decoder": bench_decoder}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases: " + ", ".join(CASES))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    for name in args.only.split(","):
+        CASES[name](args)
+
+
+if __name__ == "__main__":
+    main()

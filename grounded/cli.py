@@ -1,0 +1,30 @@
+"""The `grounded` command."""
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="grounded", description="Text-grounded image work around a complete, fast Segment Anything Model."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from . import weights
+    from .commands import segment
+
+    segment.add_cli(sub)
+    weights.add_cli(sub)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        # Errors the library raises on purpose carry a message meant for the user.
+        print(f"grounded {args.command}: error: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,1 @@
+"""Subcommands of the `grounded` command line, one module each."""
