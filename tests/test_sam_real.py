@@ -79,3 +79,37 @@ def test_stardist_nuclei_single_point_miou_matches_reference(mobile_sam_pair, st
     assert abs(ours_top - ref_top) < 1e-3
     assert abs(ours_oracle - ref_oracle) < 1e-3
     assert ours_oracle > 0.5  # a real model on real data, not noise
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_batched_decoder_fast_path_matches_reference_on_real_weights(mobile_sam_pair, stardist_nuclei, multimask):
+    """The regrouped decoder (shared image tokens without mask prompts; per-prompt tokens with them)
+    against MobileSAM's predict_torch on the real weights: boxes, points+box, and mask prompts."""
+    from mobile_sam import SamPredictor as RefPredictor
+
+    ours, ref = mobile_sam_pair
+    image = stardist_nuclei[0][:384, :320]
+    p_ours, p_ref = SamPredictor(ours), RefPredictor(ref)
+    p_ours.set_image(image)
+    p_ref.set_image(image)
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 250, (10, 2))
+    boxes = torch.as_tensor(np.concatenate([xy, xy + rng.uniform(10, 60, (10, 2))], axis=1), dtype=torch.float)
+    points = torch.as_tensor(xy + 5, dtype=torch.float)[:, None, :]
+    labels = torch.ones(10, 1, dtype=torch.int)
+    tb = p_ref.transform.apply_boxes_torch(boxes, image.shape[:2])
+    tp = p_ref.transform.apply_coords_torch(points, image.shape[:2])
+    cases = [dict(boxes=tb), dict(point_coords=tp, point_labels=labels, boxes=tb)]
+    with torch.no_grad():
+        for case in cases:
+            case = dict(dict(point_coords=None, point_labels=None), **case)
+            a = p_ours.predict_torch(**case, multimask_output=multimask, return_logits=True)
+            b = p_ref.predict_torch(**case, multimask_output=multimask, return_logits=True)
+            for x, y in zip(a, b):
+                assert ((x - y).norm() / y.norm()).item() < 1e-5
+            # the previous low-res logits as mask prompts: a different dense embedding per prompt
+            masked = dict(case, mask_input=b[2][:, :1])
+            a = p_ours.predict_torch(**masked, multimask_output=multimask, return_logits=True)
+            b = p_ref.predict_torch(**masked, multimask_output=multimask, return_logits=True)
+            for x, y in zip(a, b):
+                assert ((x - y).norm() / y.norm()).item() < 1e-5
