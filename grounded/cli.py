@@ -11,9 +11,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from . import weights
-    from .commands import segment
+    from .commands import run, segment
 
     segment.add_cli(sub)
+    run.add_cli(sub)
     weights.add_cli(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..io.image import load_image
-    from ..io.masks import overlay, write_masks
+    from ..io.masks import write_masks
+    from ..io.overlay import overlay
     from ..sam import SamPredictor, from_pretrained
 
     points = [_numbers(p, (2, 3), "--point") for p in args.point]

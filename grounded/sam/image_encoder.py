@@ -13,6 +13,10 @@ from .common import LayerNorm2d, MLPBlock
 
 # Elements of relative-position bias built at once (64M floats = 256 MB in fp32).
 _BIAS_BUDGET_ELEMENTS = 64 * 1024 * 1024
+# On the CPU, global attention over at least this many tokens runs query-blocked (see below), with
+# this many logits per step: a block stays in the last-level cache while bias and softmax run over it.
+_BLOCKED_MIN_TOKENS = 1024
+_BLOCK_LOGITS = 12 * 1024 * 1024
 
 
 class ImageEncoderViT(nn.Module):
@@ -168,6 +172,8 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         if not self.use_rel_pos:
             x = F.scaled_dot_product_attention(q, k, v)
+        elif q.device.type == "cpu" and H * W >= _BLOCKED_MIN_TOKENS and not torch.is_grad_enabled():
+            x = rel_pos_attention_blocked(q, k, v, self.rel_pos_h, self.rel_pos_w, (H, W))
         else:
             # The bias is as large as the attention map (HW x HW per head): build it a few heads
             # at a time so global attention at 64x64 tokens stays within a bounded transient.
@@ -244,6 +250,34 @@ def decomposed_rel_pos_bias(
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)
     bias = rel_h[..., :, None] + rel_w[..., None, :]  # B x nH x q_h x q_w x k_h x k_w
     return bias.reshape(B, nH, q_h * q_w, k_h * k_w)
+
+
+def rel_pos_attention_blocked(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+    size: Tuple[int, int],
+) -> torch.Tensor:
+    """Attention with decomposed relative positions, a few query rows at a time (q, k, v:
+    B x nHead x HW x C). On a CPU the full bias is as large as the attention map and its traffic
+    dominates; per block the logits, their bias and the softmax stay in cache. Same result as SDPA
+    with the bias as mask, up to float rounding."""
+    H, W = size
+    B, nH, L, C = q.shape
+    Rh = get_rel_pos(H, H, rel_pos_h).to(q.dtype)
+    Rw = get_rel_pos(W, W, rel_pos_w).to(q.dtype)
+    r_q = q.reshape(B, nH, H, W, C)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh)  # B x nH x H x W x H(keys)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)  # B x nH x H x W x W(keys)
+    out = torch.empty_like(q)
+    k_t = k.transpose(-1, -2)
+    scale = C**-0.5
+    rows = max(1, _BLOCK_LOGITS // (B * nH * W * L))
+    for r0 in range(0, H, rows):
+        r1 = min(H, r0 + rows)
+        logits = torch.matmul(q[:, :, r0 * W : r1 * W], k_t).mul_(scale)  # B x nH x (rows*W) x HW
+        view = logits.view(B, nH, r1 - r0, W, H, W)
+        view.add_(rel_h[:, :, r0:r1, :, :, None]).add_(rel_w[:, :, r0:r1, :, None, :])
+        out[:, :, r0 * W : r1 * W] = torch.matmul(torch.softmax(logits, dim=-1), v)
+    return out
 
 
 class PatchEmbed(nn.Module):

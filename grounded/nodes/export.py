@@ -1,0 +1,197 @@
+"""Writer nodes: the end of a pipeline that runs over data. Each writes its files for an item
+atomically, named by the item's id, and records them in `sample.outputs` (hence the run's
+manifest). Writing the same item again (a resumed run redoing an unfinished item) replaces its
+files, so nothing is ever duplicated.
+
+`write_coco` also keeps one COCO file for the whole run: at the end of every run (and resume) it
+is assembled from the per-item files of the items the journal lists as finished, so it holds
+each finished image exactly once, whatever happened before.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from ..io.results import atomic_save_image, atomic_write_json
+from ..pipeline.node import Node, Param
+from ..types import Detections, Sample
+
+
+def _item_path(folder: Path, image_id: str, suffix: str) -> Path:
+    return folder / f"{image_id}{suffix}"
+
+
+def _require_id(node: Node, sample: Sample) -> str:
+    if not sample.image_id:
+        raise ValueError(f"{node.id} names its files by image_id, and this item has none")
+    return sample.image_id
+
+
+class WriteCoco(Node):
+    """COCO JSON with RLE masks: one file per item, and one for the run assembled from them."""
+
+    name = "write_coco"
+    reads = {"image": np.ndarray, "detections": Detections}
+    writes: Dict[str, Any] = {}
+    params = {
+        "file": Param("coco.json", str, "the run's COCO file, in the output folder"),
+        "items_dir": Param("coco", str, "folder of the per-item JSON files the run's file is assembled from"),
+        "categories": Param(None, list, "category names for ids 1, 2, ... (default: the detections' labels, sorted, "
+                                        "else one category 'object')"),
+    }
+
+    def setup(self, ctx) -> None:
+        self.out = ctx.require_out_dir(self)
+
+    def process(self, sample: Sample) -> None:
+        image_id = _require_id(self, sample)
+        dets = sample.detections
+        height, width = sample.image_size
+        annotations = dets.to_coco(image_id=0, start_id=1)
+        for ann, i in zip(annotations, range(len(dets))):
+            if dets.class_id is not None:
+                ann["class_id"] = int(dets.class_id[i])
+        doc = {"image": {"file_name": sample.image_path or image_id, "height": height, "width": width, "item_id": image_id},
+               "annotations": annotations}
+        path = _item_path(self.out / self.items_dir, image_id, ".json")
+        atomic_write_json(path, doc)
+        sample.outputs[self.id] = path.relative_to(self.out).as_posix()
+
+    def finish(self, ctx) -> None:
+        docs = []
+        for row in ctx.finished():
+            rel = row.get("outputs", {}).get(self.id)
+            if rel is None:
+                continue
+            try:
+                docs.append(json.loads((self.out / rel).read_text()))
+            except (OSError, ValueError) as err:
+                ctx.log(f"{self.id}: left {row['source']} out of {self.file}: cannot read {rel} ({err})")
+        categories, category_of = self._categories(docs)
+        images, annotations = [], []
+        for image_number, doc in enumerate(docs, start=1):
+            images.append({"id": image_number, **doc["image"]})
+            for ann in doc["annotations"]:
+                ann = dict(ann, id=len(annotations) + 1, image_id=image_number, category_id=category_of(ann))
+                annotations.append(ann)
+        coco = {"info": {"description": "written by grounded (write_coco)", "images": len(images)},
+                "images": images, "annotations": annotations, "categories": categories}
+        atomic_write_json(self.out / self.file, coco)
+        ctx.log(f"{self.id}: {len(annotations)} annotations on {len(images)} images -> {self.out / self.file}")
+
+    def _categories(self, docs: List[Dict[str, Any]]):
+        anns = [a for d in docs for a in d["annotations"]]
+        names = list(self.categories) if self.categories else None
+        if names is None:
+            labels = sorted({a["label"] for a in anns if "label" in a})
+            class_ids = sorted({a["class_id"] for a in anns if "class_id" in a and "label" not in a})
+            if labels:
+                names = labels + (["object"] if any("label" not in a for a in anns) else [])
+            elif class_ids:
+                cats = [{"id": c + 1, "name": f"class_{c}"} for c in class_ids]
+                return cats, lambda a: a["class_id"] + 1 if "class_id" in a else 1
+            else:
+                names = ["object"]
+        ids = {n: i + 1 for i, n in enumerate(names)}
+
+        def category_of(ann):
+            if "label" in ann:
+                if ann["label"] not in ids:  # a label the given list lacks gets the next id
+                    ids[ann["label"]] = len(ids) + 1
+                    names.append(ann["label"])
+                return ids[ann["label"]]
+            if "class_id" in ann and self.categories:
+                return ann["class_id"] + 1
+            return ids.get("object", 1)
+
+        # Resolve every annotation first, so labels added on the way are in the category list.
+        for ann in anns:
+            category_of(ann)
+        return [{"id": i, "name": n} for n, i in ids.items()], category_of
+
+
+class WriteOverlays(Node):
+    """PNG of each image with its masks (and boxes) drawn over it."""
+
+    name = "write_overlays"
+    reads = {"image": np.ndarray, "detections": Detections}
+    writes: Dict[str, Any] = {}
+    params = {
+        "dir": Param("overlays", str, "folder in the output folder"),
+        "alpha": Param(0.45, float, "opacity of the mask fill"),
+        "boxes": Param(None, bool, "draw boxes (default: only when there are no masks)"),
+        "labels": Param(True, bool, "write each detection's label by its box, when boxes are drawn"),
+    }
+
+    def setup(self, ctx) -> None:
+        self.out = ctx.require_out_dir(self)
+
+    def process(self, sample: Sample) -> None:
+        from ..io.overlay import instance_colors, overlay
+
+        image_id = _require_id(self, sample)
+        dets = sample.detections
+        colors = instance_colors(len(dets))
+        picture = overlay(sample.image, dets.rles, alpha=self.alpha, colors=colors) if dets.has_masks else sample.image.copy()
+        draw_boxes = self.boxes if self.boxes is not None else not dets.has_masks
+        if draw_boxes and len(dets):
+            picture = _draw_boxes(picture, dets, colors, self.labels)
+        path = atomic_save_image(_item_path(self.out / self.dir, image_id, ".png"), picture)
+        sample.outputs[self.id] = path.relative_to(self.out).as_posix()
+
+
+def _draw_boxes(picture: np.ndarray, dets: Detections, colors: np.ndarray, labels: bool) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(picture)
+    draw = ImageDraw.Draw(img)
+    width = max(1, round(max(img.size) / 400))
+    for i, (x0, y0, x1, y1) in enumerate(dets.xyxy.tolist()):
+        color = tuple(int(c) for c in colors[i])
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=width)
+        if labels and (dets.labels is not None or dets.scores is not None):
+            text = " ".join(t for t in (dets.labels[i] if dets.labels is not None else "",
+                                        f"{dets.scores[i]:.2f}" if dets.scores is not None else "") if t)
+            draw.text((x0 + 2, y0 + 1), text, fill=color)
+    return np.asarray(img)
+
+
+class WriteMasks(Node):
+    """PNG masks per item: a label map (0 background, i + 1 for detection i), or one 0/255 PNG per mask."""
+
+    name = "write_masks"
+    reads = {"image": np.ndarray, "detections": Detections}
+    writes: Dict[str, Any] = {}
+    params = {
+        "dir": Param("masks", str, "folder in the output folder"),
+        "style": Param("label", str, "label: ID.png, one label map per image (8-bit up to 255 masks, else 16-bit); "
+                                     "binary: ID/0000.png ... one per mask", choices=("label", "binary")),
+    }
+
+    def setup(self, ctx) -> None:
+        self.out = ctx.require_out_dir(self)
+
+    def process(self, sample: Sample) -> None:
+        from ..io.masks import label_map
+
+        image_id = _require_id(self, sample)
+        dets = sample.detections
+        if not dets.has_masks:
+            raise ValueError(f"{self.id} needs masks, and these detections have only boxes (add segment_boxes before it)")
+        folder = self.out / self.dir
+        if self.style == "label":
+            path = atomic_save_image(_item_path(folder, image_id, ".png"), label_map(dets.rles, sample.image_size))
+            sample.outputs[self.id] = path.relative_to(self.out).as_posix()
+            return
+        item_folder = folder / image_id
+        if item_folder.exists():  # an unfinished earlier attempt: start the item's folder afresh
+            shutil.rmtree(item_folder)
+        for i in range(len(dets)):
+            atomic_save_image(item_folder / f"{i:04d}.png", dets.mask_of(i).astype(np.uint8) * 255)
+        item_folder.mkdir(parents=True, exist_ok=True)
+        sample.outputs[self.id] = item_folder.relative_to(self.out).as_posix() + "/"

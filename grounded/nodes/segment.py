@@ -1,0 +1,188 @@
+"""SAM nodes: automatic masks, masks from boxes, masks from points.
+
+Each names its model (a known checkpoint name, a file, a folder or a Hugging Face hub id), a
+device and a dtype; the run's `ModelCache` loads it once for every node that names it, and the
+nodes share one `SamPredictor` per model, so one image is encoded once however many nodes prompt
+it. Images of a batch go through the image encoder together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from ..pipeline.models import DTYPE_CHOICES
+from ..pipeline.node import Node, Param
+from ..types import Detections, Sample
+
+MODEL_PARAMS = {
+    "model": Param("mobile_sam", str, "SAM checkpoint: known name (see `grounded weights`), file, folder or hub id"),
+    "device": Param("auto", str, "cpu, cuda, cuda:1, ... or auto (a GPU when there is one)", fingerprint=False),
+    "dtype": Param("fp32", str, "precision: bf16/fp16 run under autocast (mask logits stay fp32)", choices=DTYPE_CHOICES),
+}
+
+
+class _SamNode(Node):
+    """Shared setup: the model's predictor from the run's model cache."""
+
+    def setup(self, ctx) -> None:
+        self.predictor = ctx.models.sam_predictor(self.model, self.device, self.dtype)
+
+    def close(self) -> None:
+        self.predictor = None
+
+    def _encode(self, images: List[np.ndarray], extra_cache: int = 0) -> None:
+        """Encode the batch's images in one encoder batch; the predictor's cache (keyed by pixels)
+        hands each embedding back when the image is set later."""
+        if not images:
+            return
+        self.predictor.cache_size = max(self.predictor.cache_size, len(images) + extra_cache)
+        self.predictor.set_images(images, batch_size=len(images))
+
+
+class SegmentAuto(_SamNode):
+    """Automatic masks for everything in the image (SAM over a point grid) -> detections with masks."""
+
+    name = "segment_auto"
+    reads = {"image": np.ndarray}
+    writes = {"detections": Detections}
+    params = {
+        **MODEL_PARAMS,
+        "points_per_side": Param(32, int, "prompt grid: points along each side"),
+        "points_per_batch": Param(64, int, "prompts per decoder call"),
+        "pred_iou_thresh": Param(0.88, float, "keep masks whose predicted IoU is at least this"),
+        "stability_score_thresh": Param(0.95, float, "keep masks at least this stable under threshold changes"),
+        "stability_score_offset": Param(1.0, float, "logit offset for the stability score"),
+        "box_nms_thresh": Param(0.7, float, "box IoU above which duplicate masks are removed"),
+        "crop_n_layers": Param(0, int, "extra passes over overlapping crops (finds small objects)"),
+        "crop_nms_thresh": Param(0.7, float, "box IoU for duplicates between crops"),
+        "crop_overlap_ratio": Param(512 / 1500, float, "overlap of neighbouring crops"),
+        "crop_n_points_downscale_factor": Param(1, int, "fewer points per side in deeper crop layers"),
+        "min_mask_region_area": Param(0, int, "fill holes and remove islands smaller than this (pixels)"),
+    }
+
+    def setup(self, ctx) -> None:
+        from ..sam.automatic import SamAutomaticMaskGenerator
+
+        super().setup(ctx)
+        self.generator = SamAutomaticMaskGenerator(
+            self.predictor.model, points_per_side=self.points_per_side, points_per_batch=self.points_per_batch,
+            pred_iou_thresh=self.pred_iou_thresh, stability_score_thresh=self.stability_score_thresh,
+            stability_score_offset=self.stability_score_offset, box_nms_thresh=self.box_nms_thresh,
+            crop_n_layers=self.crop_n_layers, crop_nms_thresh=self.crop_nms_thresh,
+            crop_overlap_ratio=self.crop_overlap_ratio,
+            crop_n_points_downscale_factor=self.crop_n_points_downscale_factor,
+            min_mask_region_area=self.min_mask_region_area, output_mode="coco_rle",
+        )
+        # The generator prompts through the shared predictor, whose cache the batch fills below.
+        self._crops = self.generator.predictor.cache_size
+        self.generator.predictor = self.predictor
+
+    def close(self) -> None:
+        super().close()
+        self.generator = None
+
+    def process_batch(self, samples: List[Sample]) -> List[Sample]:
+        # The first crop of every image is the whole image: encoding the batch up front means the
+        # generator finds each embedding in the cache.
+        self._encode([s.image for s in samples], extra_cache=self._crops)
+        for sample in samples:
+            records = self.generator.generate(sample.image)
+            sample.detections = Detections.from_sam_records(records, image_size=sample.image_size)
+        return samples
+
+
+class SegmentBoxes(_SamNode):
+    """Masks for the detections' boxes (all boxes of an image in one decoder call) -> detections with masks."""
+
+    name = "segment_boxes"
+    reads = {"image": np.ndarray, "detections": Detections}
+    writes = {"detections": Detections}
+    params = {
+        **MODEL_PARAMS,
+        "multimask": Param(False, bool, "predict 3 masks per box and keep the best-scoring (else SAM's single mask)"),
+    }
+
+    def process_batch(self, samples: List[Sample]) -> List[Sample]:
+        with_boxes = [s for s in samples if len(s.detections)]
+        self._encode([s.image for s in with_boxes])
+        for sample in samples:
+            dets = sample.detections
+            if not len(dets):
+                sample.detections = dets.replace(rles=[], image_size=sample.image_size)
+                continue
+            height, width = sample.image_size
+            # Detectors may put a box corner a little outside the image; SAM needs it inside.
+            boxes = np.clip(dets.xyxy, 0, [width, height, width, height])
+            self.predictor.set_image(sample.image)
+            masks, scores, _ = self.predictor.predict_many(boxes=boxes, multimask_output=self.multimask)
+            best = scores.argmax(axis=1)
+            rows = np.arange(len(best))
+            data = dict(dets.data, mask_score=scores[rows, best].astype(np.float32))
+            sample.detections = dets.replace(mask=masks[rows, best], data=data)
+        return samples
+
+
+class SegmentPoints(_SamNode):
+    """Masks from point prompts (the `points` parameter, else the sample's points field) -> detections."""
+
+    name = "segment_points"
+    reads = {"image": np.ndarray, "points": list}
+    writes = {"detections": Detections}
+    params = {
+        **MODEL_PARAMS,
+        "points": Param(None, list, "prompts in pixels: [[x, y], ...] one point each, or [[[x, y, label], ...], ...] "
+                                    "several points per prompt (label 1 foreground, 0 background)"),
+        "multimask": Param(True, bool, "predict 3 masks per prompt and keep the best-scoring (a single point is ambiguous)"),
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.points is not None:
+            self.reads = {"image": np.ndarray}  # the prompts come with the node, not the sample
+            self._prompts = prompts_from(self.points)
+
+    def process_batch(self, samples: List[Sample]) -> List[Sample]:
+        self._encode([s.image for s in samples])
+        for sample in samples:
+            coords, labels = self._prompts if self.points is not None else prompts_from(sample.points)
+            if len(coords) == 0:
+                sample.detections = Detections.empty(sample.image_size, with_masks=True)
+                continue
+            self.predictor.set_image(sample.image)
+            masks, scores, _ = self.predictor.predict_many(point_coords=coords, point_labels=labels,
+                                                           multimask_output=self.multimask)
+            best = scores.argmax(axis=1)
+            rows = np.arange(len(best))
+            point_lists = [[[float(x), float(y)] for (x, y), l in zip(c, lab) if l >= 0] for c, lab in zip(coords, labels)]
+            sample.detections = Detections.from_masks(masks[rows, best], scores=scores[rows, best],
+                                                      data={"point_coords": point_lists})
+        return samples
+
+
+def prompts_from(points: Optional[Sequence]) -> tuple:
+    """Point prompts -> (coords NxKx2, labels NxK) for one decoder call. A prompt is [x, y],
+    [x, y, label], or a list of those; prompts with fewer points are padded with label -1 (SAM's
+    "no point")."""
+    if points is None:
+        raise ValueError("no point prompts: set the node's `points` parameter or give each item `points`")
+    prompts = []
+    for prompt in points:
+        if not isinstance(prompt, (list, tuple)) or not prompt:
+            raise ValueError(f"a point prompt is [x, y], [x, y, label] or a list of those, got {prompt!r}")
+        group = [prompt] if isinstance(prompt[0], (int, float)) else list(prompt)
+        rows = []
+        for p in group:
+            if not isinstance(p, (list, tuple)) or len(p) not in (2, 3):
+                raise ValueError(f"a point is [x, y] or [x, y, label], got {p!r}")
+            rows.append((float(p[0]), float(p[1]), int(p[2]) if len(p) == 3 else 1))
+        prompts.append(rows)
+    k = max((len(p) for p in prompts), default=0)
+    coords = np.zeros((len(prompts), k, 2), np.float64)
+    labels = -np.ones((len(prompts), k), np.int64)
+    for i, rows in enumerate(prompts):
+        for j, (x, y, label) in enumerate(rows):
+            coords[i, j] = (x, y)
+            labels[i, j] = label
+    return coords, labels
