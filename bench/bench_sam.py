@@ -72,6 +72,29 @@ def bench_encoder_vit_t(args):
         t_ref = timed(lambda: ref.image_encoder(x), args.repeats)
         t_ours = timed(lambda: ours.image_encoder(x), args.repeats)
     report("MobileSAM image encoder, 1x3x1024x1024", t_ref, t_ours)
+    t_ort, err = _onnxruntime_time(ref.image_encoder, x, ours.image_encoder(x).detach(), args.repeats)
+    report("MobileSAM image encoder: onnxruntime (same weights)", t_ort, t_ours, f"(ORT output rel. error {err:.1e})")
+
+
+def _onnxruntime_time(module, x, expected, repeats):
+    """The same module exported to ONNX (opset 17) and run by onnxruntime on the CPU: what a CPU user
+    picks today. Returns its median time and its output's relative error against `expected`."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/encoder.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {"x": x.numpy()}
+        out = torch.from_numpy(session.run(None, feed)[0])
+        err = ((out - expected).norm() / expected.norm()).item()
+        return timed(lambda: session.run(None, feed), repeats), err
 
 
 def bench_decoder(args):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from grounded.types import Detections, Sample, decode_masks, encode_masks, type_fits, value_fits
+from grounded.detections import decode_masks, encode_masks
+from grounded.types import Detections, Sample, type_fits, value_fits
 
 # pycocotools (the reference here) warns about numpy 2's copy keyword inside its own code.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
