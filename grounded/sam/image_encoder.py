@@ -16,7 +16,7 @@ _BIAS_BUDGET_ELEMENTS = 64 * 1024 * 1024
 # On the CPU, global attention over at least this many tokens runs query-blocked (see below), with
 # this many logits per step: a block stays in the last-level cache while bias and softmax run over it.
 _BLOCKED_MIN_TOKENS = 1024
-_BLOCK_LOGITS = 12 * 1024 * 1024
+_BLOCK_LOGITS = 1024 * 1024
 
 
 class ImageEncoderViT(nn.Module):
@@ -256,28 +256,33 @@ def rel_pos_attention_blocked(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
     size: Tuple[int, int],
 ) -> torch.Tensor:
-    """Attention with decomposed relative positions, a few query rows at a time (q, k, v:
-    B x nHead x HW x C). On a CPU the full bias is as large as the attention map and its traffic
+    """Attention with decomposed relative positions, a few query rows of a few heads at a time (q, k,
+    v: B x nHead x HW x C). On a CPU the full bias is as large as the attention map and its traffic
     dominates; per block the logits, their bias and the softmax stay in cache. Same result as SDPA
     with the bias as mask, up to float rounding."""
     H, W = size
     B, nH, L, C = q.shape
     Rh = get_rel_pos(H, H, rel_pos_h).to(q.dtype)
     Rw = get_rel_pos(W, W, rel_pos_w).to(q.dtype)
-    r_q = q.reshape(B, nH, H, W, C)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh)  # B x nH x H x W x H(keys)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)  # B x nH x H x W x W(keys)
+    q = q.reshape(B * nH, L, C)
+    r_q = q.view(B * nH, H, W, C)
+    rel_h = torch.einsum("ghwc,hkc->ghwk", r_q, Rh)  # (B*nH) x H x W x H(keys)
+    rel_w = torch.einsum("ghwc,wkc->ghwk", r_q, Rw)  # (B*nH) x H x W x W(keys)
+    k_t = k.reshape(B * nH, L, C).transpose(1, 2).contiguous()  # (B*nH) x C x HW
+    v = v.reshape(B * nH, L, C)
     out = torch.empty_like(q)
-    k_t = k.transpose(-1, -2)
     scale = C**-0.5
-    rows = max(1, _BLOCK_LOGITS // (B * nH * W * L))
-    for r0 in range(0, H, rows):
-        r1 = min(H, r0 + rows)
-        logits = torch.matmul(q[:, :, r0 * W : r1 * W], k_t).mul_(scale)  # B x nH x (rows*W) x HW
-        view = logits.view(B, nH, r1 - r0, W, H, W)
-        view.add_(rel_h[:, :, r0:r1, :, :, None]).add_(rel_w[:, :, r0:r1, :, None, :])
-        out[:, :, r0 * W : r1 * W] = torch.matmul(torch.softmax(logits, dim=-1), v)
-    return out
+    rows = max(1, min(H, _BLOCK_LOGITS // (W * L)))
+    groups = max(1, _BLOCK_LOGITS // (rows * W * L))
+    for g0 in range(0, B * nH, groups):
+        g = slice(g0, g0 + groups)
+        for r0 in range(0, H, rows):
+            r1 = min(H, r0 + rows)
+            logits = torch.bmm(q[g, r0 * W : r1 * W], k_t[g]).mul_(scale)  # groups x (rows*W) x HW
+            view = logits.view(-1, r1 - r0, W, H, W)
+            view.add_(rel_h[g, r0:r1, :, :, None]).add_(rel_w[g, r0:r1, :, None, :])
+            out[g, r0 * W : r1 * W] = torch.bmm(torch.softmax(logits, dim=-1), v[g])
+    return out.view(B, nH, L, C)
 
 
 class PatchEmbed(nn.Module):
