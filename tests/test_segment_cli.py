@@ -53,3 +53,14 @@ def test_bad_prompts_and_files_get_clear_messages(tmp_path, tiny_model_dir, caps
     captured = capsys.readouterr()
     assert "skipped" in captured.out + captured.err and "broken.jpg" in captured.out + captured.err
     assert (tmp_path / "o" / "a_overlay.png").is_file()
+
+
+def test_auto_writes_masks_and_overlay(tmp_path, tiny_model_dir):
+    image = _image(tmp_path / "b.png")
+    out = tmp_path / "auto"
+    code = main(["segment", image, "--auto", "--points-per-side", "4", "--model", tiny_model_dir,
+                 "--out", str(out), "--format", "coco,png"])
+    assert code == 0
+    coco = json.loads((out / "b.coco.json").read_text())
+    assert coco["images"][0]["height"] == 90 and coco["images"][0]["width"] == 120
+    assert (out / "b_overlay.png").is_file() and (out / "b_labels.png").is_file()
