@@ -55,6 +55,8 @@ def test_crop_masks_encode_straight_into_the_image_frame(crop_box):
     expected = [r["counts"] for r in ref_amg.mask_to_rle_pytorch(padded)]
     ours = amg.masks_to_rle_counts(masks, crop_box, orig_h, orig_w)
     assert [c.tolist() for c in ours] == expected
+    assert amg.masks_to_rle_counts(masks[:0], crop_box, orig_h, orig_w) == []
+    assert amg.mask_to_rle_pytorch(masks[:0]) == ref_amg.mask_to_rle_pytorch(masks[:0]) == []
 
 
 def test_boxes_stability_and_small_regions_equal_reference():
@@ -137,12 +139,23 @@ def test_same_model_gives_identical_records(tiny_model, settings):
     assert_same_records(ours, ref)
 
 
-def test_results_do_not_depend_on_chunking(tiny_model):
+@pytest.mark.parametrize("size", [(90, 120), (300, 400)], ids=["full-logits", "cells"])
+def test_results_do_not_depend_on_chunking(tiny_model, size):
+    """One mask per chunk, most chunks left empty by the stability filter: the same records."""
+    from mobile_sam import SamAutomaticMaskGenerator as Reference
+
     from grounded.sam import SamAutomaticMaskGenerator
 
-    image = scene(90, 120, seed=1)
-    one_at_a_time = SamAutomaticMaskGenerator(tiny_model, **LOOSE, postprocess_memory_mb=0.001).generate(image)
-    assert_same_records(one_at_a_time, SamAutomaticMaskGenerator(tiny_model, **LOOSE).generate(image))
+    image = np.repeat(np.repeat(scene(size[0] // 3, size[1] // 3, seed=1), 3, axis=0), 3, axis=1)
+    kwargs = dict(LOOSE, points_per_side=4, stability_score_thresh=0.5, stability_score_offset=0.005, box_nms_thresh=1.0)
+    one_at_a_time = SamAutomaticMaskGenerator(tiny_model, **kwargs, postprocess_memory_mb=0.001).generate(image)
+    assert_same_records(one_at_a_time, SamAutomaticMaskGenerator(tiny_model, **kwargs).generate(image))
+    ref = Reference(tiny_model, **kwargs).generate(image)
+    assert 3 <= len(ref) < 3 * 16  # some masks kept, some dropped
+    if size == (90, 120):
+        assert_same_records(one_at_a_time, ref)
+    else:
+        assert [r["area"] for r in one_at_a_time] == [r["area"] for r in ref]
 
 
 def test_batched_crop_encoding_matches_one_at_a_time(tiny_model):
@@ -310,6 +323,20 @@ def test_real_weights_same_model_gives_identical_records(mobile_sam_pair, size):
         assert len(ours) == len(ref)
         assert all(mask_iou(a["segmentation"], b["segmentation"]) > 0.9999 for a, b in zip(ours, ref))
         assert [a["stability_score"] for a in ours] == pytest.approx([b["stability_score"] for b in ref], abs=1e-4)
+
+
+def test_real_weights_one_mask_per_chunk_gives_identical_records(mobile_sam_pair, stardist_nuclei):
+    """Chunks of one mask, many emptied by the filters: the records stay aligned and identical."""
+    from mobile_sam import SamAutomaticMaskGenerator as Reference
+
+    from grounded.sam import SamAutomaticMaskGenerator
+
+    image = np.ascontiguousarray(stardist_nuclei[0][:256, 128:448])
+    settings = dict(points_per_side=6, output_mode="uncompressed_rle")
+    ours = SamAutomaticMaskGenerator(mobile_sam_pair[0], postprocess_memory_mb=0.001, **settings).generate(image)
+    ref = Reference(mobile_sam_pair[0], **settings).generate(image)
+    assert len(ref) > 5
+    assert_same_records(ours, ref)
 
 
 def test_real_weights_stardist_matches_reference(mobile_sam_pair, stardist_nuclei):

@@ -135,6 +135,8 @@ def masks_to_rle_counts(masks: torch.Tensor, crop_box: Sequence[int], orig_h: in
     b, h, w = masks.shape
     if (h, w) != (y1 - y0, x1 - x0):
         raise ValueError(f"masks of size {h}x{w} do not fit crop box {list(crop_box)}")
+    if b == 0:
+        return []
     columns = masks.transpose(1, 2)  # B x w x h: each row is one image column, top to bottom
     if y0 == 0 and y1 == orig_h:
         # Full-height crop: its columns are contiguous in the image, so encode them as one run

@@ -265,4 +265,4 @@ def _to_image_frame(m, y, x, top, bottom, crop_box, orig_size, H, W) -> List[np.
     index, owner = index[order], owner[order]
     per_mask = torch.bincount(owner, minlength=k).cpu().numpy()
     index = index.cpu().numpy()
-    return [np.diff(t, prepend=0, append=total) for t in np.split(index, np.cumsum(per_mask)[:-1])]
+    return [np.diff(t, prepend=0, append=total) for t in np.split(index, np.cumsum(per_mask)[:-1])] if k else []
