@@ -18,6 +18,7 @@ from grounded.sam.build import (
 )
 from grounded.sam.config import OFFICIAL_CONFIGS
 from grounded.sam.hf import convert_hf_state_dict, load_hf_folder, sam_config_from_hf
+from grounded.testing.hf_cache import REVISION as REV, install_in_hf_cache
 
 IMAGE_SIZE = 128  # 8 x 8 image embedding grid; window 3 exercises the window padding
 GRID = IMAGE_SIZE // 16
@@ -307,19 +308,8 @@ def test_folder_without_weights(hf_folder, tmp_path):
 # ---------------------------------------------------------------- hub ids from the local cache
 
 
-REV = "0123456789abcdef0123456789abcdef01234567"
-
-
 def _fill_cache(cache, hf_folder, repo="org/name"):
-    org, name = repo.split("/")
-    repo_dir = cache / f"models--{org}--{name}"
-    snapshot = repo_dir / "snapshots" / REV
-    snapshot.mkdir(parents=True)
-    for f in ("config.json", "model.safetensors"):
-        shutil.copy(hf_folder / f, snapshot / f)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(REV)  # huggingface_hub reads it without stripping: no newline
-    return cache
+    return install_in_hf_cache(hf_folder, cache, repo, REV)
 
 
 def _assert_same_weights(model, reference):

@@ -68,7 +68,20 @@ def _load_sam_predictor(cache: "ModelCache", name: str, device: str, dtype: Any)
     return SamPredictor(cache.get("sam", name, device, None), autocast_dtype=dtype)
 
 
-DEFAULT_LOADERS: Mapping[str, Loader] = {"sam": _load_sam, "sam_predictor": _load_sam_predictor}
+DEFAULT_LOADERS: Mapping[str, Any] = {
+    "sam": _load_sam,
+    "sam_predictor": _load_sam_predictor,
+    # Other kinds by import path ("module:function"), imported only when a model of that kind is loaded.
+}
+
+
+def _resolve_loader(loader: Any) -> Loader:
+    if isinstance(loader, str):
+        import importlib
+
+        module_name, _, attr = loader.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+    return loader
 
 
 class ModelCache:
@@ -94,7 +107,7 @@ class ModelCache:
         key = (kind, name, device, str(torch_dtype).replace("torch.", "") if torch_dtype else "float32")
         if key not in self._models:
             start = time.perf_counter()
-            self._models[key] = self._loaders[kind](self, name, device, torch_dtype)
+            self._models[key] = _resolve_loader(self._loaders[kind])(self, name, device, torch_dtype)
             self.load_seconds[key] = time.perf_counter() - start
             if self.log and not kind.endswith("_predictor"):
                 self.log(f"loaded {kind} {name} on {device} ({key[3]}) in {self.load_seconds[key]:.1f} s")

@@ -1,9 +1,14 @@
-"""Tiny random models for tests and offline smoke runs, built from configs."""
+"""Tiny random models for tests and offline smoke runs, built from configs, in one place.
+
+SAM here; every other backend in a module of its own (`grounded.testing.<backend>`), each building
+its model from a config, saving it, and loading it back through the real `from_pretrained` paths.
+`hf_cache.py` lays a saved folder out as a Hugging Face hub cache entry; `tokenizers.py` builds
+tokenizers offline."""
 
 import torch
 
-from .sam.build import build_sam
-from .sam.config import SamConfig
+from ..sam.build import build_sam
+from ..sam.config import SamConfig
 
 
 def tiny_sam_config(encoder: str = "vit", image_size: int = 128) -> SamConfig:
