@@ -21,6 +21,8 @@ BUILTIN_NODES: Mapping[str, str] = {
     "write_coco": "grounded.nodes.export:WriteCoco",
     "write_overlays": "grounded.nodes.export:WriteOverlays",
     "write_masks": "grounded.nodes.export:WriteMasks",
+    "write_yolo": "grounded.nodes.export_formats:WriteYolo",
+    "write_json": "grounded.nodes.export_formats:WriteJson",
 }
 
 

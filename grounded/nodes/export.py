@@ -41,8 +41,8 @@ class WriteCoco(Node):
     params = {
         "file": Param("coco.json", str, "the run's COCO file, in the output folder"),
         "items_dir": Param("coco", str, "folder of the per-item JSON files the run's file is assembled from"),
-        "categories": Param(None, list, "category names for ids 1, 2, ... (default: the detections' labels, sorted, "
-                                        "else one category 'object')"),
+        "categories": Param(None, list, "category names for ids 1, 2, ... (default: the detections' labels and the "
+                                        "images' tags, sorted, else one category 'object')"),
     }
 
     def setup(self, ctx) -> None:
@@ -58,6 +58,11 @@ class WriteCoco(Node):
                 ann["class_id"] = int(dets.class_id[i])
         doc = {"image": {"file_name": sample.image_path or image_id, "height": height, "width": width, "item_id": image_id},
                "annotations": annotations}
+        # Auto-labelling: the image's caption stays on its image record, its tags become categories.
+        if sample.caption:
+            doc["image"]["caption"] = sample.caption
+        if sample.tags:
+            doc["tags"] = list(sample.tags)
         path = _item_path(self.out / self.items_dir, image_id, ".json")
         atomic_write_json(path, doc)
         sample.outputs[self.id] = path.relative_to(self.out).as_posix()
@@ -88,7 +93,7 @@ class WriteCoco(Node):
         anns = [a for d in docs for a in d["annotations"]]
         names = list(self.categories) if self.categories else None
         if names is None:
-            labels = sorted({a["label"] for a in anns if "label" in a})
+            labels = sorted({a["label"] for a in anns if "label" in a} | {t for d in docs for t in d.get("tags") or ()})
             class_ids = sorted({a["class_id"] for a in anns if "class_id" in a and "label" not in a})
             if labels:
                 names = labels + (["object"] if any("label" not in a for a in anns) else [])
