@@ -1,0 +1,363 @@
+"""Spoken edit commands -> edits: `parse_edits("Could you please remove the bicycle and make the
+sky purple?")` -> [Edit("remove", "bicycle"), Edit("recolor", "sky", "purple")].
+
+A small grammar, not a list of sentences:
+
+    utterance := clause ((, | and | then | also | .) clause)*
+    clause    := filler* command filler*
+    command   := REMOVE target                      remove, delete, erase, get rid of, take out, ...
+               | REPLACE target (with|by|for) thing   replace, swap, exchange, substitute ... with
+               | SUBSTITUTE thing for target         substitute, swap in, put ... in place of / instead of
+               | CHANGE target (into|to|for) thing   change, turn, make, transform, convert, switch, ...
+               | CHANGE target colour                turn the red car blue, make the sky purple
+               | PAINT target (in|to)? colour         paint, colour, recolour, dye, tint
+               | CHANGE the colour of target to colour
+               | target should be | becomes | to be thing-or-colour
+               | make target disappear | target should go / be removed
+
+`thing` is an object (the edit replaces the target with it) unless it is a colour phrase ("light
+blue", "reddish", "bright green coloured", "a blue one"): then the target is recoloured. Targets
+keep their qualifiers ("the person on the left" -> "person on the left"); "it"/"them" refer to the
+previous target; "remove the cat and the dog" is two edits, and so is "change the dog to a monkey
+and the cat to a tiger" (the verb carries over).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence
+
+from .edit.colors import NOUN_COLORS, color_phrase, color_suffix
+
+ACTIONS = ("replace", "recolor", "remove")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit: `action` (replace, recolor or remove), the `target` object in words, and the
+    `value`: the new object (replace), the colour (recolor) or None (remove)."""
+
+    action: str
+    target: str
+    value: Optional[str] = None
+
+    def as_dict(self) -> Dict[str, Optional[str]]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target!r}" + (f" -> {self.value!r}" if self.value else "")
+
+
+KNOWN_FORMS = (
+    "remove | delete | erase | get rid of | take out  <object>",
+    "replace | swap | exchange  <object> with <new object>",
+    "change | turn | transform | convert | make  <object> into | to <new object>",
+    "turn | make | paint | colour | recolour  <object> <colour>      (\"make the sky purple\")",
+    "change the colour of <object> to <colour>",
+    "put <new object> in place of <object>",
+    "<object> should be <new object or colour>",
+    "several in one sentence: \"remove the bicycle and make the sky purple\"",
+)
+
+
+class InstructionError(ValueError):
+    """An utterance with no edit this grammar understands; the message quotes it and lists the forms."""
+
+    def __init__(self, utterance: str, detail: str = ""):
+        self.utterance = utterance
+        lines = "\n  ".join(KNOWN_FORMS)
+        super().__init__(f"cannot understand the edit instruction {utterance!r}"
+                         + (f" ({detail})" if detail else "") + f"; the forms I know:\n  {lines}")
+
+
+# ---- vocabulary ----------------------------------------------------------------------------------
+
+REMOVE_VERBS = ("get rid of", "take out", "take away", "cut out", "rub out", "wipe out", "wipe away", "clear out",
+                "clean up", "erase", "remove", "delete", "eliminate", "drop", "lose", "ditch", "hide", "clear",
+                "strip out", "strip", "scrub", "eradicate", "omit", "exclude", "discard", "kill", "cut",
+                "paint out", "edit out", "photoshop out", "crop out", "blank out", "white out", "black out")
+REPLACE_VERBS = ("swap out", "switch out", "replace", "swap", "exchange", "trade", "substitute")
+CHANGE_VERBS = ("change", "turn", "transform", "convert", "make", "switch", "morph", "alter", "modify",
+                "transmute", "render", "set", "update")
+PAINT_VERBS = ("recolor", "recolour", "repaint", "paint", "color", "colour", "dye", "tint", "shade", "spray",
+               "spray paint", "colorize", "colourize")
+PUT_VERBS = ("put", "place", "add", "insert", "draw", "use", "show", "have", "give me", "paint", "stick", "drop")
+VERBS = sorted(set(REMOVE_VERBS + REPLACE_VERBS + CHANGE_VERBS + PAINT_VERBS + PUT_VERBS + ("instead",)),
+               key=len, reverse=True)
+
+# Politeness and hesitation around a command (longest first, so "could you please" goes whole).
+LEADING_FILLERS = sorted((
+    "please", "kindly", "could you", "can you", "would you", "will you", "could you please", "can you please",
+    "would you please", "would you mind", "would you kindly", "do you mind", "i want you to", "i'd like you to",
+    "i would like you to", "i need you to", "i want to", "i'd like to", "i would like to", "i need to",
+    "i wanna", "we need to", "we should", "you should", "let's", "lets", "let us", "go ahead and", "try to",
+    "just", "now", "then", "also", "so", "okay", "ok", "um", "uh", "umm", "uhh", "er", "erm", "hmm", "hey",
+    "and", "well", "alright", "all right", "right", "first", "firstly", "second", "secondly", "next",
+    "finally", "lastly", "after that", "afterwards", "maybe", "perhaps", "quickly", "simply", "actually",
+    "oh", "like", "you know", "i think", "i guess", "plus", "as well", "lastly", "and then", "yeah", "yes",
+    "hi", "hello", "please could you", "please can you", "be so kind as to", "i'd love it if you could",
+    "i would love it if you could", "it would be great if you could", "help me", "could we", "can we",
+    "i wish you would", "i'd appreciate it if you could", "computer", "assistant", "also please", "try and",
+), key=len, reverse=True)
+TRAILING_FILLERS = sorted((
+    "please", "for me", "thanks", "thank you", "thank you very much", "if you can", "if possible",
+    "if you could", "if you don't mind", "right now", "now", "too", "as well", "also", "for me please",
+    "thanks a lot", "cheers", "ok", "okay", "quickly", "completely", "entirely", "altogether", "instead",
+    "real quick", "will you", "would you", "could you", "won't you", "please and thank you", "again",
+), key=len, reverse=True)
+SCENE_WORDS = r"(?:image|picture|photo|photograph|pic|scene|shot|frame|view|foto)"
+DETERMINERS = ("the", "a", "an", "this", "that", "these", "those", "my", "our", "your", "his", "her", "their",
+               "its", "some", "all the", "all of the", "both", "both the", "any")
+PRONOUNS = ("it", "them", "that", "this", "this one", "that one", "those", "these", "him", "her", "they", "one")
+
+_DET = r"(?:the|a|an|this|that|these|those|my|our|your|his|her|their|its|some|any|both)"
+_BOUNDARY = re.compile(r"\s*(?:,|;|\.|!|\?|:)\s*|\s+(?:and then|and also|and|then|also|plus|after that)\s+")
+
+
+# ---- normalising ---------------------------------------------------------------------------------
+
+def normalise(utterance: str) -> str:
+    """Lower case, one space between words, Whisper's punctuation kept only where it separates
+    clauses (, ; . ! ? :), hyphens between words as spaces, curly quotes straightened."""
+    text = utterance.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    text = text.lower()
+    text = re.sub(r"(?<=\w)-(?=\w)", " ", text)           # blue-green, get-rid-of
+    text = re.sub(r"[\"()\[\]{}*_~`]", " ", text)
+    text = re.sub(r"(?<!\d)\.(?!\d)", " . ", text)          # sentence dots, not 1.5
+    text = re.sub(r"([,;!?:])", r" \1 ", text)
+    text = re.sub(r"\bcolour", "color", text)
+    text = re.sub(r"\b(?:gonna)\b", "going to", text)
+    text = re.sub(r"\bwanna\b", "want to", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def strip_fillers(clause: str) -> str:
+    clause = clause.strip(" ,;.!?:")
+    if clause in TRAILING_FILLERS:  # "..., thanks!" is a chunk of its own
+        return ""
+    changed = True
+    while changed and clause:
+        changed = False
+        for filler in LEADING_FILLERS:
+            if clause == filler or clause.startswith(filler + " "):
+                clause, changed = clause[len(filler):].strip(" ,"), True
+                break
+        for filler in TRAILING_FILLERS:
+            if clause.endswith(" " + filler):
+                clause, changed = clause[: -len(filler)].strip(" ,"), True
+                break
+    return clause
+
+
+def clean_target(text: str) -> str:
+    """An object phrase without its leading article and "in the picture": "the person on the left"
+    -> "person on the left"."""
+    text = text.strip(" ,.")
+    text = re.sub(rf"\s+(?:(?:that|which) (?:is|are)\s+)?(?:in|from|of|out of|on|off) (?:the|this|my|our) {SCENE_WORDS}$", "", text)
+    text = re.sub(rf"\s+(?:there|here|please)$", "", text)
+    for det in sorted(DETERMINERS, key=len, reverse=True):
+        if text.startswith(det + " "):
+            text = text[len(det) + 1:]
+            break
+    return text.strip()
+
+
+# ---- parsing -------------------------------------------------------------------------------------
+
+def parse_edits(utterance: str) -> List[Edit]:
+    """Every edit an utterance asks for, in order; InstructionError if it asks for none this
+    grammar understands (or a part of it cannot be read)."""
+    if not isinstance(utterance, str) or not utterance.strip():
+        raise InstructionError(utterance if isinstance(utterance, str) else repr(utterance), "it is empty")
+    text = normalise(utterance)
+    chunks = _chunks(text)
+    edits: List[Edit] = []
+    current = ""        # the clause being built; a chunk that is no clause of its own joins it
+    verb = ""           # the previous clause's verb, for "change the dog to a monkey and the cat to a tiger"
+    for joiner, chunk in chunks:
+        body = strip_fillers(chunk)
+        if not body:
+            continue
+        if current and _parses(body):
+            edits += _clause(current, utterance, edits)
+            current = body
+        elif current and verb and _starts_with_determiner(body) and _parses(f"{verb} {body}"):
+            edits += _clause(current, utterance, edits)
+            current = f"{verb} {body}"
+        elif current:
+            current = f"{current} {joiner} {body}".replace(" , ", ", ")
+        else:
+            current = body
+        verb = _verb_of(current) or verb
+    if current:
+        edits += _clause(current, utterance, edits)
+    if not edits:
+        raise InstructionError(utterance, "it asks for no edit")
+    return edits
+
+
+def _chunks(text: str) -> List[tuple]:
+    """(joiner, text) pieces between clause boundaries; the joiner is the word that preceded it."""
+    out, last, joiner = [], 0, ""
+    for match in _BOUNDARY.finditer(text):
+        out.append((joiner, text[last:match.start()]))
+        joiner, last = match.group(0).strip() or ",", match.end()
+    out.append((joiner, text[last:]))
+    return [(j if j not in (".", "!", "?", ";", ":") else ",", c) for j, c in out if c.strip()]
+
+
+def _starts_with_determiner(text: str) -> bool:
+    return re.match(rf"{_DET}\b", text) is not None
+
+
+def _verb_of(clause: str) -> str:
+    for verb in VERBS:
+        if clause == verb or clause.startswith(verb + " "):
+            return verb
+    return ""
+
+
+def _parses(clause: str) -> bool:
+    try:
+        return bool(_command(clause))
+    except InstructionError:
+        return False
+
+
+def _clause(clause: str, utterance: str, before: Sequence[Edit]) -> List[Edit]:
+    edits = _command(clause)
+    if not edits:
+        raise InstructionError(utterance, f"cannot read {clause!r}")
+    out = []
+    for edit in edits:
+        target = edit.target
+        if target in PRONOUNS or not target:
+            if not before and not out:
+                raise InstructionError(utterance, f"{target or 'the object'!r} refers to nothing said before")
+            target = (out or list(before))[-1].target
+        out.append(Edit(edit.action, target, edit.value))
+    return out
+
+
+def _many(action: str, targets: str, value: Optional[str] = None) -> List[Edit]:
+    """One edit per object in "the cat, the dog and the bird" (split before an article only:
+    "the black and white cat" is one object)."""
+    parts = re.split(rf"\s*,\s*(?:and\s+)?(?={_DET}\b)|\s+(?:and|as well as|along with|plus)\s+(?={_DET}\b)", targets)
+    out = []
+    for part in parts:
+        target = clean_target(part)
+        if not target:
+            return []
+        out.append(Edit(action, target, value))
+    return out
+
+
+def _thing(action_if_object: str, target: str, value: str, painting: bool = False) -> List[Edit]:
+    """Replace the target with `value`, or recolour it when `value` is a colour phrase (but "an
+    orange" is a fruit, unless the verb was a painting one)."""
+    value = value.strip(" ,")
+    words = value.split()
+    color = color_phrase(words)
+    if color is not None and not painting and len(words) == 2 and words[0] in ("a", "an") and words[1] in NOUN_COLORS:
+        color = None
+    if color is not None:
+        return _many("recolor", target, color)
+    value = re.sub(r"^(?:look|looks) like\s+", "", value)
+    value = clean_target(value)
+    if not value:
+        return []
+    return _many(action_if_object, target, value)
+
+
+def _alts(words: Sequence[str]) -> str:
+    return "(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
+
+
+_REMOVE = _alts(REMOVE_VERBS)
+_REPLACE = _alts(REPLACE_VERBS)
+_CHANGE = _alts(CHANGE_VERBS)
+_PAINT = _alts(PAINT_VERBS)
+_PUT = _alts(PUT_VERBS)
+_BE = r"(?:should|must|shall|will|would|could|can|needs? to|has to|have to|ought to|is going to|is to)?\s*(?:be|become|turn into|look like|get)|becomes|turns into|looks like|is"
+
+
+def _command(clause: str) -> List[Edit]:
+    """The edits of one clause (no fillers left), or [] when it is none of the known forms."""
+    c = clause.strip(" ,")
+    # ---- colour first: "change the colour of X to Y", "give X a Y colour", "paint X Y" ----------
+    m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (?:the )?color of (.+?) (?:to|into|in|as) (.+)", c) \
+        or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?)(?:'s| s) color (?:to|into|in|as) (.+)", c) \
+        or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?) color (?:to|into|in|as) (.+)", c)
+    if m and color_phrase(m.group(2).split()):
+        return _many("recolor", m.group(1), color_phrase(m.group(2).split()))
+    m = re.fullmatch(r"(?:give|paint) (.+?) an? (.+?) (?:color|tint|coat(?: of paint)?|paint job|look|hue|shade)", c)
+    if m and color_phrase(m.group(2).split()):
+        return _many("recolor", m.group(1), color_phrase(m.group(2).split()))
+    m = re.fullmatch(rf"(?:the )?color of (.+?) (?:{_BE}) (.+)", c)
+    if m and color_phrase(m.group(2).split()):
+        return _many("recolor", m.group(1), color_phrase(m.group(2).split()))
+    # ---- removing --------------------------------------------------------------------------
+    m = re.fullmatch(rf"(?:make|let) (.+?) (?:disappear|vanish|go away|go|be gone|invisible)", c) \
+        or re.fullmatch(rf"(?:{_REMOVE}) (.+?)(?: (?:out|away|off|out of (?:the|this) {SCENE_WORDS}))?", c) \
+        or re.fullmatch(rf"(?:i )?(?:do not|don't|dont) (?:want|need|like) (?:to see )?(.+?)(?: (?:in|there|here).*)?", c) \
+        or re.fullmatch(rf"(.+?) (?:should|must|needs to|has to|can|could) (?:be )?(?:go|gone|removed|deleted|erased|disappear|vanish)", c) \
+        or re.fullmatch(rf"(?:get|take) (.+?) (?:out|away|off)(?: of (?:the|this) {SCENE_WORDS})?", c) \
+        or re.fullmatch(rf"(?:no more|without|lose) (.+)", c)
+    if m:
+        return _many("remove", m.group(1))
+    # ---- replacing: new thing after "with"/"by"/"for" ------------------------------------------
+    m = re.fullmatch(rf"(?:{_REPLACE}) (.+) (?:with|by|for|to) (.+)", c)
+    if m and not c.startswith("substitute") or (m and " with " in c):
+        return _thing("replace", m.group(1), m.group(2))
+    m = re.fullmatch(r"(?:substitute|swap in|switch in|sub in|sub) (.+?) (?:for|in place of|instead of) (.+)", c)
+    if m:
+        return _thing("replace", m.group(2), m.group(1))
+    m = re.fullmatch(rf"(?:{_PUT}|replace it with|i want|i'd like|i would like|let there be|there should be|make it|"
+                     rf"make that|make them) (.+?) (?:in place of|instead of|where|in the place of|on top of|over) "
+                     rf"(.+?)(?: (?:is|was|are|were|stands|sits|used to be))?", c)
+    if m:
+        return _thing("replace", m.group(2), m.group(1))
+    put = r"(?:put|use|have|show|draw|place|give me|make it|i want|i'd like|let there be|there should be|add)"
+    m = re.fullmatch(rf"instead of (.+?)(?:, (?:{put} )?| {put} )(.+)", c)
+    if m:
+        return _thing("replace", m.group(1), m.group(2))
+    # ---- changing: "into/to/for"; a colour makes it a recolour --------------------------------
+    m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?) (?:into|in to|look like|resemble|become|be) (.+)", c) \
+        or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+) (?<!next )(?<!close )(?:to|for|in|as) (.+)", c)
+    if m and m.group(1) and m.group(2):
+        return _thing("replace", m.group(1), m.group(2), painting=re.match(_PAINT + " ", c) is not None)
+    m = re.fullmatch(rf"(?:i want|i'd like|i would like|i need|let|make|have|get|want) (.+?) (?:to be|to become|be|become|to look like|look like|turned into|changed to|changed into|made into) (.+)", c) \
+        or re.fullmatch(rf"(.+?) (?:{_BE}) (?:changed |turned |made |painted |colored |transformed |converted )?(?:into |to |in )?(.+)", c)
+    if m and not _verb_of(m.group(1)):
+        return _thing("replace", m.group(1), m.group(2))
+    # ---- "turn the car blue", "paint the wall light green", "make the sky purple" -------------
+    m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+)", c)
+    if m:
+        words = m.group(1).split()
+        # the target keeps at least one word besides its article: "the sky purple" is not "sky purple"
+        first = next((i + 1 for i, w in enumerate(words) if w not in DETERMINERS), len(words))
+        start, color = color_suffix(words, min_start=first)
+        if color and start > 0:
+            return _many("recolor", " ".join(words[:start]), color)
+        # "make the dog a monkey": the new object starts at the last indefinite article
+        if re.match(rf"(?:{_CHANGE}) ", c):
+            for i in range(len(words) - 1, 0, -1):
+                if words[i] in ("a", "an", "some") and i > 0:
+                    return _thing("replace", " ".join(words[:i]), " ".join(words[i:]))
+    return []
+
+
+def edits_as_dicts(edits: Sequence[Edit]) -> List[Dict[str, Optional[str]]]:
+    return [e.as_dict() for e in edits]
+
+
+def edit_from_dict(data: Dict) -> Edit:
+    action = data.get("action")
+    if action not in ACTIONS:
+        raise ValueError(f"an edit's action is one of {list(ACTIONS)}, got {action!r}")
+    if not data.get("target"):
+        raise ValueError(f"the {action} edit has no target: {data!r}")
+    if action != "remove" and not data.get("value"):
+        raise ValueError(f"a {action} edit needs a value (the new {'object' if action == 'replace' else 'colour'}): {data!r}")
+    return Edit(action, str(data["target"]), None if action == "remove" else str(data["value"]))
