@@ -9,8 +9,9 @@ Matching, word by word from the left:
 - the longest name wins ("hot dog", "teddy bear", "traffic light" before "dog", "bear", "light");
 - a plural in the caption finds its singular name (dogs, boxes, cherries, knives, children, mice,
   people), the last word of a multi-word name included ("hot dogs");
-- synonyms give their category's name (man, woman, child -> person), or, with `keep_words`, the
-  word the caption used;
+- synonyms give their category's tag (man, woman, child -> person), or, with `keep_words`, the
+  word the caption used; the tag is the LVIS name normalised, or for a few rare LVIS names the
+  common one (`tag` in the data file: fireplug -> fire hydrant, pop_(soda) -> soda);
 - LVIS names are normalised: underscores to spaces, parenthesised disambiguators dropped
   ("bow_(weapon)" -> "bow", "car_(automobile)" -> "car");
 - a few names that captions mostly use as other words are held to stricter rules (see
@@ -272,7 +273,8 @@ def load_categories(path: Union[str, Path] = CATEGORIES_FILE) -> List[dict]:
 
 def category_entries(path: Union[str, Path] = CATEGORIES_FILE) -> List[Tuple[str, List[str]]]:
     """(tag, synonyms) of every category, LVIS names normalised to tags."""
-    return [(display_name(c["name"]), [*c["synonyms"], *c.get("extra_synonyms", [])]) for c in load_categories(path)]
+    return [(c.get("tag") or display_name(c["name"]), [c["name"], *c["synonyms"], *c.get("extra_synonyms", [])])
+            for c in load_categories(path)]
 
 
 def caption_tags(caption: str, vocabulary: Optional[Vocabulary] = None, keep_words: bool = False) -> List[str]:
