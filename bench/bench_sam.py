@@ -72,8 +72,22 @@ def bench_encoder_vit_t(args):
         t_ref = timed(lambda: ref.image_encoder(x), args.repeats)
         t_ours = timed(lambda: ours.image_encoder(x), args.repeats)
     report("MobileSAM image encoder, 1x3x1024x1024", t_ref, t_ours)
-    t_ort, err = _onnxruntime_time(ref.image_encoder, x, ours.image_encoder(x).detach(), args.repeats)
+    expected = ours.image_encoder(x).detach()
+    t_ort, err = _onnxruntime_time(ref.image_encoder, x, expected, args.repeats)
     report("MobileSAM image encoder: onnxruntime (same weights)", t_ort, t_ours, f"(ORT output rel. error {err:.1e})")
+    # grounded's own onnxruntime backend (image_encoder_backend="onnxruntime"), the same call.
+    import tempfile
+
+    from grounded.sam.onnx_encoder import use_onnxruntime_encoder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        use_onnxruntime_encoder(ours, cache_dir=tmp)
+        with torch.no_grad():
+            got = ours.image_encoder(x)
+            err = ((got - expected).norm() / expected.norm()).item()
+            t_backend = timed(lambda: ours.image_encoder(x), args.repeats)
+    report("MobileSAM image encoder: onnxruntime export of the reference vs grounded's onnxruntime backend",
+           t_ort, t_backend, f"(backend rel. error {err:.1e})")
 
 
 def _onnxruntime_time(module, x, expected, repeats):

@@ -268,6 +268,7 @@ def from_pretrained(
     dtype: Optional[torch.dtype] = None,
     cache_dir: Optional[Union[str, Path]] = None,
     revision: Optional[str] = None,
+    image_encoder_backend: str = "torch",
 ) -> Sam:
     """Load a SAM model from any of the places it can live:
 
@@ -280,7 +281,11 @@ def from_pretrained(
 
     model_type ('vit_h', 'vit_l', 'vit_b', 'vit_t') checks the checkpoint is that variant; by default the
     dimensions come from the checkpoint itself. Raises FileNotFoundError naming every place tried.
+    image_encoder_backend="onnxruntime" runs the image encoder in onnxruntime (CPU, float32; see
+    `onnx_encoder.py`), the rest in PyTorch.
     """
+    if image_encoder_backend not in ("torch", "onnxruntime"):
+        raise ValueError(f"unknown image_encoder_backend {image_encoder_backend!r}; use 'torch' or 'onnxruntime'")
     tried: List[str] = []
     state_dict, config = _resolve(str(name_or_path), tried, cache_dir, revision)
     if state_dict is None:
@@ -296,7 +301,12 @@ def from_pretrained(
     else:
         model = build_sam(config)
     load_state_dict_strict(model, state_dict, str(name_or_path))
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    if image_encoder_backend == "onnxruntime":
+        from .onnx_encoder import use_onnxruntime_encoder
+
+        use_onnxruntime_encoder(model)
+    return model
 
 
 def _resolve(

@@ -1,0 +1,61 @@
+"""The onnxruntime image encoder (`use_onnxruntime_encoder`) against the PyTorch encoder it was
+exported from, on the same random weights, and through the predictor."""
+
+import numpy as np
+import pytest
+import torch
+
+from grounded.sam import SamPredictor
+from grounded.sam.onnx_encoder import OnnxImageEncoder, use_onnxruntime_encoder
+from grounded.testing import tiny_sam
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("encoder", ["vit", "tiny_vit"])
+def test_embeddings_and_masks_equal_the_pytorch_encoder(encoder, tmp_path):
+    torch_model, ort_model = tiny_sam(encoder), tiny_sam(encoder)
+    use_onnxruntime_encoder(ort_model, cache_dir=tmp_path)
+    assert isinstance(ort_model.image_encoder, OnnxImageEncoder)
+    size = torch_model.image_encoder.img_size
+    x = torch.randn(2, 3, size, size)  # a batch: run one image at a time
+    with torch.no_grad():
+        expected = torch_model.image_encoder(x)
+        got = ort_model.image_encoder(x)
+    assert got.shape == expected.shape
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-4
+
+    image = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    predictions = []
+    for model in (torch_model, ort_model):
+        predictor = SamPredictor(model)
+        predictor.set_image(image)
+        predictions.append(predictor.predict(point_coords=np.array([[30, 40]]), point_labels=np.array([1])))
+    (m0, s0, l0), (m1, s1, l1) = predictions
+    np.testing.assert_allclose(l1, l0, atol=1e-3, rtol=1e-3)
+    np.testing.assert_allclose(s1, s0, atol=1e-4)
+    assert (m0 != m1).mean() < 1e-3
+
+
+def test_export_is_cached_by_weights(tmp_path):
+    model = use_onnxruntime_encoder(tiny_sam("vit", seed=1), cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.onnx"))
+    assert len(files) == 1 and model.image_encoder.onnx_path == files[0]
+    stamp = files[0].stat().st_mtime_ns
+    again = use_onnxruntime_encoder(tiny_sam("vit", seed=1), cache_dir=tmp_path)
+    assert again.image_encoder.onnx_path == files[0] and files[0].stat().st_mtime_ns == stamp
+    # Other weights, another file.
+    use_onnxruntime_encoder(tiny_sam("vit", seed=2), cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_real_mobile_sam_encoder_on_onnxruntime(mobile_sam_checkpoint, tmp_path):
+    from grounded.sam import from_pretrained
+
+    torch_model = from_pretrained(mobile_sam_checkpoint)
+    ort_model = use_onnxruntime_encoder(from_pretrained(mobile_sam_checkpoint), cache_dir=tmp_path)
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.no_grad():
+        expected, got = torch_model.image_encoder(x), ort_model.image_encoder(x)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-4
