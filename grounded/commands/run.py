@@ -8,6 +8,7 @@ EXAMPLES = """examples:
   grounded run auto_masks "photos/**/*.JPG" --out out/photos --set points_per_side=16
   grounded run auto_masks photos/ --out out/photos --resume          # after a crash or kill: finish the rest
   grounded run auto_masks list.txt --out out/x --set segment_auto.model=facebook/sam-vit-huge
+  grounded run auto_masks photos/ --out out/x --executor ray                # Ray Data: local Ray, or --ray-address
 
 output folder: coco.json, coco/ID.json, overlays/ID.png (per the spec's writers), manifest.jsonl (one
 line per input: status, outputs, notes), errors.jsonl (bad inputs and why), journal.jsonl, run.json
@@ -39,6 +40,9 @@ def add_cli(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images as possible decompression bombs (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ..scale.cli import add_ray_arguments
+
+    add_ray_arguments(p)
     p.set_defaults(func=run)
 
     n = sub.add_parser("nodes", help="list the pipeline nodes a spec can name: what each reads, writes and takes",
@@ -55,8 +59,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         overrides.append(f"batch_size={args.batch_size}")
     pipeline = load_pipeline(args.spec, overrides)
+    executor = {}
+    if getattr(args, "executor", "local") == "ray":
+        from ..scale import run_on_ray as run_over_data
+        from ..scale.cli import ray_options
+
+        executor = ray_options(args)
     report = run_over_data(pipeline, args.inputs, args.out, resume=args.resume, retry_errors=args.retry_errors, progress=not args.no_progress,
-                           max_pixels=args.max_pixels, spec=pipeline.spec)
+                           max_pixels=args.max_pixels, spec=pipeline.spec, **executor)
     print(report.summary())
     return 1 if args.fail_on_error and report.errors else 0
 
