@@ -45,12 +45,14 @@ class BlipCaptioner:
             if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3):
                 shape = getattr(image, "shape", type(image).__name__)
                 raise ValueError(f"image {i} must be an HxWx3 RGB array, got {shape}")
-        encoded = self.processor(images=list(images), return_tensors="pt", input_data_format="channels_last")
-        inputs = {"pixel_values": encoded["pixel_values"].to(self.device, self.dtype or encoded["pixel_values"].dtype)}
+        # One prompt for the whole batch: every row has the same tokens, so nothing is padded.
+        text = [prompt] * len(images) if prompt else None
+        encoded = self.processor(images=list(images), text=text, return_tensors="pt", input_data_format="channels_last")
+        pixels = encoded["pixel_values"]
+        inputs = {"pixel_values": pixels.to(self.device, self.dtype or pixels.dtype)}
         if prompt:
-            text = self.processor.tokenizer([prompt] * len(images), return_tensors="pt")
-            inputs["input_ids"] = text["input_ids"].to(self.device)
-            inputs["attention_mask"] = text["attention_mask"].to(self.device)
+            inputs["input_ids"] = encoded["input_ids"].to(self.device)
+            inputs["attention_mask"] = encoded["attention_mask"].to(self.device)
         return inputs
 
     def generate(self, images: Sequence[np.ndarray], prompt: Optional[str] = None, **generate_kwargs):
