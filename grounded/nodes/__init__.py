@@ -16,6 +16,8 @@ from ..pipeline.node import Node, did_you_mean
 
 BUILTIN_NODES: Mapping[str, str] = {
     "segment_auto": "grounded.nodes.segment:SegmentAuto",
+    "caption": "grounded.nodes.caption:Caption",
+    "tags": "grounded.nodes.tags:Tags",
     "segment_boxes": "grounded.nodes.segment:SegmentBoxes",
     "segment_points": "grounded.nodes.segment:SegmentPoints",
     "write_coco": "grounded.nodes.export:WriteCoco",

@@ -72,6 +72,7 @@ DEFAULT_LOADERS: Mapping[str, Any] = {
     "sam": _load_sam,
     "sam_predictor": _load_sam_predictor,
     # Other kinds by import path ("module:function"), imported only when a model of that kind is loaded.
+    "blip": "grounded.nodes.caption:_load_blip",
 }
 
 
