@@ -63,7 +63,7 @@ def _decode(path: Path, sample_rate: int) -> np.ndarray:
 
     try:
         container = av.open(str(path), mode="r")
-    except (av.error.InvalidDataError, av.error.ValueError, UnicodeDecodeError) as err:
+    except (av.error.InvalidDataError, UnicodeDecodeError) as err:
         raise AudioError(f"{path} is not an audio file FFmpeg can read ({_why(err)}); "
                          f"use wav, flac, mp3, ogg or m4a") from None
     except PermissionError:
@@ -76,14 +76,16 @@ def _decode(path: Path, sample_rate: int) -> np.ndarray:
             kinds = sorted({s.type for s in container.streams}) or ["nothing"]
             raise AudioError(f"{path} has no audio stream (it holds {', '.join(kinds)}; format "
                              f"{container.format.name}); give a recording: wav, flac, mp3, ogg or m4a")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        # Planar float at the target rate, channels kept: they are averaged below (FFmpeg's own
+        # downmix to mono adds them at -3 dB, which can push stereo speech past full scale).
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         chunks = []
         try:
             for frame in container.decode(streams[0]):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(axis=0))
             for out in resampler.resample(None):  # flush what the resampler holds back
-                chunks.append(out.to_ndarray().reshape(-1))
+                chunks.append(out.to_ndarray().mean(axis=0))
         except av.error.FFmpegError as err:
             if not chunks:
                 raise AudioError(f"{path} is damaged: no audio could be decoded ({_why(err)})") from None

@@ -109,14 +109,16 @@ def _offline() -> bool:
 # ---- transcribing --------------------------------------------------------------------------------
 
 def transcribe_audio(model: Any, backend: str, audio: Audio, language: Optional[str] = None, beam_size: int = 5,
-                     no_speech_threshold: float = 0.6) -> Dict[str, Any]:
+                     no_speech_threshold: float = 0.6, max_tokens: Optional[int] = 96) -> Dict[str, Any]:
     """{"text", "language", "segments": [{"text", "start", "end", "no_speech_prob", "avg_logprob"}]}.
     Raises AudioError when Whisper hears no speech (every segment over the no-speech threshold,
-    or no words at all)."""
+    or no words at all). `max_tokens` bounds each segment's text (a spoken command is short; a
+    model hallucinating on odd audio stops there instead of at 224 tokens)."""
     samples = np.ascontiguousarray(load_audio(audio).samples, dtype=np.float32)
     if backend == "faster-whisper":
         segments, info = model.transcribe(samples, language=language, beam_size=beam_size,
-                                          no_speech_threshold=no_speech_threshold, condition_on_previous_text=False)
+                                          no_speech_threshold=no_speech_threshold, condition_on_previous_text=False,
+                                          max_new_tokens=max_tokens)
         rows = [{"text": s.text, "start": s.start, "end": s.end, "no_speech_prob": s.no_speech_prob,
                  "avg_logprob": s.avg_logprob} for s in segments]
         detected = info.language
@@ -124,7 +126,7 @@ def transcribe_audio(model: Any, backend: str, audio: Audio, language: Optional[
         fp16 = next(model.parameters()).dtype.itemsize == 2
         result = model.transcribe(samples, language=language, beam_size=beam_size, best_of=beam_size,
                                   no_speech_threshold=no_speech_threshold, condition_on_previous_text=False,
-                                  fp16=fp16, verbose=None)
+                                  fp16=fp16, verbose=None, **({"sample_len": max_tokens} if max_tokens else {}))
         rows = [{"text": s["text"], "start": s["start"], "end": s["end"], "no_speech_prob": s["no_speech_prob"],
                  "avg_logprob": s["avg_logprob"]} for s in result["segments"]]
         detected = result.get("language")
@@ -178,6 +180,7 @@ class Transcribe(Node):
         "model": Param(DEFAULT_MODEL, str, "tiny.en (bundled), a model folder, a .pt file, or a cached name/hub id"),
         "language": Param(None, str, "spoken language code (en, de, ...); null detects it (.en models: English)"),
         "beam_size": Param(5, int, "beam search width (1 is greedy: it mishears short commands)"),
+        "max_tokens": Param(96, int, "most tokens per segment (commands are short; 0: the model's own limit)"),
         "no_speech_threshold": Param(0.6, float, "above this no-speech probability in every segment, the audio is refused"),
         "check": Param(True, bool, "refuse silent, too short and noise-only audio before transcribing"),
         "device": Param("auto", str, "cpu, cuda, ... (auto: a GPU when there is one)", fingerprint=False),
@@ -206,7 +209,7 @@ class Transcribe(Node):
         if self.check:
             check_speech(audio)
         result = transcribe_audio(self._model, self.backend, audio, self.language, self.beam_size,
-                                  self.no_speech_threshold)
+                                  self.no_speech_threshold, self.max_tokens or None)
         sample.transcript = result["text"]
         sample.meta["speech"] = {"language": result["language"],
                                  "no_speech_prob": round(max(r["no_speech_prob"] for r in result["segments"]), 3)}
