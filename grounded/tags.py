@@ -187,17 +187,16 @@ class Vocabulary:
 
     # ---- matching
 
-    def lookup(self, span: Sequence[str]) -> Optional[str]:
-        """The tag of a word sequence, its last word as written or made singular."""
+    def lookup(self, span: Sequence[str], singular_first: bool = False) -> Optional[str]:
+        """The tag of a word sequence, its last word as written or made singular (`singular_first`:
+        the singular before the word as written)."""
         key = tuple(span)
-        if key in self.index:
-            return self.index[key]
         if not key:
             return None
-        for candidate in singular_candidates(key[-1]):
-            tag = self.index.get(key[:-1] + (candidate,))
-            if tag is not None:
-                return tag
+        keys = [key[:-1] + (candidate,) for candidate in singular_candidates(key[-1])]
+        for k in ([*keys, key] if singular_first else [key, *keys]):
+            if k in self.index:
+                return self.index[k]
         return None
 
     def find(self, text: str) -> List[Tuple[str, str, int]]:
@@ -206,7 +205,9 @@ class Vocabulary:
         found, i = [], 0
         while i < len(toks):
             for n in range(min(self.longest, len(toks) - i), 0, -1):
-                tag = self.lookup(toks[i:i + n])
+                # "glasses of wine", "boxes of": before "of" a plural is a quantity of containers,
+                # so its singular's category wins over a plural-only name (glasses = spectacles).
+                tag = self.lookup(toks[i:i + n], singular_first=i + n < len(toks) and toks[i + n] == "of")
                 if tag is not None and (n > 1 or self._plausible(toks, i)):
                     found.append((tag, " ".join(toks[i:i + n]), i))
                     i += n
