@@ -248,3 +248,32 @@ def test_importing_the_nodes_loads_no_transformers():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_reduced_precision_reaches_the_model(blip_dir):
+    with ModelCache() as models:
+        node = Caption(model=str(blip_dir), device="cpu", dtype="bf16", **FAST)
+        captions = _node_captions(node, _images(2), models)
+        captioner = models.get("blip", str(blip_dir), "cpu", "bf16")
+        assert next(captioner.model.parameters()).dtype == torch.bfloat16
+        assert len(models) == 1  # the node's model is the one asked for
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+
+
+def test_caption_and_tags_from_a_spec(blip_dir):
+    from grounded.pipeline.spec import parse_pipeline
+
+    spec = f"""
+version: 1
+nodes:
+  - node: caption
+    params: {{model: "{blip_dir}", device: cpu, prompt: "a dog and a man on the beach with", num_beams: 1,
+              max_new_tokens: 4, min_new_tokens: 0}}
+  - node: tags
+    params: {{vocabulary: [dog, person], write_text: true}}
+"""
+    pipe = parse_pipeline(spec)
+    with ModelCache() as models:
+        sample = pipe.process([Sample(image=_images(1)[0])], models=models)[0]
+        pipe.close()
+    assert sample.tags == ["dog", "person"] and sample.text == "dog. person."

@@ -90,7 +90,8 @@ def load_blip(name_or_path: Union[str, Path] = DEFAULT_MODEL, device: str = "cpu
     except Exception as err:  # truncated files, shapes that do not fit the config, ...
         raise ValueError(f"cannot load the BLIP weights in {folder}: {err.__class__.__name__}: "
                          f"{str(err).strip()[:500]}") from err
-    missing = [k for k in info["missing_keys"]]
+    # transformers only warns about these and initialises the missing weights at random.
+    missing = list(info["missing_keys"])
     if missing or info["unexpected_keys"] or info["mismatched_keys"]:
         raise ValueError(f"the weights in {folder} do not fit its config.json: missing {missing[:10]}, "
                          f"unexpected {info['unexpected_keys'][:10]}, mismatched {info['mismatched_keys'][:10]}")
