@@ -277,3 +277,15 @@ nodes:
         sample = pipe.process([Sample(image=_images(1)[0])], models=models)[0]
         pipe.close()
     assert sample.tags == ["dog", "person"] and sample.text == "dog. person."
+
+
+def test_weights_missing_a_tensor_are_refused_not_randomly_filled(blip_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(blip_dir, tmp_path)
+    state = load_file(folder / "model.safetensors")
+    dropped = next(k for k in state if k.startswith("text_decoder.bert.encoder.layer.0"))
+    del state[dropped]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"do not fit its config.json: missing \\['{dropped}'\\]"):
+        load_blip(folder)
