@@ -97,7 +97,8 @@ LEADING_FILLERS = sorted((
     "finally", "lastly", "after that", "afterwards", "maybe", "perhaps", "quickly", "simply", "actually",
     "oh", "like", "you know", "i think", "i guess", "plus", "as well", "lastly", "and then", "yeah", "yes",
     "hi", "hello", "please could you", "please can you", "be so kind as to", "i'd love it if you could",
-    "i would love it if you could", "it would be great if you could", "help me", "could we", "can we",
+    "i would love it if you could", "it would be great if you could", "basically", "literally", "really",
+    "kind of", "sort of", "you see", "listen", "look", "so basically", "what i want is to", "i need", "help me", "could we", "can we",
     "i wish you would", "i'd appreciate it if you could", "computer", "assistant", "also please", "try and",
 ), key=len, reverse=True)
 TRAILING_FILLERS = sorted((
@@ -106,6 +107,10 @@ TRAILING_FILLERS = sorted((
     "thanks a lot", "cheers", "ok", "okay", "quickly", "completely", "entirely", "altogether", "instead",
     "real quick", "will you", "would you", "could you", "won't you", "please and thank you", "again",
 ), key=len, reverse=True)
+MATERIALS = frozenset({"wooden", "wood", "metal", "metallic", "steel", "iron", "glass", "stone", "marble", "plastic",
+                       "brick", "concrete", "paper", "cardboard", "ice", "icy", "crystal", "rusty", "woolen", "woollen",
+                       "leather", "velvet", "denim", "furry", "fluffy", "chrome", "golden", "silver", "gold", "bronze",
+                       "copper", "rubber", "ceramic", "porcelain", "clay", "wicker", "bamboo", "snowy", "transparent"})
 SCENE_WORDS = r"(?:image|picture|photo|photograph|pic|scene|shot|frame|view|foto)"
 DETERMINERS = ("the", "a", "an", "this", "that", "these", "those", "my", "our", "your", "his", "her", "their",
                "its", "some", "all the", "all of the", "both", "both the", "any")
@@ -119,17 +124,41 @@ _BOUNDARY = re.compile(r"\s*(?:,|;|\.|!|\?|:)\s*|\s+(?:and then|and also|and|the
 
 def normalise(utterance: str) -> str:
     """Lower case, one space between words, Whisper's punctuation kept only where it separates
-    clauses (, ; . ! ? :), hyphens between words as spaces, curly quotes straightened."""
+    clauses (, ; . ! ? :), curly quotes straightened."""
     text = utterance.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
     text = text.lower()
-    text = re.sub(r"(?<=\w)-(?=\w)", " ", text)           # blue-green, get-rid-of
+    text = re.sub(r"(?<=\w)-(?=(?:colou?red|ish|toned|tinted)\b)", " ", text)  # red-coloured; t-shirt stays
     text = re.sub(r"[\"()\[\]{}*_~`]", " ", text)
     text = re.sub(r"(?<!\d)\.(?!\d)", " . ", text)          # sentence dots, not 1.5
     text = re.sub(r"([,;!?:])", r" \1 ", text)
-    text = re.sub(r"\bcolour", "color", text)
+    text = text.replace("colour", "color")
     text = re.sub(r"\b(?:gonna)\b", "going to", text)
     text = re.sub(r"\bwanna\b", "want to", text)
     return re.sub(r"\s+", " ", text).strip()
+
+
+IRREGULAR = {"made": "make", "took": "take", "taken": "take", "got": "get", "gotten": "get", "put": "put",
+             "swapped": "swap", "swapping": "swap", "putting": "put", "getting": "get", "cutting": "cut",
+             "dropping": "drop", "dropped": "drop", "stripping": "strip", "stripped": "strip", "setting": "set",
+             "lost": "lose", "drew": "draw", "drawn": "draw", "hid": "hide", "hidden": "hide", "dyeing": "dye"}
+
+
+def base_verb(word: str) -> str:
+    """"removing" / "removed" / "removes" -> "remove" for the verbs of the grammar (a clause's first
+    word only: "the painting" stays a painting)."""
+    if word in IRREGULAR:
+        return IRREGULAR[word]
+    single = {v for v in VERBS if " " not in v}
+    for suffix, add in (("ing", ""), ("ing", "e"), ("ed", ""), ("ed", "e"), ("d", ""), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and word[: -len(suffix)] + add in single:
+            return word[: -len(suffix)] + add
+    return word
+
+
+def _base_first(clause: str) -> str:
+    first, _, rest = clause.partition(" ")
+    base = base_verb(first)
+    return clause if base == first else (base + (" " + rest if rest else ""))
 
 
 def strip_fillers(clause: str) -> str:
@@ -147,7 +176,7 @@ def strip_fillers(clause: str) -> str:
             if clause.endswith(" " + filler):
                 clause, changed = clause[: -len(filler)].strip(" ,"), True
                 break
-    return clause
+    return _base_first(clause)
 
 
 def clean_target(text: str) -> str:
@@ -192,6 +221,7 @@ def parse_edits(utterance: str) -> List[Edit]:
         verb = _verb_of(current) or verb
     if current:
         edits += _clause(current, utterance, edits)
+    edits = [e for e in edits if e is not _CHATTER]
     if not edits:
         raise InstructionError(utterance, "it asks for no edit")
     return edits
@@ -228,6 +258,8 @@ def _parses(clause: str) -> bool:
 def _clause(clause: str, utterance: str, before: Sequence[Edit]) -> List[Edit]:
     edits = _command(clause)
     if not edits:
+        if not any(re.search(rf"\b{re.escape(v)}\b", clause) for v in VERBS) and re.search(r"[.!?]", utterance):
+            return [_CHATTER]  # "hmm, let me think. remove the chair": a sentence with no edit verb at all
         raise InstructionError(utterance, f"cannot read {clause!r}")
     out = []
     for edit in edits:
@@ -238,6 +270,9 @@ def _clause(clause: str, utterance: str, before: Sequence[Edit]) -> List[Edit]:
             target = (out or list(before))[-1].target
         out.append(Edit(edit.action, target, edit.value))
     return out
+
+
+_CHATTER = Edit("remove", "<chatter>")
 
 
 def _many(action: str, targets: str, value: Optional[str] = None) -> List[Edit]:
@@ -257,6 +292,9 @@ def _thing(action_if_object: str, target: str, value: str, painting: bool = Fals
     """Replace the target with `value`, or recolour it when `value` is a colour phrase (but "an
     orange" is a fruit, unless the verb was a painting one)."""
     value = value.strip(" ,")
+    # "the sofa to be replaced by a piano", "the car painted red": the verb is not part of the value
+    value = re.sub(r"^(?:replaced|swapped|exchanged|substituted|traded|changed|turned|transformed|converted|made|"
+                   r"painted|colored|recolored|dyed|tinted)(?: (?:with|by|for|into|to|in))?\s+", "", value)
     words = value.split()
     color = color_phrase(words)
     if color is not None and not painting and len(words) == 2 and words[0] in ("a", "an") and words[1] in NOUN_COLORS:
@@ -285,8 +323,12 @@ _BE = r"(?:should|must|shall|will|would|could|can|needs? to|has to|have to|ought
 def _command(clause: str) -> List[Edit]:
     """The edits of one clause (no fillers left), or [] when it is none of the known forms."""
     c = clause.strip(" ,")
+    c = re.sub(rf" (?:from|in|on) (?:the|this|my|our) {SCENE_WORDS}$", "", c)  # "... from the picture"
+    m = re.fullmatch(r"(?:substitute|swap in|switch in|sub in|sub|put in|bring in) (.+?) (?:for|in place of|instead of) (.+)", c)
+    if m:
+        return _thing("replace", m.group(2), m.group(1))
     # ---- colour first: "change the colour of X to Y", "give X a Y colour", "paint X Y" ----------
-    m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (?:the )?color of (.+?) (?:to|into|in|as) (.+)", c) \
+    m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (?:the )?color of (.+) (?:to|into|in|as) (.+)", c) \
         or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?)(?:'s| s) color (?:to|into|in|as) (.+)", c) \
         or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?) color (?:to|into|in|as) (.+)", c)
     if m and color_phrase(m.group(2).split()):
@@ -324,13 +366,31 @@ def _command(clause: str) -> List[Edit]:
         return _thing("replace", m.group(1), m.group(2))
     # ---- changing: "into/to/for"; a colour makes it a recolour --------------------------------
     m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?) (?:into|in to|look like|resemble|become|be) (.+)", c) \
-        or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+) (?<!next )(?<!close )(?:to|for|in|as) (.+)", c)
+        or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+) (?<!next )(?<!close )(?:to|for) (.+)", c)
+    if not m:  # "in" / "as" often belong to the target ("the tree in the background"): only before a colour
+        m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+) (?:in|as) (.+)", c)
+        m = m if m and color_phrase(m.group(2).split()) else None
     if m and m.group(1) and m.group(2):
         return _thing("replace", m.group(1), m.group(2), painting=re.match(_PAINT + " ", c) is not None)
     m = re.fullmatch(rf"(?:i want|i'd like|i would like|i need|let|make|have|get|want) (.+?) (?:to be|to become|be|become|to look like|look like|turned into|changed to|changed into|made into) (.+)", c) \
-        or re.fullmatch(rf"(.+?) (?:{_BE}) (?:changed |turned |made |painted |colored |transformed |converted )?(?:into |to |in )?(.+)", c)
+        or re.fullmatch(r"(?:can|could|would|will|should|may|might|shall) (.+?) (?:be|become|turn into|look like|get) (.+)", c) \
+        or re.fullmatch(rf"(.+?) (?:{_BE}) (?:replaced|swapped|exchanged|substituted|traded) (?:with|by|for) (.+)", c) \
+        or re.fullmatch(rf"(.+?) (?:{_BE}) (?:changed |turned |made |painted |colored |recolored |dyed |transformed |converted )?(?:into |to |in )?(.+)", c)
     if m and not _verb_of(m.group(1)):
         return _thing("replace", m.group(1), m.group(2))
+    # ---- "make the leaves look autumn orange": a look that ends in a colour ---------------------
+    m = re.fullmatch(rf"(?:{_CHANGE}) (.+?) (?:look|appear|seem) (.+)", c)
+    if m:
+        words = m.group(2).split()
+        start, color = color_suffix(words)
+        if color:
+            return _many("recolor", m.group(1), color)
+        return _thing("replace", m.group(1), m.group(2))
+    # ---- "make the table wooden": a material makes a new object of that material ---------------
+    m = re.fullmatch(rf"(?:{_CHANGE}) (.+) (\w+)", c)
+    if m and m.group(2) in MATERIALS and color_phrase([m.group(2)]) is None and clean_target(m.group(1)):
+        target = clean_target(m.group(1))
+        return [Edit("replace", target, f"{m.group(2)} {target}")]
     # ---- "turn the car blue", "paint the wall light green", "make the sky purple" -------------
     m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+)", c)
     if m:

@@ -55,7 +55,7 @@ def normalise(word: str) -> str:
 def parse_color(words: Sequence[str]) -> Optional[Tuple[List[str], List[str]]]:
     """(modifiers, colour names) when the whole phrase is a colour ("light blue", "blue-green
     coloured", "reddish brown"), else None."""
-    words = [normalise(w) for w in words if w not in ("a", "an", "the", "in", "of", "some")]
+    words = [normalise(p) for w in words for p in w.split("-") if p and p not in ("a", "an", "the", "in", "of", "some")]
     while words and words[-1] in TRAILERS:
         words = words[:-1]
     if not words:

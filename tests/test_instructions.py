@@ -1,0 +1,185 @@
+"""The edit-instruction grammar: verbs and their synonyms, colour phrases, qualifiers kept,
+several edits per sentence, politeness and Whisper's punctuation, and phrasings composed from
+the parts (not a list of sentences)."""
+
+import itertools
+import random
+
+import pytest
+
+from grounded.instructions import Edit, InstructionError, edit_from_dict, normalise, parse_edits
+from grounded.nodes.instruction import ParseEdits, detector_prompt
+from grounded.types import Sample
+
+
+def edits(text):
+    return [(e.action, e.target, e.value) for e in parse_edits(text)]
+
+
+@pytest.mark.parametrize("text, expected", [
+    # the issue's three examples
+    ("change the dog to a monkey", [("replace", "dog", "monkey")]),
+    ("turn the red car blue", [("recolor", "red car", "blue")]),
+    ("remove the bicycle", [("remove", "bicycle", None)]),
+    # Whisper's casing and punctuation
+    (" Change the dog to a monkey.", [("replace", "dog", "monkey")]),
+    ("Remove the bicycle. Make the sky purple.", [("remove", "bicycle", None), ("recolor", "sky", "purple")]),
+    # qualifiers stay on the target
+    ("remove the person on the left", [("remove", "person on the left", None)]),
+    ("Turn the tall man on the right into a statue.", [("replace", "tall man on the right", "statue")]),
+    ("change the sign next to the door to a tree", [("replace", "sign next to the door", "tree")]),
+    ("replace the man with the hat with a woman", [("replace", "man with the hat", "woman")]),
+    ("remove the black and white cat", [("remove", "black and white cat", None)]),
+    ("Remove the astronaut's helmet.", [("remove", "astronaut's helmet", None)]),
+    # several edits in one sentence
+    ("remove the bicycle and make the sky purple", [("remove", "bicycle", None), ("recolor", "sky", "purple")]),
+    ("Please delete the car, the bike and the bus.", [("remove", "car", None), ("remove", "bike", None), ("remove", "bus", None)]),
+    ("change the dog to a monkey and the cat to a tiger", [("replace", "dog", "monkey"), ("replace", "cat", "tiger")]),
+    ("Can you turn the grass brown and the sky dark blue?", [("recolor", "grass", "brown"), ("recolor", "sky", "dark blue")]),
+    ("Swap the laptop for a typewriter, then make the desk black.",
+     [("replace", "laptop", "typewriter"), ("recolor", "desk", "black")]),
+    ("remove the car and paint it red", [("remove", "car", None), ("recolor", "car", "red")]),
+    # politeness and hesitation
+    ("Could you please remove the bicycle?", [("remove", "bicycle", None)]),
+    ("Okay, so, um, I'd like you to get rid of the lamp on the desk.", [("remove", "lamp on the desk", None)]),
+    ("Hey, could you turn the house pink and then remove the fence? Thanks!", [("recolor", "house", "pink"), ("remove", "fence", None)]),
+    ("Would you mind swapping the horse with a unicorn?", [("replace", "horse", "unicorn")]),
+    # word order and voice
+    ("substitute a lion for the dog", [("replace", "dog", "lion")]),
+    ("put a vase in place of the lamp", [("replace", "lamp", "vase")]),
+    ("instead of the dog, put a monkey", [("replace", "dog", "monkey")]),
+    ("I want a cat instead of the dog.", [("replace", "dog", "cat")]),
+    ("the dog should be replaced with a cat", [("replace", "dog", "cat")]),
+    ("The sky should be orange.", [("recolor", "sky", "orange")]),
+    ("I want the car to be green.", [("recolor", "car", "green")]),
+    ("Can the sky be pink?", [("recolor", "sky", "pink")]),
+    ("make the dog disappear", [("remove", "dog", None)]),
+    ("I don't want the bicycle in the picture", [("remove", "bicycle", None)]),
+    ("The bird should go.", [("remove", "bird", None)]),
+    ("take the car out", [("remove", "car", None)]),
+    # colour phrases
+    ("Change the colour of the umbrella to bright orange.", [("recolor", "umbrella", "bright orange")]),
+    ("paint the sky a deep purple color", [("recolor", "sky", "deep purple")]),
+    ("make the car red-colored", [("recolor", "car", "red")]),
+    ("give the wall a light grey tint", [("recolor", "wall", "light gray")]),
+    ("can you make the girl's dress reddish", [("recolor", "girl's dress", "red")]),
+    ("change the red car to a blue one", [("recolor", "red car", "blue")]),
+    ("make the sky navy blue", [("recolor", "sky", "navy blue")]),
+    ("make the leaves look autumn orange", [("recolor", "leaves", "orange")]),
+    # a colour name that is a thing
+    ("swap the apple for an orange", [("replace", "apple", "orange")]),
+    ("paint the car orange", [("recolor", "car", "orange")]),
+    ("turn the chair into a blue sofa", [("replace", "chair", "blue sofa")]),
+    ("make the table wooden", [("replace", "table", "wooden table")]),
+    ("Recolor the t-shirt to blue-green.", [("recolor", "t-shirt", "blue green")]),
+    # chatter around a command, the scene named, passive values
+    ("So basically just remove the trash bin, okay?", [("remove", "trash bin", None)]),
+    ("Hmm, let me think. Remove the chair.", [("remove", "chair", None)]),
+    ("Could you make the lamp disappear from the picture?", [("remove", "lamp", None)]),
+    ("I would like the sofa to be replaced by a piano.", [("replace", "sofa", "piano")]),
+    ("Swap in a vase of roses for the lamp.", [("replace", "lamp", "vase of roses")]),
+    ("make the car look like a tank", [("replace", "car", "tank")]),
+])
+def test_phrasings(text, expected):
+    assert edits(text) == expected
+
+
+# Composed from the grammar's parts: every verb synonym x fillers x targets x values.
+REMOVE = ["remove", "delete", "erase", "get rid of", "take out", "eliminate", "Remove", "please remove", "wipe out"]
+REPLACE = ["replace {t} with {v}", "swap {t} for {v}", "swap out {t} for {v}", "exchange {t} for {v}",
+           "change {t} to {v}", "change {t} into {v}", "turn {t} into {v}", "transform {t} into {v}",
+           "convert {t} into {v}", "make {t} into {v}", "make {t} {v}", "substitute {v} for {t}",
+           "put {v} where {t} is", "use {v} instead of {t}", "{t} should become {v}", "replace {t} by {v}"]
+RECOLOR = ["make {t} {c}", "turn {t} {c}", "paint {t} {c}", "color {t} {c}", "colour {t} {c}", "recolor {t} {c}",
+           "recolour {t} to {c}", "change {t} to {c}", "dye {t} {c}", "change the color of {t} to {c}",
+           "make {t} {c}-coloured", "{t} should be {c}", "paint {t} in {c}", "tint {t} {c}"]
+BEFORE = ["", "please ", "could you ", "can you please ", "um, ", "I want you to ", "would you kindly ", "ok so "]
+AFTER = ["", " please", ", thanks", "!", ".", "?", " for me"]
+TARGETS = ["the dog", "the person on the left", "the red car", "the big tree in the background", "the cup on the table"]
+VALUES = ["a monkey", "an elephant", "a wooden chair", "a bunch of flowers"]
+COLORS = [("blue", "blue"), ("light green", "light green"), ("dark purple", "dark purple"), ("grey", "gray"),
+          ("bright yellow", "bright yellow"), ("turquoise", "turquoise")]
+
+
+def _clean(phrase):
+    return phrase.split(" ", 1)[1]
+
+
+def test_composed_removals():
+    for verb, before, after, target in itertools.product(REMOVE, BEFORE, AFTER, TARGETS):
+        text = f"{before}{verb} {target}{after}"
+        assert edits(text) == [("remove", _clean(target), None)], text
+
+
+def test_composed_replacements():
+    for form, before, after, target, value in itertools.product(REPLACE, BEFORE[:4], AFTER[:4], TARGETS, VALUES):
+        text = before + form.format(t=target, v=value) + after
+        assert edits(text) == [("replace", _clean(target), _clean(value))], text
+
+
+def test_composed_recolours():
+    for form, before, after, target, (color, norm) in itertools.product(RECOLOR, BEFORE[:4], AFTER[:4], TARGETS, COLORS):
+        text = before + form.format(t=target, c=color) + after
+        assert edits(text) == [("recolor", _clean(target), norm)], text
+
+
+def test_composed_sequences_of_two_and_three():
+    rng = random.Random(0)
+    joins = [" and ", ", then ", ". ", ", and then ", " and also ", "; "]
+    for _ in range(300):
+        parts, expected = [], []
+        for _ in range(rng.choice([2, 3])):
+            kind = rng.choice(["remove", "replace", "recolor"])
+            target = rng.choice(TARGETS)
+            if kind == "remove":
+                parts.append(f"{rng.choice(REMOVE)} {target}")
+                expected.append(("remove", _clean(target), None))
+            elif kind == "replace":
+                value = rng.choice(VALUES)
+                parts.append(rng.choice(REPLACE).format(t=target, v=value))
+                expected.append(("replace", _clean(target), _clean(value)))
+            else:
+                color, norm = rng.choice(COLORS)
+                parts.append(rng.choice(RECOLOR).format(t=target, c=color))
+                expected.append(("recolor", _clean(target), norm))
+        text = rng.choice(BEFORE) + rng.choice(joins).join(parts) + rng.choice(AFTER)
+        assert edits(text) == expected, text
+
+
+@pytest.mark.parametrize("text", ["hello world", "what a nice picture", "make the dog bigger", "replace the dog",
+                                  "remove it", "", "   ", "the", "recolor the car"])
+def test_unparseable_utterances_quote_it_and_list_the_forms(text):
+    with pytest.raises(InstructionError) as err:
+        parse_edits(text)
+    message = str(err.value)
+    assert repr(text) in message
+    assert "remove | delete" in message and "replace" in message and "<colour>" in message
+
+
+def test_normalise_handles_whisper_output():
+    assert normalise("  Change the Dog — to a MONKEY!! ") == "change the dog — to a monkey ! !"
+    assert normalise("Recolor the T-shirt red-coloured") == "recolor the t-shirt red colored"
+    assert normalise("Recolour it") == "recolor it"
+
+
+def test_edit_dicts_round_trip_and_are_checked():
+    for e in parse_edits("remove the cup and change the dog to a monkey and make the sky purple"):
+        assert edit_from_dict(e.as_dict()) == e
+    with pytest.raises(ValueError, match="action"):
+        edit_from_dict({"action": "explode", "target": "car"})
+    with pytest.raises(ValueError, match="needs a value"):
+        edit_from_dict({"action": "replace", "target": "car"})
+    assert str(Edit("replace", "dog", "monkey")) == "replace 'dog' -> 'monkey'"
+
+
+def test_parse_edits_node_writes_edits_and_detector_prompt():
+    node = ParseEdits()
+    sample = node.process(Sample(transcript=" Remove the bicycle and make the sky purple."))
+    assert sample.edits == [{"action": "remove", "target": "bicycle", "value": None},
+                            {"action": "recolor", "target": "sky", "value": "purple"}]
+    assert sample.text == "bicycle . sky"
+    assert sample.instruction == " Remove the bicycle and make the sky purple."
+    said = ParseEdits(say="change the dog to a monkey")
+    assert said.reads == {}
+    assert said.process(Sample()).edits == [{"action": "replace", "target": "dog", "value": "monkey"}]
+    assert detector_prompt(["dog", "cat", "dog"]) == "dog . cat"
