@@ -16,6 +16,7 @@ from ..pipeline.node import Node, did_you_mean
 
 BUILTIN_NODES: Mapping[str, str] = {
     "segment_auto": "grounded.nodes.segment:SegmentAuto",
+    "detect": "grounded.nodes.detect:Detect",
     "caption": "grounded.nodes.caption:Caption",
     "tags": "grounded.nodes.tags:Tags",
     "segment_boxes": "grounded.nodes.segment:SegmentBoxes",

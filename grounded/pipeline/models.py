@@ -73,6 +73,7 @@ DEFAULT_LOADERS: Mapping[str, Any] = {
     "sam_predictor": _load_sam_predictor,
     # Other kinds by import path ("module:function"), imported only when a model of that kind is loaded.
     "blip": "grounded.nodes.caption:_load_blip",
+    "grounding_dino": "grounded.nodes.detect:_load_grounding_dino",
 }
 
 

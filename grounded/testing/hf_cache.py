@@ -37,3 +37,7 @@ def point_hf_cache_at(monkeypatch, cache_dir: Union[str, Path]) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache_dir))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache_dir))
+    # transformers keeps its own copy of the default cache folder, also read at import.
+    import transformers.utils.hub
+
+    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(cache_dir))

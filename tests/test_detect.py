@@ -1,0 +1,190 @@
+"""Grounding DINO through transformers, and the `detect` node: a tiny random model built from a
+config, saved, and loaded back by folder and by hub id; the node's output against transformers'
+own post-processing on the same weights; prompts and bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from grounded.detect import load_detector, parse_prompt
+from grounded.detect.phrases import token_classes
+from grounded.nodes.detect import Detect
+from grounded.pipeline import ModelCache, Pipeline
+from grounded.testing.dino import BERT_BASE_IDS, PROMPT_CORPUS, tiny_hf, tiny_text_encoder
+from grounded.testing.hf_cache import install_in_hf_cache, point_hf_cache_at
+from grounded.testing.tokenizers import assert_no_unknown_tokens
+from grounded.types import Sample
+
+PROMPT = "dog. cat. red car."
+SIZE = dict(size=64, max_size=100)
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    torch.set_num_threads(1)
+    return tiny_hf(tmp_path_factory.mktemp("gdino") / "tiny-grounding-dino", seed=1)
+
+
+@pytest.fixture(scope="module")
+def detector(hf_folder):
+    return load_detector(hf_folder, **SIZE)
+
+
+def images(seed=0, shapes=((60, 80), (72, 50))):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+
+
+def reference(detector, imgs, text, box_threshold, text_threshold):
+    """transformers' own pipeline: processor -> model -> post_process_grounded_object_detection."""
+    proc = detector.processor
+    inputs = proc(images=imgs, text=[text] * len(imgs), return_tensors="pt",
+                  images_kwargs={"size": {"shortest_edge": SIZE["size"], "longest_edge": SIZE["max_size"]}})
+    with torch.no_grad():
+        outputs = detector.model(**inputs)
+    return proc.post_process_grounded_object_detection(outputs, inputs.input_ids, threshold=box_threshold,
+                                                       text_threshold=text_threshold,
+                                                       target_sizes=[im.shape[:2] for im in imgs])
+
+
+def clean(phrase):
+    """A reference phrase without the special tokens and separators the node leaves out."""
+    for token in ("[CLS]", "[SEP]", "[PAD]", "."):
+        phrase = phrase.replace(token, " ")
+    return " ".join(phrase.split())
+
+
+def test_prompt_classes_and_caption():
+    p = parse_prompt("Dog.  cat . red   car.")
+    assert p.classes == ("dog", "cat", "red car")
+    assert p.caption == "dog . cat . red car ."
+    assert parse_prompt(["dog", "Red car"]).classes == ("dog", "red car")
+    assert [p.caption[a:b] for a, b in p.spans] == ["dog", "cat", "red car"]
+
+
+@pytest.mark.parametrize("text", ["", "   ", ".", " . . ", "?!", "dog. ,,. cat", None])
+def test_bad_prompts_are_value_errors(text):
+    with pytest.raises(ValueError, match="prompt"):
+        parse_prompt(text)
+
+
+def test_tokenizer_knows_the_prompt_words_and_bert_base_special_ids(tmp_path):
+    tok = tiny_text_encoder(tmp_path / "bert")
+    assert_no_unknown_tokens(tok, PROMPT_CORPUS)
+    for token, idx in BERT_BASE_IDS.items():
+        assert tok.convert_tokens_to_ids(token) == idx
+    prompt = parse_prompt(PROMPT)
+    enc = tok(prompt.caption, return_offsets_mapping=True)
+    classes = token_classes(prompt, enc["offset_mapping"])
+    words = tok.convert_ids_to_tokens(enc["input_ids"])
+    assert words == ["[CLS]", "dog", ".", "cat", ".", "red", "car", ".", "[SEP]"]
+    assert classes.tolist() == [-1, 0, -1, 1, -1, 2, 2, -1, -1]
+
+
+def test_detector_equals_transformers_post_processing(detector):
+    imgs = images()
+    for box_threshold in (0.3, 0.9):
+        ours = detector.detect(imgs, PROMPT, box_threshold=box_threshold, text_threshold=0.25)
+        ref = reference(detector, imgs, PROMPT, box_threshold, 0.25)
+        assert len(ours) == 2
+        for dets, r, im in zip(ours, ref, imgs):
+            assert len(dets) == len(r["scores"]) > 0
+            np.testing.assert_allclose(dets.xyxy, r["boxes"].numpy(), rtol=1e-5, atol=1e-3)
+            np.testing.assert_allclose(dets.scores, r["scores"].numpy(), rtol=1e-6, atol=1e-6)
+            assert dets.data["phrase"] == [clean(t) for t in r["text_labels"]]
+            assert dets.image_size == im.shape[:2]
+            assert set(dets.labels) <= {"dog", "cat", "red car"}
+    # a stricter threshold keeps a strict subset: the thresholds are doing something
+    assert 0 < len(detector.detect(imgs[0], PROMPT, box_threshold=0.9)[0]) < len(detector.detect(imgs[0], PROMPT)[0])
+
+
+def test_class_of_each_detection_is_its_best_prompt_class(detector):
+    img = images()[0]
+    dets = detector.detect(img, PROMPT, box_threshold=0.3)[0]
+    prompt = parse_prompt(PROMPT)
+    pv, pm = detector.prepare([img])
+    logits, _ = detector.forward(pv, pm, [prompt.caption])
+    tokens = detector.tokenize([prompt.caption])
+    classes = token_classes(prompt, tokens["offset_mapping"][0])
+    probs = logits[0].sigmoid()
+    kept = probs.max(-1).values > 0.3
+    per_class = torch.stack([probs[kept][:, :len(classes)][:, torch.from_numpy(classes == k)].max(-1).values
+                             for k in range(3)], -1)
+    assert dets.class_id.tolist() == per_class.argmax(-1).tolist()
+    assert dets.labels == [prompt.classes[k] for k in dets.class_id]
+
+
+def test_no_detection_above_threshold_is_an_empty_result(detector):
+    dets = detector.detect(images()[0], PROMPT, box_threshold=0.99999)[0]
+    assert len(dets) == 0 and dets.image_size == (60, 80) and dets.xyxy.shape == (0, 4)
+
+
+def test_nms_removes_overlaps(detector):
+    img = images()[0]
+    plain = detector.detect(img, PROMPT, box_threshold=0.3)[0]
+    kept = detector.detect(img, PROMPT, box_threshold=0.3, nms=0.05)[0]  # random boxes barely overlap
+    expected = plain.nms(0.05, class_agnostic=True)
+    assert 0 < len(kept) == len(expected) < len(plain)
+    np.testing.assert_array_equal(kept.xyxy, expected.xyxy)
+
+
+def test_node_in_a_pipeline_batches_and_maps_classes(hf_folder, detector):
+    imgs = images()
+    with ModelCache() as models:
+        pipe = Pipeline([Detect(model=str(hf_folder), device="cpu", box_threshold=0.3, **SIZE)],
+                        inputs=["image", "text"], batch_size=2)
+        out = pipe.process([Sample(image=im, text=PROMPT) for im in imgs], models=models)
+        assert len(models) == 1
+    direct = detector.detect(imgs, PROMPT, box_threshold=0.3)
+    for sample, dets in zip(out, direct):
+        np.testing.assert_array_equal(sample.detections.xyxy, dets.xyxy)
+        assert sample.detections.labels == dets.labels
+    # the prompt parameter replaces the items' text
+    with ModelCache() as models:
+        node = Detect(model=str(hf_folder), device="cpu", prompt=PROMPT, **SIZE)
+        assert node.reads == {"image": np.ndarray}
+        sample = Pipeline([node]).process([imgs[0]], models=models)[0]
+    # (alone, not padded to the batch's largest image, so not the batched result)
+    np.testing.assert_array_equal(sample.detections.scores, detector.detect(imgs[0], PROMPT)[0].scores)
+
+
+def test_node_bad_input(hf_folder):
+    with pytest.raises(ValueError, match="empty detection prompt"):
+        Detect(model=str(hf_folder), prompt=" ")
+    with pytest.raises(ValueError, match="no word"):
+        Detect(model=str(hf_folder), prompt="...?")
+    with pytest.raises(ValueError, match="box_threshold"):
+        Detect(model=str(hf_folder), box_threshold=1.5)
+    with ModelCache() as models:
+        pipe = Pipeline([Detect(model=str(hf_folder), device="cpu", **SIZE)], inputs=["image", "text"])
+        with pytest.raises(ValueError, match="prompt"):
+            pipe.process([Sample(image=images()[0], text=" . ")], models=models)
+
+
+def test_load_by_hub_id_from_the_cache(hf_folder, detector, tmp_path, monkeypatch):
+    cache = install_in_hf_cache(hf_folder, tmp_path / "hub", "test-org/tiny-grounding-dino")
+    point_hf_cache_at(monkeypatch, cache)
+    by_id = load_detector("test-org/tiny-grounding-dino", **SIZE)
+    img = images()[0]
+    a, b = by_id.detect(img, PROMPT)[0], detector.detect(img, PROMPT)[0]
+    np.testing.assert_array_equal(a.xyxy, b.xyxy)
+    with pytest.raises(FileNotFoundError, match="test-org/absent"):
+        load_detector("test-org/absent")
+
+
+def test_weights_that_do_not_match_the_config(hf_folder, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(hf_folder, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["decoder_layers"] += 1
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"missing keys.*model\.decoder\.layers\.2\."):
+        load_detector(bad)
+    cfg["decoder_layers"] -= 1
+    cfg["num_queries"] += 5
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="query_position_embeddings"):
+        load_detector(bad)
