@@ -68,7 +68,8 @@ def clip_tokenizer(out_dir: Union[str, Path], max_merges: int = 48894):
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     (out_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    slow = CLIPTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"))
+    # CLIP's text encoders take 77 positions; without the limit, padding to max_length overflows.
+    slow = CLIPTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=77)
     slow.save_pretrained(out_dir)
     fast = CLIPTokenizerFast.from_pretrained(out_dir)
     fast.save_pretrained(out_dir)
