@@ -80,6 +80,8 @@ def match_targets(edits: List[Dict[str, Any]], dets: Detections) -> List[Optiona
     for target in targets:
         if len(distinct) == 1:  # the detector was asked for this target alone: every detection is it
             candidates = list(range(len(dets)))
+        elif target.lower() in [label.lower() for label in dets.labels]:  # detect's labels are the prompt's classes
+            candidates = [i for i, label in enumerate(dets.labels) if label.lower() == target.lower()]
         else:
             wanted = _words(target) - _STOP - set(SPATIAL)
             overlap = [len(wanted & _words(label)) for label in dets.labels]

@@ -12,7 +12,8 @@ from ..types import Sample
 
 
 def detector_prompt(targets: List[str]) -> str:
-    """Grounding DINO's prompt form: phrases separated by " . ", each once, in order."""
+    """Grounding DINO's prompt form: classes separated by " . ", each once, in order (the detect
+    node's labels are these classes, which is how each edit finds its target's boxes)."""
     seen: List[str] = []
     for target in targets:
         if target not in seen:

@@ -21,12 +21,14 @@ def espeak_missing() -> Optional[str]:
     return None
 
 
-def speak(text: str, path: Union[str, Path], voice: str = "en-us", words_per_minute: int = 150) -> Path:
-    """`text` spoken by espeak-ng into a wav file (22.05 kHz mono 16-bit)."""
+def speak(text: str, path: Union[str, Path], voice: str = "en", words_per_minute: int = 130, word_gap: int = 3) -> Path:
+    """`text` spoken by espeak-ng into a wav file (22.05 kHz mono 16-bit). The defaults (British
+    voice, 130 words a minute, 30 ms between words) are what Whisper tiny.en hears best from
+    espeak's synthetic voice; en-us at 150 turns "dog" into "dark" and "bicycle" into "Mysicle"."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([ESPEAK, "-v", voice, "-s", str(words_per_minute), "-w", str(path), text], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run([ESPEAK, "-v", voice, "-s", str(words_per_minute), "-g", str(word_gap), "-w", str(path), text],
+                   check=True, capture_output=True, timeout=60)
     return path
 
 
