@@ -14,7 +14,8 @@
 
 Preprocessing is groundingdino-py's own (`groundingdino.util.inference`): PIL bilinear resize of
 the shortest side to `size` (longest <= `max_size`), ToTensor, ImageNet normalize; a batch is padded
-by `nested_tensor_from_tensor_list`. groundingdino-py's multi-scale deformable attention falls back
+by `nested_tensor_from_tensor_list`. Images with different prompts go through the network in
+separate batches (see `forward`: groundingdino-py mixes up their text masks). groundingdino-py's multi-scale deformable attention falls back
 to its pure-PyTorch path (`multi_scale_deformable_attn_pytorch`), which runs on the CPU."""
 
 from __future__ import annotations
@@ -152,10 +153,21 @@ class OfficialGroundingDino(Detector):
         import torch
         from groundingdino.util.misc import NestedTensor
 
-        samples = NestedTensor(pixel_values.to(self.device), (~pixel_mask.to(torch.bool)).to(self.device))
-        with torch.no_grad():
-            out = self.model(samples, captions=list(captions))
-        return out["pred_logits"].float().cpu(), out["pred_boxes"].float().cpu()
+        # One forward per distinct caption: groundingdino-py 0.4.0's text enhancer repeats the
+        # per-caption attention masks batch-major (`src_mask.repeat(nhead, 1, 1)`) where
+        # nn.MultiheadAttention wants them head-minor, so in a batch of different captions each
+        # head reads another caption's mask. Images sharing a caption batch correctly.
+        groups = {}
+        for i, caption in enumerate(captions):
+            groups.setdefault(caption, []).append(i)
+        logits, boxes = [None] * len(captions), [None] * len(captions)
+        for caption, rows in groups.items():
+            samples = NestedTensor(pixel_values[rows].to(self.device), (~pixel_mask[rows].to(torch.bool)).to(self.device))
+            with torch.no_grad():
+                out = self.model(samples, captions=[caption] * len(rows))
+            for j, i in enumerate(rows):
+                logits[i], boxes[i] = out["pred_logits"][j].float().cpu(), out["pred_boxes"][j].float().cpu()
+        return torch.stack(logits), torch.stack(boxes)
 
 
 class _Keys:

@@ -1,0 +1,197 @@
+"""Grounding DINO through groundingdino-py (official checkpoint + .py config), the official ->
+transformers converter, and parity: the same random weights in both layouts, given the same
+pixels and text, give the same logits, boxes, scores and phrases."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from grounded.cli import main as cli
+from grounded.detect import load_detector, parse_prompt
+from grounded.detect.convert import convert_checkpoint, convert_state_dict, map_key
+from grounded.detect.official import load_official_state_dict, read_config
+from grounded.nodes.detect import Detect
+from grounded.pipeline import ModelCache, Pipeline
+from grounded.testing.dino import tiny_official, write_official_config
+
+PROMPT = "dog. cat. red car."
+SIZE = dict(size=64, max_size=100)
+
+
+@pytest.fixture(scope="module")
+def official_files(tmp_path_factory):
+    torch.set_num_threads(1)
+    return tiny_official(tmp_path_factory.mktemp("gdino_official"), seed=2)
+
+
+@pytest.fixture(scope="module")
+def official(official_files):
+    checkpoint, config, bert = official_files
+    return load_detector(checkpoint, config, text_encoder=bert, **SIZE)
+
+
+@pytest.fixture(scope="module")
+def converted(official_files, tmp_path_factory):
+    checkpoint, config, bert = official_files
+    out = tmp_path_factory.mktemp("gdino_converted") / "hf"
+    assert cli(["convert", "grounding-dino", str(checkpoint), str(config), "--text-encoder", str(bert),
+                "--out", str(out)]) == 0
+    return out
+
+
+def images(seed=0, shapes=((60, 80), (72, 50))):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+
+
+def clean(phrase):
+    for token in ("[CLS]", "[SEP]", "[PAD]", "."):
+        phrase = phrase.replace(token, " ")
+    return " ".join(phrase.split())
+
+
+def test_config_is_parsed_not_run(tmp_path):
+    import groundingdino
+    from groundingdino.util.slconfig import SLConfig
+
+    shipped = Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"
+    assert read_config(shipped) == dict(SLConfig.fromfile(str(shipped))._cfg_dict.to_dict())
+    with_code = tmp_path / "evil.py"
+    with_code.write_text("import os\nhidden_dim = 256\n")
+    with pytest.raises(ValueError, match="line 1: only `name = value`"):
+        read_config(with_code)
+    with_code.write_text("hidden_dim = int('256')\n")
+    with pytest.raises(ValueError, match="'hidden_dim' is not a literal"):
+        read_config(with_code)
+    with pytest.raises(FileNotFoundError):
+        read_config(tmp_path / "absent.py")
+
+
+def test_node_equals_groundingdino_predict(official_files, official):
+    """The node's boxes, scores and phrases against groundingdino.util.inference's own predict and
+    post-processing, on the library's own preprocessing (load_image's transform at our size)."""
+    import groundingdino.datasets.transforms as T
+    from groundingdino.util.inference import Model, predict
+    from PIL import Image
+
+    checkpoint, config, bert = official_files
+    transform = T.Compose([T.RandomResize([SIZE["size"]], max_size=SIZE["max_size"]), T.ToTensor(),
+                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    caption = parse_prompt(PROMPT).caption
+    with ModelCache() as models:
+        node = Detect(model=str(checkpoint), model_config=str(config), text_encoder=str(bert), prompt=PROMPT,
+                      device="cpu", **SIZE)
+        for image in images():
+            sample = Pipeline([node]).process([image], models=models)[0]
+            tensor, _ = transform(Image.fromarray(image), None)
+            boxes, logits, phrases = predict(official.model, tensor, caption, 0.3, 0.25, device="cpu")
+            ref = Model.post_process_result(image.shape[0], image.shape[1], boxes, logits)
+            dets = sample.detections
+            assert len(dets) == len(ref.xyxy) > 0
+            np.testing.assert_allclose(dets.xyxy, ref.xyxy, rtol=1e-5, atol=1e-3)
+            np.testing.assert_allclose(dets.scores, ref.confidence, rtol=1e-6, atol=1e-6)
+            assert dets.data["phrase"] == [clean(p) for p in phrases]
+            assert set(dets.labels) <= {"dog", "cat", "red car"}
+        assert len(models) == 1  # one detector for every item
+
+
+def test_converted_weights_give_the_same_logits_boxes_and_phrases(official, converted):
+    hf = load_detector(converted, **SIZE)
+    prompts = [parse_prompt(PROMPT), parse_prompt("a person. a bicycle.")]
+    imgs = images()
+    # identical inputs: the official backend's pixels (a padded batch with its mask) for both
+    pixels, mask = official.prepare(imgs)
+    assert not mask.all()  # the second image is padded: masks are part of the parity
+    captions = [p.caption for p in prompts]
+    lo, bo = official.forward(pixels, mask, captions)
+    lh, bh = hf.forward(pixels, mask, captions)
+    finite = torch.isfinite(lo)
+    assert torch.equal(finite, torch.isfinite(lh)) and finite.any()
+    assert (lo[finite] - lh[finite]).abs().max().item() <= 1e-4
+    assert (bo - bh).abs().max().item() <= 1e-4
+    sizes = [im.shape[:2] for im in imgs]
+    for threshold in (0.3, 0.8):
+        a = official.detect_tensors(pixels, mask, prompts, sizes, box_threshold=threshold)
+        b = hf.detect_tensors(pixels, mask, prompts, sizes, box_threshold=threshold)
+        for x, y in zip(a, b):
+            assert len(x) == len(y) > 0
+            np.testing.assert_allclose(x.xyxy, y.xyxy, atol=1e-3)
+            np.testing.assert_allclose(x.scores, y.scores, atol=1e-5)
+            assert x.labels == y.labels and x.data["phrase"] == y.data["phrase"]
+            assert x.class_id.tolist() == y.class_id.tolist()
+    # each backend on its own preprocessing still runs end to end (numbers differ by the resize)
+    assert len(hf.detect(imgs, PROMPT)) == 2
+
+
+def test_converter_output_folder(converted):
+    names = {p.name for p in converted.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.txt"} <= names
+
+
+def test_every_official_key_has_a_rule(official_files):
+    state = load_official_state_dict(official_files[0])
+    converted = convert_state_dict(state)
+    # fused q/k/v split in three, BERT's pooler dropped, nothing else lost
+    fused = [k for k in state if map_key(k).__class__ is tuple]
+    pooler = [k for k in state if k.startswith("bert.pooler.")]
+    assert fused and pooler
+    assert len(converted) == len(state) + 2 * len(fused) - len(pooler)
+    with pytest.raises(ValueError, match="transformer.mystery.weight"):
+        convert_state_dict({**state, "transformer.mystery.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("change, expected", [
+    (dict(dec_layers=3), r"40 weights missing \(bbox_embed\.2\.layers"),
+    (dict(num_queries=40), r"transformer\.tgt_embed\.weight: \(30, 256\) in the checkpoint groundingdino_tiny\.pth, "
+                           r"\(40, 256\) in the model"),
+])
+def test_checkpoint_that_does_not_match_its_config(official_files, tmp_path, change, expected):
+    checkpoint, config, bert = official_files
+    cfg = read_config(config)
+    cfg.update(change)
+    wrong = write_official_config(tmp_path / "wrong.py", cfg)
+    with pytest.raises(ValueError, match=expected):
+        load_detector(checkpoint, wrong, text_encoder=bert)
+    with pytest.raises(ValueError, match="does not match the model its config describes"):
+        convert_checkpoint(checkpoint, wrong, bert, tmp_path / "out")
+
+
+def test_text_encoder_must_be_a_local_folder(official_files, tmp_path):
+    checkpoint, config, _ = official_files
+    with pytest.raises(FileNotFoundError, match="must be a local folder.*nowhere"):
+        load_detector(checkpoint, config, text_encoder=tmp_path / "nowhere")
+    cfg = read_config(config)
+    cfg["text_encoder_type"] = "bert-base-uncased"  # the shipped configs' hub name
+    with pytest.raises(FileNotFoundError, match="'bert-base-uncased'"):
+        load_detector(checkpoint, write_official_config(tmp_path / "hub.py", cfg))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_detector(tmp_path / "absent.pth", config, text_encoder=official_files[2])
+
+
+def test_official_backend_runs_its_pure_pytorch_deformable_attention_on_cpu(official):
+    # groundingdino-py 0.4.0 ships no compiled _C extension: deformable attention is the
+    # multi_scale_deformable_attn_pytorch fallback, which the tests above ran on the CPU.
+    assert importlib.util.find_spec("groundingdino._C") is None
+    assert next(official.model.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="float32"):
+        load_detector("x.pth", "x.py", dtype=torch.bfloat16)
+
+
+def test_different_prompts_in_one_batch(official):
+    """groundingdino-py run on a batch of two captions gives the shorter-caption image other logits
+    than alone (its text masks are repeated batch-major); the backend batches per caption."""
+    from groundingdino.util.misc import NestedTensor
+
+    image = images()[0]
+    a, b = parse_prompt(PROMPT).caption, parse_prompt("a person. a bicycle.").caption
+    pixels, mask = official.prepare([image, image])
+    with torch.no_grad():
+        mixed = official.model(NestedTensor(pixels, ~mask), captions=[a, b])["pred_logits"][1]
+    alone, _ = official.forward(pixels[1:], mask[1:], [b])
+    ours, _ = official.forward(pixels, mask, [a, b])
+    finite = torch.isfinite(alone[0])
+    assert (mixed[finite] - alone[0][finite]).abs().max() > 1e-2  # the library's batching bug is real
+    torch.testing.assert_close(ours[1], alone[0], rtol=0, atol=1e-5)
