@@ -1,0 +1,226 @@
+"""The SAM paper's interactive training loop (appendix A, "Training algorithm"), per mask:
+
+- round 0: one initial prompt, a foreground point sampled uniformly inside the mask or the mask's box
+  with noise on every coordinate (standard deviation 10% of the side, capped at 20 pixels);
+- 8 rounds that each add one point, sampled uniformly from the error region of the previous
+  prediction: a foreground point where it is a false negative, a background point where it is a
+  false positive;
+- 2 rounds that add no point, one at a random position among the 8 and one at the end, so the model
+  learns to refine from its own mask alone.
+
+Every round after the first feeds back the previous round's unthresholded low-res logits as the mask
+prompt (detached: each round is its own forward pass), and asks for the single-mask output whenever
+more than one prompt is given (a mask prompt counts); only the first round, with its one point or
+box, uses the multimask outputs. After a multimask round the output whose loss was back-propagated
+(the one closest to the target) is the one fed back.
+
+Everything lives in the model's low-res frame: targets are N x 256 x 256 (the padded 1024 input,
+downsampled 4x), points are sampled there and mapped to input pixels for the prompt encoder.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .losses import sam_loss
+
+
+@dataclass
+class InteractiveConfig:
+    point_rounds: int = 8  # rounds that add a point from the error region
+    no_point_rounds: int = 2  # rounds that add none: one at the end, the rest at random positions
+    box_prob: float = 0.5  # chance that the initial prompt is a noisy box rather than a point
+    box_noise: float = 0.1  # noise std as a fraction of the box side ...
+    box_noise_max: float = 20.0  # ... capped at this many input pixels
+    iou_weight: float = 1.0
+
+    @property
+    def rounds(self) -> int:
+        return 1 + self.point_rounds + self.no_point_rounds
+
+
+def round_schedule(rng: np.random.Generator, point_rounds: int = 8, no_point_rounds: int = 2) -> List[bool]:
+    """For the rounds after the first: True where the round adds a point. One no-point round is
+    always last; the others go at random positions among the point rounds."""
+    if no_point_rounds <= 0:
+        return [True] * point_rounds
+    schedule = [True] * point_rounds
+    for _ in range(no_point_rounds - 1):
+        schedule.insert(int(rng.integers(0, len(schedule) + 1)), False)
+    return schedule + [False]
+
+
+@dataclass
+class RoundRecord:
+    """What one round did, for tests and logging."""
+
+    added_point: bool
+    multimask: bool
+    had_mask_prompt: bool
+    num_points: int
+    loss: float
+    ious: torch.Tensor  # N: IoU of the output fed forward (the chosen one)
+    mask_input: Optional[torch.Tensor] = field(default=None, repr=False)  # what was fed in (N x 1 x h x w)
+
+
+@dataclass
+class InteractiveResult:
+    loss: float  # mean over rounds of the combined loss
+    rounds: List[RoundRecord]
+
+    @property
+    def first_iou(self) -> float:
+        return float(self.rounds[0].ious.mean())
+
+    @property
+    def last_iou(self) -> float:
+        return float(self.rounds[-1].ious.mean())
+
+
+def initial_points(targets: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
+    """One foreground point per mask, uniform over its pixels, in input pixels: N x 1 x 2."""
+    points = np.zeros((len(targets), 1, 2))
+    for i, mask in enumerate(targets):
+        ys, xs = np.nonzero(mask)
+        k = int(rng.integers(len(ys)))
+        points[i, 0] = ((xs[k] + rng.random()) * scale, (ys[k] + rng.random()) * scale)
+    return points
+
+
+def noisy_boxes(targets: np.ndarray, rng: np.random.Generator, scale: float, input_size: Tuple[int, int],
+                noise: float = 0.1, noise_max: float = 20.0) -> np.ndarray:
+    """Each mask's box (x0, y0, x1, y1) in input pixels, each coordinate moved by Gaussian noise of std
+    `noise` x the side (width for x, height for y), at most `noise_max` pixels; clipped to the image."""
+    boxes = np.zeros((len(targets), 4))
+    for i, mask in enumerate(targets):
+        ys, xs = np.nonzero(mask)
+        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64) * scale
+        w, h = box[2] - box[0], box[3] - box[1]
+        std = np.minimum(noise * np.array([w, h, w, h]), noise_max)
+        box = box + rng.normal(size=4) * std
+        box[[0, 2]] = np.clip(box[[0, 2]], 0, input_size[1] - 1)
+        box[[1, 3]] = np.clip(box[[1, 3]], 0, input_size[0] - 1)
+        boxes[i] = [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])]
+    return boxes
+
+
+def error_points(pred: np.ndarray, targets: np.ndarray, valid: Tuple[int, int], rng: np.random.Generator,
+                 scale: float) -> Tuple[np.ndarray, np.ndarray]:
+    """One point per mask, uniform over its error region (inside the image): label 1 in a false
+    negative, 0 in a false positive; label -1 ("not a point") where the prediction is already exact.
+    Returns N x 1 x 2 input-pixel coordinates and N x 1 labels."""
+    coords = np.zeros((len(targets), 1, 2))
+    labels = -np.ones((len(targets), 1), dtype=np.int64)
+    vh, vw = valid
+    for i, (p, t) in enumerate(zip(pred, targets)):
+        p, t = p[:vh, :vw], t[:vh, :vw]
+        err = np.flatnonzero(p != t)
+        if err.size == 0:
+            continue
+        k = int(err[rng.integers(err.size)])
+        y, x = divmod(k, vw)
+        coords[i, 0] = ((x + rng.random()) * scale, (y + rng.random()) * scale)
+        labels[i, 0] = 1 if t[y, x] else 0
+    return coords, labels
+
+
+def run_interactive(sam, image_embedding: torch.Tensor, targets: torch.Tensor, input_size: Tuple[int, int],
+                    rng: np.random.Generator, config: Optional[InteractiveConfig] = None,
+                    backward: Optional[Callable[[torch.Tensor], None]] = None, keep_mask_inputs: bool = False
+                    ) -> InteractiveResult:
+    """Run the rounds for N masks of one image. image_embedding 1 x C x h x w; targets N x H x W
+    (0/1, the low-res frame); input_size (h, w) of the resized image inside the padded input.
+    `backward(loss / rounds)` is called after each round, so activations of only one round are alive."""
+    config = config or InteractiveConfig()
+    pe, decoder = sam.prompt_encoder, sam.mask_decoder
+    low_h, low_w = targets.shape[-2:]
+    scale = pe.input_image_size[0] / low_h
+    valid = (int(np.ceil(input_size[0] / scale)), int(np.ceil(input_size[1] / scale)))
+    device = image_embedding.device
+    target_np = targets.detach().cpu().numpy() > 0.5
+    n = len(target_np)
+    use_box = rng.random() < config.box_prob
+    boxes = coords = labels = None
+    if use_box:
+        boxes = torch.as_tensor(noisy_boxes(target_np, rng, scale, input_size, config.box_noise, config.box_noise_max),
+                                dtype=torch.float32, device=device)
+        coords, labels = np.zeros((n, 0, 2)), np.zeros((n, 0), dtype=np.int64)
+    else:
+        coords, labels = initial_points(target_np, rng, scale), np.ones((n, 1), dtype=np.int64)
+    schedule = [True] + round_schedule(rng, config.point_rounds, config.no_point_rounds)
+    prev_logits = None
+    records: List[RoundRecord] = []
+    total = 0.0
+    image_pe = pe.get_dense_pe()
+    for r, adds_point in enumerate(schedule):
+        if r > 0 and adds_point:
+            new_coords, new_labels = error_points(prev_logits[:, 0].cpu().numpy() > 0, target_np, valid, rng, scale)
+            coords, labels = np.concatenate([coords, new_coords], 1), np.concatenate([labels, new_labels], 1)
+        points = None
+        if coords.shape[1]:
+            points = (torch.as_tensor(coords, dtype=torch.float32, device=device),
+                      torch.as_tensor(labels, dtype=torch.int, device=device))
+        num_prompts = coords.shape[1] + (boxes is not None) + (prev_logits is not None)
+        multimask = num_prompts == 1
+        sparse, dense = pe(points=points, boxes=boxes, masks=prev_logits)
+        logits, iou_pred = decode(decoder, image_embedding, image_pe, sparse, dense, multimask)
+        result = sam_loss(logits, iou_pred, targets, iou_weight=config.iou_weight)
+        if backward is not None:
+            backward(result.loss / len(schedule))
+        total += float(result.loss.detach())
+        fed = logits.detach().float()[torch.arange(n, device=device), result.chosen][:, None]
+        records.append(RoundRecord(
+            added_point=bool(adds_point and r > 0), multimask=multimask, had_mask_prompt=prev_logits is not None,
+            num_points=int(coords.shape[1]), loss=float(result.loss.detach()),
+            ious=result.ious.gather(1, result.chosen[:, None])[:, 0].cpu(),
+            mask_input=prev_logits.cpu() if keep_mask_inputs and prev_logits is not None else None,
+        ))
+        prev_logits = fed.to(dense.dtype)
+    return InteractiveResult(total / len(schedule), records)
+
+
+def trunk_is_frozen(decoder, *inputs: torch.Tensor) -> bool:
+    """True when nothing before the output heads needs a gradient: no trainable parameter in the
+    two-way transformer, the upscaling or the output tokens, and prompt embeddings that need none."""
+    trunk = [decoder.transformer, decoder.output_upscaling, decoder.iou_token, decoder.mask_tokens]
+    if any(p.requires_grad for m in trunk for p in m.parameters()):
+        return False
+    return not any(t.requires_grad for t in inputs)
+
+
+def decode(decoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+           multimask_output: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The mask decoder for training. When only the output heads (hypernetwork MLPs, IoU head) train,
+    the transformer and upscaling run without autograd on the regrouped inference path
+    (grounded/sam/fast_decoder.py, the same function), and only the heads record a graph; this is
+    several times cheaper on a CPU. Otherwise it is the reference-structured decoder with autograd."""
+    if torch.is_grad_enabled() and not trunk_is_frozen(decoder, sparse, dense):
+        return decoder(image_embeddings=image_embeddings, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                       dense_prompt_embeddings=dense, multimask_output=multimask_output)
+    from ..fast_decoder import run_transformer
+
+    wanted = range(1, decoder.num_mask_tokens) if multimask_output else range(0, 1)
+    n = sparse.shape[0]
+    _, c, h, w = image_embeddings.shape
+    with torch.no_grad():
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0).to(sparse.dtype)
+        tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
+        shared = dense.shape[0] == 1 or dense.stride(0) == 0
+        src = image_embeddings + (dense[:1] if shared else dense)
+        image_tokens = src.flatten(2).transpose(1, 2)
+        pe = image_pe.flatten(2).transpose(1, 2)
+        hs_all, features = [], []
+        for start in range(0, n, decoder.prompt_chunk_size):
+            chunk = slice(start, start + decoder.prompt_chunk_size)
+            hs, keys = run_transformer(decoder.transformer, image_tokens if image_tokens.shape[0] == 1 else image_tokens[chunk],
+                                       pe, tokens[chunk])
+            keys = keys.expand(hs.shape[0], -1, -1)
+            features.append(decoder.output_upscaling(keys.transpose(1, 2).reshape(-1, c, h, w)).flatten(2))
+            hs_all.append(hs)
+        hs, features = torch.cat(hs_all), torch.cat(features)  # N x T x C, N x C/8 x 16hw
+    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in wanted], dim=1)
+    masks = (hyper_in.float() @ features.float()).view(n, len(wanted), 4 * h, 4 * w)
+    iou = decoder.iou_prediction_head(hs[:, 0])[:, wanted.start:wanted.stop]
+    return masks, iou

@@ -1,0 +1,343 @@
+"""The SAM trainer: AdamW with warm-up and step decay (optionally layer-wise lr decay), a frozen
+image encoder whose embeddings are cached on disk, autocast, gradient accumulation, checkpoints
+that resume exactly, and a progress bar with the loss and mIoU.
+
+Exact resume: the image order and every random draw of a step come from generators seeded by
+(seed, step, micro-batch), not from state carried across steps, so a resumed run draws what an
+uninterrupted one would; the model, optimizer, scheduler, step and the global RNG states are saved.
+"""
+
+import hashlib
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .data import TrainItem, select_masks
+from .interactive import run_interactive
+
+
+@dataclass
+class Prepared:
+    embedding: torch.Tensor  # 1 x C x h x w
+    input_size: tuple  # (h, w) of the resized image in the padded input
+    targets: torch.Tensor  # N x 256 x 256 float, the low-res frame
+
+
+def low_res_targets(masks: np.ndarray, input_size, img_size: int, low_res: int) -> torch.Tensor:
+    """Masks N x H x W (original size) -> N x low x low in the model's low-res frame: resized as the
+    image is (long side to img_size), padded bottom/right, area-downsampled, thresholded at 0.5."""
+    t = torch.as_tensor(np.ascontiguousarray(masks), dtype=torch.float32)[:, None]
+    scale = low_res / img_size
+    h, w = max(1, round(input_size[0] * scale)), max(1, round(input_size[1] * scale))
+    t = F.interpolate(t, (h, w), mode="area") if t.shape[-2] >= h else F.interpolate(t, (h, w), mode="bilinear")
+    t = F.pad(t, (0, low_res - w, 0, low_res - h))
+    return (t[:, 0] >= 0.5).float()
+
+
+class EmbeddingCache:
+    """Image-encoder outputs on disk, keyed by the image's pixels and the encoder's weights."""
+
+    def __init__(self, folder: Optional[Path], model):
+        self.folder = Path(folder) if folder else None
+        self.memory: Dict[str, torch.Tensor] = {}
+        digest = hashlib.blake2b(digest_size=8)
+        for name, tensor in model.image_encoder.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().flatten()[:64].cpu().numpy().tobytes())
+            digest.update(repr(tuple(tensor.shape)).encode())
+        self.model_key = digest.hexdigest()
+        if self.folder:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def key(self, image: np.ndarray) -> str:
+        digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+        digest.update(repr(image.shape).encode())
+        digest.update(self.model_key.encode())
+        return digest.hexdigest()
+
+    def get(self, image: np.ndarray, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = self.key(image)
+        if key in self.memory:
+            return self.memory[key]
+        path = self.folder / f"{key}.pt" if self.folder else None
+        if path is not None and path.is_file():
+            emb = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            emb = encode().detach().cpu()
+            if path is not None:
+                tmp = path.with_suffix(".tmp")
+                torch.save(emb, tmp)
+                os.replace(tmp, path)
+        self.memory[key] = emb
+        return emb
+
+
+def layer_scale(name: str, model, layer_decay: float) -> float:
+    """lr multiplier for a parameter: image-encoder block i of L gets layer_decay ** (L + 1 - i)
+    (patch embedding: layer 0; neck: L + 1); the prompt encoder and mask decoder get 1."""
+    if layer_decay == 1.0 or not name.startswith("image_encoder."):
+        return 1.0
+    enc = model.image_encoder
+    if hasattr(enc, "blocks"):  # ViT
+        depth = len(enc.blocks)
+        parts = name.split(".")
+        if parts[1] == "blocks":
+            layer = int(parts[2]) + 1
+        elif parts[1] in ("patch_embed", "pos_embed"):
+            layer = 0
+        else:
+            layer = depth + 1
+    else:  # TinyViT: blocks counted across its stages
+        counts = [len(getattr(stage, "blocks", [])) or 1 for stage in enc.layers]
+        depth = sum(counts)
+        parts = name.split(".")
+        if parts[1] == "layers":
+            stage = int(parts[2])
+            inner = int(parts[4]) if len(parts) > 4 and parts[3] == "blocks" else counts[stage] - 1
+            layer = sum(counts[:stage]) + inner + 1
+        elif parts[1] == "patch_embed":
+            layer = 0
+        else:
+            layer = depth + 1
+    return layer_decay ** (depth + 1 - layer)
+
+
+def lr_factor(step: int, warmup_steps: int, decay_steps: List[int], decay_factor: float) -> float:
+    """Linear warm-up over warmup_steps, then x decay_factor at each of decay_steps."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return warm * decay_factor ** sum(step >= s for s in decay_steps)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, model=None, dataset=None):
+        from ..build import from_pretrained
+        from .data import ConcatDataset, build_dataset
+
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model = model if model is not None else from_pretrained(str(config.path(config.model))
+                                                                     if Path(config.base_dir, config.model).exists()
+                                                                     else config.model, device=self.device)
+        self.model.to(self.device)
+        if dataset is None:
+            if not config.data:
+                raise ValueError("the config names no training data (data: [{type: coco, ...}])")
+            dataset = ConcatDataset([build_dataset(spec, Path(config.base_dir)) for spec in config.data])
+        if len(dataset) == 0:
+            raise ValueError("the training data holds no images")
+        self.dataset = dataset
+        self.out_dir = config.path(config.out_dir)
+        self._set_trainable()
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config.warmup_steps, config.decay_steps, config.decay_factor))
+        cache_dir = config.path(config.embedding_cache) if config.embedding_cache else self.out_dir / "embeddings"
+        self.embeddings = EmbeddingCache(cache_dir if config.freeze_image_encoder else None, self.model)
+        self.step = 0
+        self.history: List[dict] = []
+
+    # ------------------------------------------------------------------ setup
+
+    def _set_trainable(self) -> None:
+        names = self.config.trainable
+        found = set()
+        for name, p in self.model.named_parameters():
+            hit = [t for t in names if name == t or name.startswith(t + ".")]
+            found.update(hit)
+            p.requires_grad_(bool(hit))
+        missing = set(names) - found
+        if missing:
+            raise ValueError(f"trainable names {sorted(missing)} match no parameter of the model "
+                             f"(top-level modules: image_encoder, prompt_encoder, mask_decoder)")
+        self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        groups: Dict[float, list] = {}
+        for name, p in self.trainable:
+            groups.setdefault(layer_scale(name, self.model, self.config.layer_decay), []).append(p)
+        param_groups = [{"params": ps, "lr": self.config.lr * s, "lr_scale": s} for s, ps in sorted(groups.items())]
+        return torch.optim.AdamW(param_groups, lr=self.config.lr, betas=tuple(self.config.betas),
+                                 weight_decay=self.config.weight_decay)
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    # ------------------------------------------------------------------ data
+
+    def item_index(self, global_index: int) -> int:
+        n = len(self.dataset)
+        epoch, pos = divmod(global_index, n)
+        return int(np.random.default_rng([self.config.seed, epoch]).permutation(n)[pos])
+
+    def prepare(self, item: TrainItem, rng: np.random.Generator) -> Optional[Prepared]:
+        from ..utils.transforms import ResizeLongestSide
+
+        model = self.model
+        img_size = model.image_encoder.img_size
+        keep = select_masks(item.masks, rng, self.config.max_masks, self.config.max_mask_fraction)
+        if len(keep) == 0:
+            return None
+        transform = ResizeLongestSide(img_size)
+        input_size = transform.get_preprocess_shape(item.image.shape[0], item.image.shape[1], img_size)
+
+        def encode() -> torch.Tensor:
+            resized = transform.apply_image(item.image)
+            x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
+            with torch.no_grad(), self._autocast():
+                return model.image_encoder(model.preprocess(x)[None].to(model.dtype)).float()
+
+        if self.config.freeze_image_encoder:
+            embedding = self.embeddings.get(item.image, encode).to(self.device)
+        else:
+            resized = transform.apply_image(item.image)
+            x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
+            with self._autocast():
+                embedding = model.image_encoder(model.preprocess(x)[None].to(model.dtype))
+        low_res = model.prompt_encoder.mask_input_size[0]
+        targets = low_res_targets(item.masks[keep], input_size, img_size, low_res).to(self.device)
+        targets = targets[targets.flatten(1).sum(1) > 0]  # too small to survive downsampling
+        if len(targets) == 0:
+            return None
+        return Prepared(embedding, tuple(input_size), targets)
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(self) -> dict:
+        """One optimizer step over grad_accum images."""
+        cfg = self.config
+        self.model.train()
+        if cfg.freeze_image_encoder:
+            self.model.image_encoder.eval()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, first, last = [], [], []
+        for micro in range(cfg.grad_accum):
+            rng = np.random.default_rng([cfg.seed, self.step, micro, 1])
+            item = self.dataset[self.item_index(self.step * cfg.grad_accum + micro)]
+            prepared = self.prepare(item, rng)
+            if prepared is None:
+                continue
+            with self._autocast():
+                result = run_interactive(self.model, prepared.embedding, prepared.targets, prepared.input_size, rng,
+                                         cfg.interactive, backward=lambda loss: (loss / cfg.grad_accum).backward())
+            losses.append(result.loss)
+            first.append(result.first_iou)
+            last.append(result.last_iou)
+        if losses:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        record = {"step": self.step, "loss": float(np.mean(losses)) if losses else math.nan,
+                  "miou": float(np.mean(first)) if first else math.nan,
+                  "miou_last": float(np.mean(last)) if last else math.nan,
+                  "lr": self.optimizer.param_groups[-1]["lr"]}
+        self.history.append(record)
+        return record
+
+    def train(self, steps: Optional[int] = None, progress: Optional[bool] = None) -> List[dict]:
+        """Train until `steps` (default config.steps) optimizer steps in total, checkpointing as configured."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        total = steps if steps is not None else cfg.steps
+        show = cfg.progress if progress is None else progress
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
+                   disable=not show)
+        try:
+            while self.step < total:
+                record = self.train_step()
+                bar.update(1)
+                # mIoU: the first round's (the single prompt's) mask against its target; last: after refinement
+                bar.set_postfix(loss=f"{record['loss']:.4f}", mIoU=f"{record['miou']:.3f}",
+                                last=f"{record['miou_last']:.3f}", lr=f"{record['lr']:.2e}")
+                if self.step % cfg.checkpoint_every == 0 or self.step == total:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def state(self) -> dict:
+        model_state = {k: v for k, v in self.model.state_dict().items()
+                       if not (self.config.freeze_image_encoder and k.startswith("image_encoder."))}
+        np_state = np.random.get_state()
+        return {
+            "step": self.step,
+            "model": model_state,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "numpy": [np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]],
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "history": self.history,
+            "config": _plain(self.config.to_dict()),
+        }
+
+    def save_checkpoint(self, path: Optional[Path] = None) -> Path:
+        path = Path(path) if path else self.checkpoint_dir / f"step_{self.step:07d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+        if path.parent == self.checkpoint_dir:
+            old = sorted(self.checkpoint_dir.glob("step_*.pt"))[: -self.config.keep_checkpoints]
+            for p in old:
+                p.unlink()
+        return path
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        found = sorted(self.checkpoint_dir.glob("step_*.pt")) if self.checkpoint_dir.is_dir() else []
+        return found[-1] if found else None
+
+    def load_checkpoint(self, path: Optional[Path] = None) -> Path:
+        path = Path(path) if path else self.latest_checkpoint()
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.checkpoint_dir}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if unexpected or any(not k.startswith("image_encoder.") for k in missing):
+            raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(_tuples(rng["python"]))
+        n = rng["numpy"]
+        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return path
+
+    def save_model(self, folder: Optional[Path] = None) -> Path:
+        from ..build import save_pretrained
+
+        return save_pretrained(self.model, folder or self.out_dir / "final")
+
+
+def _plain(value):
+    """Config values as plain containers (what torch.load(weights_only=True) reads back)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
