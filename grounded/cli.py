@@ -11,11 +11,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from . import weights
-    from .commands import convert, run, segment
+    from .commands import convert, label, run, segment
 
     segment.add_cli(sub)
     run.add_cli(sub)
     convert.add_cli(sub)
+    label.add_cli(sub)
     weights.add_cli(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -26,6 +26,7 @@ BUILTIN_NODES: Mapping[str, str] = {
     "write_masks": "grounded.nodes.export:WriteMasks",
     "write_yolo": "grounded.nodes.export_formats:WriteYolo",
     "write_json": "grounded.nodes.export_formats:WriteJson",
+    "detect_tags": "grounded.nodes.detect_tags:DetectTags",
 }
 
 
