@@ -198,13 +198,14 @@ def _load_open_clip(model: str, pretrained: Optional[str], device: str, dtype) -
 
 
 def _load_transformers(model: str, device: str, dtype) -> ClipModel:
+    from huggingface_hub.errors import HFValidationError
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
 
     try:
-        net = CLIPModel.from_pretrained(model, torch_dtype=dtype or torch.float32).to(device)
+        net = CLIPModel.from_pretrained(model, dtype=dtype or torch.float32).to(device)
         tokenizer = CLIPTokenizerFast.from_pretrained(model)
         processor = CLIPImageProcessor.from_pretrained(model)
-    except OSError as err:
+    except (OSError, HFValidationError) as err:
         raise FileNotFoundError(
             f"CLIP model {model!r} not found: tried it as a local folder ({Path(model).expanduser().resolve()}) and as a "
             f"Hugging Face hub id in the local cache (offline). For open_clip give model + pretrained, a folder with "

@@ -22,6 +22,16 @@ def add_cli(sub) -> None:
                    help="a point prompt; LABEL 1 = foreground (default), 0 = background")
     p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="a box prompt")
     p.add_argument("--auto", action="store_true", help="automatic masks over a point grid")
+    p.add_argument("--text", help="segment what the text names (--point clicks then correct the result)")
+    p.add_argument("--mode", choices=["grounded", "clip", "native"], default="grounded",
+                   help="with --text: grounded (Grounding DINO boxes + SAM), clip (automatic masks ranked by CLIP), "
+                   "native (SAM's CLIP text prompt; needs --projection) (default grounded)")
+    p.add_argument("--detector", default="IDEA-Research/grounding-dino-tiny", help="Grounding DINO for --mode grounded")
+    p.add_argument("--box-threshold", type=float, default=0.3, help="Grounding DINO box threshold (default 0.3)")
+    p.add_argument("--clip", help="CLIP for --mode clip/native: open_clip folder, 'hf-hub:org/name', architecture name "
+                   "(with --clip-pretrained), or transformers CLIPModel folder or hub id")
+    p.add_argument("--clip-pretrained", help="open_clip pretrained tag or checkpoint file")
+    p.add_argument("--projection", help="text-prompt projection folder for --mode native (from `grounded train`)")
     p.add_argument("--points-per-side", type=int, default=32, help="grid size for --auto (default 32)")
     p.add_argument("--crop-n-layers", type=int, default=0, help="crop layers for --auto (default 0)")
     p.add_argument("--min-mask-region-area", type=int, default=0, help="remove small regions/holes (--auto)")
@@ -53,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
     points = [_numbers(p, (2, 3), "--point") for p in args.point]
     boxes = [_numbers(b, (4,), "--box") for b in args.box]
-    if not args.auto and not points and not boxes:
-        raise ValueError("give prompts (--point X,Y and/or --box X0,Y0,X1,Y1) or --auto")
+    if args.text is not None and (args.auto or boxes):
+        raise ValueError("--text takes --point clicks only (not --box or --auto)")
+    if args.text is None and not args.auto and not points and not boxes:
+        raise ValueError("give prompts (--point X,Y and/or --box X0,Y0,X1,Y1), --text, or --auto")
     if args.auto and (points or boxes):
         raise ValueError("--auto takes no --point/--box prompts")
     if points and len(boxes) > 1:
@@ -84,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"skipped {path}: {err}")
             failures += 1
             continue
-        if generator is not None:
+        if args.text is not None:
+            records = _text_records(args, image, predictor, points)
+        elif generator is not None:
             records = generator.generate(image)
         else:
             predictor.set_image(image)
@@ -97,6 +111,19 @@ def run(args: argparse.Namespace) -> int:
         Image.fromarray(overlay(image, records)).save(overlay_path)
         tqdm.write(f"{path}: {len(records)} masks -> {', '.join(str(p) for p in written + [overlay_path])}")
     return 1 if failures == len(args.images) else 0
+
+
+def _text_records(args, image, predictor, points) -> List[Dict]:
+    """`grounded.text_to_mask.segment_text` in the chosen mode, as mask-generator-style records."""
+    from ..text_to_mask import segment_text
+
+    dets = segment_text(image, args.text, mode=args.mode, points=points or None, sam=predictor,
+                        detector=args.detector, clip=args.clip, clip_pretrained=args.clip_pretrained,
+                        projection=args.projection, box_threshold=args.box_threshold, device=args.device)
+    records = dets.to_sam_records()
+    for record, mask in zip(records, dets.mask):
+        record["segmentation"] = mask  # the writers below take boolean masks, as --auto gives them
+    return records
 
 
 def _prompted_records(predictor, points, boxes) -> List[Dict]:

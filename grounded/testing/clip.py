@@ -81,7 +81,7 @@ def training_crops(n: int, seed: int = 0, size: int = 64) -> tuple:
     return images, np.array(labels)
 
 
-def train_tiny_clip(out_dir: Union[str, Path], steps: int = 300, warmup_steps: int = 150, batch_size: int = 64,
+def train_tiny_clip(out_dir: Union[str, Path], steps: int = 150, warmup_steps: int = 250, batch_size: int = 64,
                     n_images: int = 1024, seed: int = 0, lr: float = 3e-3, threads: Optional[int] = 1,
                     log: Optional[Callable[[str], None]] = None) -> Path:
     """Train the tiny open_clip model on shapes and save it to `out_dir`; returns the folder.
