@@ -15,6 +15,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     segment.add_cli(sub)
     run.add_cli(sub)
+    from .commands import train
+
+    train.add_cli(sub)
     convert.add_cli(sub)
     label.add_cli(sub)
     weights.add_cli(sub)
