@@ -188,3 +188,48 @@ def test_weights_that_do_not_match_the_config(hf_folder, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="query_position_embeddings"):
         load_detector(bad)
+
+
+def test_too_long_prompt_and_bad_images(detector):
+    with pytest.raises(ValueError, match="too long: 452 tokens"):
+        detector.detect(images()[0], ". ".join(["red car"] * 150))
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        detector.detect(np.zeros((8, 8), np.uint8), PROMPT)
+    with pytest.raises(ValueError, match="2 prompts for 1 images"):
+        detector.detect([images()[0]], [PROMPT, PROMPT])
+
+
+def test_bf16_autocast(hf_folder, detector):
+    half = load_detector(hf_folder, dtype=torch.bfloat16, **SIZE)
+    assert half.autocast_dtype == torch.bfloat16
+    img = images()[0]
+    a, b = half.detect(img, PROMPT, box_threshold=0.0)[0], detector.detect(img, PROMPT, box_threshold=0.0)[0]
+    assert len(a) == len(b) == 30  # every query, in the same order
+    assert 0 < np.abs(a.scores - b.scores).max() < 0.1  # bf16 did run, and stays close
+
+
+def test_detect_from_a_spec_with_an_official_style_switch(hf_folder, detector):
+    from grounded.pipeline.spec import parse_pipeline
+
+    spec = f"""
+version: 1
+nodes:
+  - node: detect
+    params:
+      model: {hf_folder}
+      prompt: "dog. cat. red car."
+      box_threshold: 0.5
+      nms: 0.05
+      size: 64
+      max_size: 100
+      device: cpu
+"""
+    pipe = parse_pipeline(spec)
+    img = images()[0]
+    with ModelCache() as models:
+        dets = pipe.process([img], models=models)[0].detections
+    expected = detector.detect(img, PROMPT, box_threshold=0.5, nms=0.05)[0]
+    assert len(dets) == len(expected) > 0
+    np.testing.assert_array_equal(dets.xyxy, expected.xyxy)
+    with pytest.raises(ValueError, match="text_encoder is for official checkpoints"):
+        parse_pipeline(spec.replace("device: cpu", "device: cpu\n      text_encoder: somewhere"))

@@ -195,3 +195,13 @@ def test_different_prompts_in_one_batch(official):
     finite = torch.isfinite(alone[0])
     assert (mixed[finite] - alone[0][finite]).abs().max() > 1e-2  # the library's batching bug is real
     torch.testing.assert_close(ours[1], alone[0], rtol=0, atol=1e-5)
+
+
+def test_convert_command_errors(official_files, tmp_path, capsys):
+    checkpoint, config, bert = official_files
+    code = cli(["convert", "grounding-dino", str(tmp_path / "absent.pth"), str(config), "--text-encoder", str(bert),
+                "--out", str(tmp_path / "out")])
+    assert code == 1 and "absent.pth does not exist" in capsys.readouterr().err
+    code = cli(["convert", "grounding-dino", str(checkpoint), str(config), "--text-encoder", str(tmp_path),
+                "--out", str(tmp_path / "out")])
+    assert code == 1 and "has no config.json" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from ..detections import Detections
 from .phrases import Prompt, assign, parse_prompt, token_classes
 
 Texts = Union[str, Sequence[str]]
+MAX_TEXT_TOKENS = 256  # text positions Grounding DINO scores (both implementations)
 
 
 class Detector:
@@ -78,8 +79,12 @@ class Detector:
         """`detect` on pixels already prepared (by either backend: the parity tests give both
         the same tensor); boxes are scaled to `image_sizes` (height, width)."""
         captions = [p.caption for p in prompts]
-        logits, boxes = self.forward(pixel_values, pixel_mask, captions)
         tokens = self.tokenize(captions)
+        for caption, ids in zip(captions, tokens["input_ids"]):
+            if len(ids) > MAX_TEXT_TOKENS:
+                raise ValueError(f"detection prompt too long: {len(ids)} tokens, Grounding DINO reads at most "
+                                 f"{MAX_TEXT_TOKENS} ({caption[:60]!r}...); split the classes over several prompts")
+        logits, boxes = self.forward(pixel_values, pixel_mask, captions)
         out = []
         for i, (image_size, prompt) in enumerate(zip(image_sizes, prompts)):
             dets = self.postprocess(logits[i], boxes[i], prompt, tokens["input_ids"][i], tokens["offset_mapping"][i],

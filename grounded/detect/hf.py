@@ -5,7 +5,7 @@ or a local folder (e.g. one `grounded convert` wrote).
 Preprocessing is the folder's `GroundingDinoImageProcessor` (shortest side resized to `size`,
 longest capped at `max_size`, bilinear on PIL images, rescaled and normalized with ImageNet
 statistics, batches padded to the largest image with a pixel mask), and the text goes through its
-tokenizer."""
+tokenizer. `dtype` bf16/fp16 runs the float32 model under autocast."""
 
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ class HFGroundingDino(Detector):
     preprocessing = ("transformers GroundingDinoImageProcessor: resize (shortest side `size`, longest <= `max_size`), "
                      "rescale, ImageNet normalize, pad the batch with a pixel mask")
 
-    def __init__(self, model, processor, device: str = "cpu", size: int = 800, max_size: int = 1333):
+    def __init__(self, model, processor, device: str = "cpu", size: int = 800, max_size: int = 1333,
+                 autocast_dtype: Any = None):
         super().__init__(size, max_size)
         self.model, self.processor, self.device = model, processor, device
+        self.autocast_dtype = autocast_dtype
         self.tokenizer = processor.tokenizer
 
     @classmethod
@@ -39,8 +41,7 @@ class HFGroundingDino(Detector):
         source = str(path) if path.exists() else name_or_path
         try:
             processor = AutoProcessor.from_pretrained(source)
-            model, info = GroundingDinoForObjectDetection.from_pretrained(source, torch_dtype=dtype,
-                                                                          output_loading_info=True)
+            model, info = GroundingDinoForObjectDetection.from_pretrained(source, output_loading_info=True)
         except OSError as err:
             raise FileNotFoundError(f"cannot load Grounding DINO {name_or_path!r}: tried the local folder {path} and "
                                     f"the Hugging Face hub id {name_or_path!r} ({err})") from None
@@ -54,7 +55,9 @@ class HFGroundingDino(Detector):
                     for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)]
         if problems:
             raise ValueError(f"the weights of {name_or_path!r} do not match its config.json: " + "; ".join(problems))
-        return cls(model.to(device).eval(), processor, device, **kwargs)
+        # bf16/fp16 run under autocast over the float32 weights: transformers' Grounding DINO does
+        # not run with its weights cast (its text position embeddings stay float32).
+        return cls(model.to(device).eval(), processor, device, autocast_dtype=dtype, **kwargs)
 
     def prepare(self, images: Sequence[np.ndarray], size: Optional[int] = None, max_size: Optional[int] = None):
         import torch
@@ -67,9 +70,10 @@ class HFGroundingDino(Detector):
         import torch
 
         tokens = self.tokenizer(captions, padding="longest", return_tensors="pt")
-        dtype = next(self.model.parameters()).dtype
-        with torch.no_grad():
-            out = self.model(pixel_values=pixel_values.to(self.device, dtype), pixel_mask=pixel_mask.to(self.device).long(),
+        device_type = torch.device(self.device).type
+        autocast = torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        with torch.no_grad(), autocast:
+            out = self.model(pixel_values=pixel_values.to(self.device), pixel_mask=pixel_mask.to(self.device).long(),
                              **{k: v.to(self.device) for k, v in tokens.items()})
         return out.logits.float().cpu(), out.pred_boxes.float().cpu()
 
