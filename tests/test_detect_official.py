@@ -205,3 +205,20 @@ def test_convert_command_errors(official_files, tmp_path, capsys):
     code = cli(["convert", "grounding-dino", str(checkpoint), str(config), "--text-encoder", str(tmp_path),
                 "--out", str(tmp_path / "out")])
     assert code == 1 and "has no config.json" in capsys.readouterr().err
+
+
+def test_released_checkpoint_extras_are_skipped(official_files, official, tmp_path):
+    """Released official checkpoints also hold the training-only `label_enc.weight` and BERT's old
+    `position_ids` buffer (groundingdino-py's strict=False load reports both): both backends take them."""
+    checkpoint, config, bert = official_files
+    state = load_official_state_dict(checkpoint)
+    extras = {"label_enc.weight": torch.randn(2001, 256), "bert.embeddings.position_ids": torch.arange(256)[None]}
+    released = tmp_path / "released.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in {**state, **extras}.items()}}, released)
+    again = load_detector(released, config, text_encoder=bert, **SIZE)
+    image = images()[0]
+    np.testing.assert_array_equal(again.detect(image, PROMPT)[0].xyxy, official.detect(image, PROMPT)[0].xyxy)
+    assert "label_enc.weight" not in {k for k in convert_state_dict({**state, **extras})}
+    with pytest.raises(ValueError, match="unexpected weights \\(transformer\\.extra\\.weight\\)"):
+        torch.save({"model": {**state, "transformer.extra.weight": torch.zeros(1)}}, released)
+        load_detector(released, config, text_encoder=bert)

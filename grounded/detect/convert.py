@@ -95,9 +95,12 @@ _PREFIXES = [
     ("backbone.0.patch_embed.proj.", _SWIN + "embeddings.patch_embeddings.projection."),
     ("backbone.0.patch_embed.norm.", _SWIN + "embeddings.norm."), ("bert.", "model.text_backbone."),
 ]
-# Present in official checkpoints, with no counterpart: BERT's pooler (never used for detection)
-# and the position-id buffer older transformers versions saved.
-DROPPED = ("bert.pooler.", "bert.embeddings.position_ids")
+# In released official checkpoints but in neither model: the denoising-training label embedding
+# (`label_enc`) and the BERT position-id buffer older transformers versions saved (groundingdino-py's
+# own `load_model` loads with strict=False and reports both as unexpected).
+NOT_IN_MODEL = ("label_enc.", "bert.embeddings.position_ids")
+# ... and BERT's pooler, which the official model has (unused for detection) and transformers' has not.
+DROPPED = NOT_IN_MODEL + ("bert.pooler.",)
 
 
 def _sub(rest: str, table: Mapping[str, str]) -> Union[str, None]:

@@ -10,7 +10,8 @@
   `from_pretrained` on it, which would otherwise go to the hub.
 - The checkpoint is read with `torch.load(weights_only=True)` and loaded strictly (the library's
   own `load_model` uses `strict=False`, which silently runs a half-random model when the config
-  does not match); a mismatch is a ValueError naming keys and shapes.
+  does not match); a mismatch is a ValueError naming keys and shapes. Only the two extras released
+  checkpoints carry (`label_enc.weight`, from training, and `bert.embeddings.position_ids`) are skipped.
 
 Preprocessing is groundingdino-py's own (`groundingdino.util.inference`): PIL bilinear resize of
 the shortest side to `size` (longest <= `max_size`), ToTensor, ImageNet normalize; a batch is padded
@@ -116,7 +117,7 @@ class OfficialGroundingDino(Detector):
     def from_checkpoint(cls, checkpoint: Union[str, Path], config: Union[str, Path],
                         text_encoder: Optional[Union[str, Path]] = None, device: str = "cpu", dtype: Any = None,
                         **kwargs) -> "OfficialGroundingDino":
-        from .convert import DROPPED, check_state_dict
+        from .convert import NOT_IN_MODEL, check_state_dict
 
         if dtype is not None:
             raise ValueError("the groundingdino-py backend runs in float32; use the transformers backend "
@@ -130,12 +131,11 @@ class OfficialGroundingDino(Detector):
                 f"the BERT text encoder must be a local folder (groundingdino-py calls from_pretrained on it); "
                 f"tried {str(encoder)!r}: give text_encoder=<folder with bert-base-uncased's config.json, weights and "
                 "vocab.txt>")
-        state = load_official_state_dict(checkpoint)
-        state = {k: v for k, v in state.items() if not k.startswith("bert.embeddings.position_ids")}
+        state = {k: v for k, v in load_official_state_dict(checkpoint).items() if not k.startswith(NOT_IN_MODEL)}
         model = build_official_model(cfg)
-        own = {k: v for k, v in model.state_dict().items() if not k.startswith(DROPPED[1])}
+        own = {k: v for k, v in model.state_dict().items() if not k.startswith(NOT_IN_MODEL)}
         check_state_dict(_Keys(own), state, what=f"checkpoint {Path(checkpoint).name}")
-        model.load_state_dict(state, strict=False)  # strictness checked above (position_ids may or may not be a buffer)
+        model.load_state_dict(state, strict=False)  # checked above; position_ids is a buffer in some transformers
         return cls(model.to(device).eval(), device, **kwargs)
 
     def prepare(self, images: Sequence[np.ndarray], size: Optional[int] = None, max_size: Optional[int] = None):
