@@ -222,3 +222,37 @@ def test_released_checkpoint_extras_are_skipped(official_files, official, tmp_pa
     with pytest.raises(ValueError, match="unexpected weights \\(transformer\\.extra\\.weight\\)"):
         torch.save({"model": {**state, "transformer.extra.weight": torch.zeros(1)}}, released)
         load_detector(released, config, text_encoder=bert)
+
+
+def test_shipped_swint_config_converts_to_transformers_grounding_dino_tiny(official_files):
+    """The real GroundingDINO_SwinT_OGC.py (full size: 6+6 layers, 900 queries, 2048-wide FFNs)
+    gives transformers' default GroundingDinoConfig, which is grounding-dino-tiny's architecture,
+    and every weight of the full-size official model lands on a weight of the same shape."""
+    import groundingdino
+    from transformers import BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection
+
+    from grounded.detect.convert import check_state_dict, hf_config_from_official
+    from grounded.detect.official import build_official_model
+
+    bert = official_files[2]
+    cfg = read_config(Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py")
+    cfg["text_encoder_type"] = str(bert)  # a tiny BERT; everything else full size
+    ours = hf_config_from_official(cfg, BertConfig.from_pretrained(bert).to_dict())
+    default = GroundingDinoConfig()
+    for field in ("d_model", "num_queries", "encoder_layers", "decoder_layers", "encoder_ffn_dim", "decoder_ffn_dim",
+                  "encoder_attention_heads", "decoder_attention_heads", "num_feature_levels", "encoder_n_points",
+                  "decoder_n_points", "two_stage", "max_text_len", "decoder_bbox_embed_share",
+                  "two_stage_bbox_embed_share", "positional_embedding_temperature", "embedding_init_target",
+                  "activation_function", "query_dim"):
+        assert getattr(ours, field) == getattr(default, field), field
+    for field in ("embed_dim", "depths", "num_heads", "window_size", "out_indices"):
+        assert list(np.atleast_1d(getattr(ours.backbone_config, field))) == \
+            list(np.atleast_1d(getattr(default.backbone_config, field))), field
+    state = build_official_model(cfg).state_dict()
+    with torch.device("meta"):
+        target = GroundingDinoForObjectDetection(ours)
+    check_state_dict(target, convert_state_dict(state))
+    # the shipped Swin-B config maps to Swin-B at 384 (window 12), as grounding-dino-base
+    swin_b = read_config(Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinB_cfg.py")
+    base = hf_config_from_official(swin_b, BertConfig.from_pretrained(bert).to_dict()).backbone_config
+    assert (base.embed_dim, list(base.depths), base.window_size, list(base.out_indices)) == (128, [2, 2, 18, 2], 12, [2, 3, 4])
