@@ -76,6 +76,8 @@ def match_targets(edits: List[Dict[str, Any]], dets: Detections) -> List[Optiona
         return [k if k < len(dets) else None for k in range(len(edits))]
     targets = [e["target"] for e in edits]
     distinct = list(dict.fromkeys(targets))
+    # a box SAM found no mask in cannot be edited: leave it out of every choice
+    usable = set(range(len(dets))) if not dets.has_masks else {i for i, a in enumerate(dets.area) if a > 0}
     out: List[Optional[int]] = []
     for target in targets:
         if len(distinct) == 1:  # the detector was asked for this target alone: every detection is it
@@ -87,6 +89,7 @@ def match_targets(edits: List[Dict[str, Any]], dets: Detections) -> List[Optiona
             overlap = [len(wanted & _words(label)) for label in dets.labels]
             best = max(overlap) if overlap else 0
             candidates = [i for i, n in enumerate(overlap) if n == best and n > 0]
+        candidates = [i for i in candidates if i in usable]
         out.append(choose_detection(target, dets, candidates) if candidates else None)
     return out
 
@@ -146,8 +149,10 @@ class ApplyEdits(_DiffusionMixin, Node):
         report = []
         for k, (edit, index) in enumerate(zip(edits, found)):
             if index is None:
-                labels = ", ".join(dets.labels or []) or "nothing"
-                message = f"no detection for the target {edit.target!r} (found: {labels})"
+                labels = ", ".join(dict.fromkeys(dets.labels or [])) or "nothing"
+                empty = dets.has_masks and len(dets) and not (dets.area > 0).any()
+                message = (f"no detection for the target {edit.target!r} (found: {labels}"
+                           + ("; SAM found no pixels in any of their boxes)" if empty else ")"))
                 if self.missing == "error":
                     raise ValueError(f"cannot {edit.action} {edit.target!r}: {message}")
                 sample.note(f"skipped '{edit}': {message}")

@@ -142,7 +142,9 @@ def transcribe_audio(model: Any, backend: str, audio: Audio, language: Optional[
 
 
 class ReadAudio(Node):
-    """Decode the item's audio file (wav, flac, mp3, ogg, m4a, ...) to 16 kHz mono, in Python (PyAV)."""
+    """Decode the item's audio file (wav, flac, mp3, ogg, m4a, ...) to 16 kHz mono, in Python (PyAV).
+
+    A relative audio_path is looked up from the working folder, then beside the item's image."""
 
     name = "read_audio"
     reads = {"audio_path": str}
@@ -161,7 +163,11 @@ class ReadAudio(Node):
         source = self.path if self.path is not None else sample.get("audio_path")
         if source is None:
             raise ValueError("no audio: give the item an audio_path (a JSONL manifest key) or set read_audio's path")
-        audio = load_audio(source)
+        path = Path(source)
+        if not path.is_absolute() and not path.exists() and sample.image_path:
+            beside = Path(sample.image_path).parent / path  # a manifest's paths are often relative to the images
+            path = beside if beside.exists() else path
+        audio = load_audio(path)
         if self.check:
             check_speech(audio, where=str(source))
         sample.audio = audio
