@@ -20,6 +20,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     train.add_cli(sub)
     convert.add_cli(sub)
     label.add_cli(sub)
+    from .commands import edit
+
+    edit.add_cli(sub)
     weights.add_cli(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
