@@ -120,6 +120,7 @@ def test_class_of_each_detection_is_its_best_prompt_class(detector):
 def test_no_detection_above_threshold_is_an_empty_result(detector):
     dets = detector.detect(images()[0], PROMPT, box_threshold=0.99999)[0]
     assert len(dets) == 0 and dets.image_size == (60, 80) and dets.xyxy.shape == (0, 4)
+    assert dets.labels == [] and len(dets.scores) == len(dets.class_id) == 0 and dets.data["phrase"] == []
 
 
 def test_nms_removes_overlaps(detector):

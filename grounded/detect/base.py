@@ -103,8 +103,9 @@ class Detector:
         scores = probs.max(dim=-1).values
         keep = scores > box_threshold
         height, width = image_size
-        if not keep.any():
-            return Detections.empty(image_size)
+        if not keep.any():  # nothing found: empty, with the same fields as a non-empty result
+            return Detections(np.zeros((0, 4), np.float32), scores=[], class_id=[], labels=[], data={"phrase": []},
+                              image_size=image_size)
         cx, cy, w, h = boxes[keep].float().unbind(-1)
         xyxy = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
         xyxy = xyxy * torch.tensor([width, height, width, height], dtype=xyxy.dtype)
