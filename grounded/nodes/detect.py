@@ -59,7 +59,7 @@ class Detect(Node):
     writes = {"detections": Detections}
     params = {
         "model": Param("IDEA-Research/grounding-dino-tiny", str,
-                       "transformers hub id or folder; or an official .pth checkpoint (with config)"),
+                       "transformers hub id or folder; or an official .pth checkpoint (with model_config)"),
         "model_config": Param(None, str, "official .py config (GroundingDINO_SwinT_OGC.py): selects groundingdino-py"),
         "text_encoder": Param(None, str, "local BERT folder for an official checkpoint (bert-base-uncased)"),
         "prompt": Param(None, str, "classes separated by '.', e.g. 'dog. cat. red car.' (else each item's text)"),
