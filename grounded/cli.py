@@ -11,7 +11,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from . import weights
-    from .commands import convert, label, run, segment
+    from .commands import convert, demo, label, run, segment
 
     segment.add_cli(sub)
     run.add_cli(sub)
@@ -20,6 +20,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     train.add_cli(sub)
     convert.add_cli(sub)
     label.add_cli(sub)
+    demo.add_cli(sub)
     from .commands import edit
 
     edit.add_cli(sub)

@@ -1,0 +1,122 @@
+"""Voice edit: say (or upload) an edit such as "remove the dog" or "make the car blue"; Whisper
+transcribes it, the instruction is parsed, the target is found by Grounding DINO from its words
+(or by a click on the image), SAM segments it and the edit is applied. A thin layer on
+pipelines/voice_edit.yaml and voice_edit_points.yaml.
+
+    bin/grounded demo voice_edit            # real Whisper tiny.en, MobileSAM and OpenCV edits; tiny random Grounding DINO
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+
+try:
+    from . import _shared
+except ImportError:  # run as a script
+    import _shared
+
+
+def build_app(sam: Optional[str] = None, detector: Optional[str] = None, whisper: str = "tiny.en",
+              device: str = "cpu", overrides: Sequence[str] = (), detector_overrides: Sequence[str] = ()):
+    import gradio as gr
+
+    from grounded.io.overlay import overlay
+    from grounded.pipeline import ModelCache
+    from grounded.types import Sample
+
+    real, tiny = [f"Whisper: {whisper}", "edits: OpenCV (remove, recolour)"], []
+    if sam is None:
+        sam = _shared.default_sam()
+        real.insert(0, "SAM: MobileSAM (real weights)")
+    else:
+        real.insert(0, f"SAM: {sam}")
+    if detector is None:
+        detector = _shared.tiny_detector()
+        tiny.append("Grounding DINO (targets by words; click the target instead for a real mask)")
+    else:
+        real.append(f"Grounding DINO: {detector}")
+
+    models = ModelCache()  # Whisper and SAM load once, shared by both pipelines
+    common = [f"whisper={whisper}", f"sam={sam}", f"device={device}", *overrides]
+    by_words = _shared.open_pipeline("voice_edit", common + [f"detector={detector}", *detector_overrides], models,
+                                     inputs=["image", "audio_path"])
+    by_click = _shared.open_pipeline("voice_edit_points", common, models, inputs=["image", "audio_path", "points"])
+    lock = threading.Lock()
+
+    def edit(audio_path, image, click):
+        if not audio_path:
+            raise gr.Error("Record or upload a spoken edit first (e.g. 'remove the dog').")
+        if image is None:
+            raise gr.Error("Upload an image first.")
+        image = np.ascontiguousarray(np.asarray(image)[..., :3]).astype(np.uint8)
+        sample = Sample(image=image)
+        sample.set("audio_path", audio_path)
+        pipeline = by_words
+        if click:
+            sample.points = [[int(click[0]), int(click[1])]]
+            pipeline = by_click
+        with lock:
+            try:
+                result = pipeline.process([sample])[0]
+            except ValueError as err:
+                raise gr.Error(str(err)) from None
+        dets = result.detections
+        mask = overlay(image, dets.rles) if dets is not None and dets.has_masks and len(dets) else image
+        edits = "; ".join(_describe(e) for e in (result.edits or [])) or "no edit understood"
+        edited = result.edited_image if result.edited_image is not None else image
+        return result.transcript or "", edits, mask, edited
+
+    def pick(image, evt: gr.SelectData):
+        if image is None:
+            raise gr.Error("Upload an image first.")
+        x, y = (int(v) for v in evt.index)
+        return [x, y], f"Target: the thing at ({x}, {y})"
+
+    with gr.Blocks(title="grounded: voice edit") as app:
+        gr.Markdown("## Voice edit\nSay an edit: *remove the dog*, *make the car blue*. "
+                    "Click the image to pick the target yourself.")
+        gr.Markdown(_shared.notice(real, tiny), elem_id="models")
+        click = gr.JSON(value=None, visible=False, label="target click [x, y]")
+        with gr.Row():
+            with gr.Column():
+                audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Spoken edit", elem_id="audio")
+                image = _shared.image_input(type="numpy", label="Image (click to pick the target)", elem_id="input-image",
+                                            sources=["upload", "clipboard"], height=320)
+                target = gr.Markdown("Target: from the words.", elem_id="target")
+                button = gr.Button("Edit", variant="primary", elem_id="run")
+            with gr.Column():
+                transcript = gr.Textbox(label="Transcript", elem_id="transcript", interactive=False)
+                edits = gr.Textbox(label="Edits understood", elem_id="edits", interactive=False)
+                mask = gr.Image(label="Target mask", elem_id="mask-image", interactive=False, height=240, format="png")
+                edited = gr.Image(label="Edited image", elem_id="output-image", interactive=False, height=240, format="png")
+        image.select(pick, [image], [click, target])
+        image.upload(lambda: (None, "Target: from the words."), None, [click, target])
+        button.click(edit, [audio, image, click], [transcript, edits, mask, edited], api_name="edit")
+    app.models = models
+    return app
+
+
+def _describe(edit) -> str:
+    data = edit if isinstance(edit, dict) else getattr(edit, "__dict__", {})
+    parts = [str(data.get(k)) for k in ("action", "target", "value") if data.get(k)]
+    return " ".join(parts) or str(edit)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sam", help="SAM checkpoint (default: the real MobileSAM)")
+    parser.add_argument("--detector", help="Grounding DINO folder or hub id (default: a tiny random one)")
+    parser.add_argument("--whisper", default="tiny.en", help="Whisper model (default: the bundled tiny.en)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--port", type=int)
+    args = parser.parse_args(argv)
+    _shared.launch(build_app(args.sam, args.detector, args.whisper, args.device), args.port)
+
+
+if __name__ == "__main__":
+    main()
