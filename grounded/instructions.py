@@ -77,7 +77,7 @@ REMOVE_VERBS = ("get rid of", "take out", "take away", "cut out", "rub out", "wi
                 "clean up", "erase", "remove", "delete", "eliminate", "drop", "lose", "ditch", "hide", "clear",
                 "strip out", "strip", "scrub", "eradicate", "omit", "exclude", "discard", "kill", "cut",
                 "paint out", "edit out", "photoshop out", "crop out", "blank out", "white out", "black out")
-REPLACE_VERBS = ("swap out", "switch out", "replace", "swap", "exchange", "trade", "substitute")
+REPLACE_VERBS = ("swap out", "switch out", "replace", "swap", "switch", "exchange", "trade", "substitute")
 CHANGE_VERBS = ("change", "turn", "transform", "convert", "make", "switch", "morph", "alter", "modify",
                 "transmute", "render", "set", "update")
 PAINT_VERBS = ("recolor", "recolour", "repaint", "paint", "color", "colour", "dye", "tint", "shade", "spray",
@@ -113,10 +113,10 @@ MATERIALS = frozenset({"wooden", "wood", "metal", "metallic", "steel", "iron", "
                        "copper", "rubber", "ceramic", "porcelain", "clay", "wicker", "bamboo", "snowy", "transparent"})
 SCENE_WORDS = r"(?:image|picture|photo|photograph|pic|scene|shot|frame|view|foto)"
 DETERMINERS = ("the", "a", "an", "this", "that", "these", "those", "my", "our", "your", "his", "her", "their",
-               "its", "some", "all the", "all of the", "both", "both the", "any")
+               "its", "some", "all the", "all of the", "all", "both", "both the", "any", "every", "each", "each of the")
 PRONOUNS = ("it", "them", "that", "this", "this one", "that one", "those", "these", "him", "her", "they", "one")
 
-_DET = r"(?:the|a|an|this|that|these|those|my|our|your|his|her|their|its|some|any|both)"
+_DET = r"(?:the|a|an|this|that|these|those|my|our|your|his|her|their|its|some|any|both|every|each|all)"
 _BOUNDARY = re.compile(r"\s*(?:,|;|\.|!|\?|:)\s*|\s+(?:and then|and also|and|then|also|plus|after that)\s+")
 
 
@@ -163,8 +163,8 @@ def _base_first(clause: str) -> str:
 
 def strip_fillers(clause: str) -> str:
     clause = clause.strip(" ,;.!?:")
-    if clause in TRAILING_FILLERS:  # "..., thanks!" is a chunk of its own
-        return ""
+    if clause in TRAILING_FILLERS or re.match(r"(?:thank|thanks|cheers|much appreciated|that's all|that is all)\b", clause):
+        return ""  # "..., thanks!" / "thank you so much!" is a chunk of its own
     changed = True
     while changed and clause:
         changed = False
@@ -208,7 +208,9 @@ def parse_edits(utterance: str) -> List[Edit]:
         body = strip_fillers(chunk)
         if not body:
             continue
-        if current and _parses(body):
+        if current in VERBS:  # "delete, uh, the lamp": the verb waits for its object
+            current = f"{current} {body}"
+        elif current and _parses(body):
             edits += _clause(current, utterance, edits)
             current = body
         elif current and verb and _starts_with_determiner(body) and _parses(f"{verb} {body}"):
@@ -329,8 +331,7 @@ def _command(clause: str) -> List[Edit]:
         return _thing("replace", m.group(2), m.group(1))
     # ---- colour first: "change the colour of X to Y", "give X a Y colour", "paint X Y" ----------
     m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (?:the )?color of (.+) (?:to|into|in|as) (.+)", c) \
-        or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?)(?:'s| s) color (?:to|into|in|as) (.+)", c) \
-        or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?) color (?:to|into|in|as) (.+)", c)
+        or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?)(?:'s|')? color (?:to|into|in|as) (.+)", c)
     if m and color_phrase(m.group(2).split()):
         return _many("recolor", m.group(1), color_phrase(m.group(2).split()))
     m = re.fullmatch(r"(?:give|paint) (.+?) an? (.+?) (?:color|tint|coat(?: of paint)?|paint job|look|hue|shade)", c)
@@ -372,12 +373,17 @@ def _command(clause: str) -> List[Edit]:
         m = m if m and color_phrase(m.group(2).split()) else None
     if m and m.group(1) and m.group(2):
         return _thing("replace", m.group(1), m.group(2), painting=re.match(_PAINT + " ", c) is not None)
-    m = re.fullmatch(rf"(?:i want|i'd like|i would like|i need|let|make|have|get|want) (.+?) (?:to be|to become|be|become|to look like|look like|turned into|changed to|changed into|made into) (.+)", c) \
+    m = re.fullmatch(rf"(?:i want|i'd like|i would like|i need|let|make|have|get|want|i'd prefer|i would prefer|i prefer) "
+                     rf"(.+?) (?:to be|to become|be|become|to look like|look like|turned into|changed to|changed into|"
+                     rf"made into|painted|colored) (.+)", c) \
         or re.fullmatch(r"(?:can|could|would|will|should|may|might|shall) (.+?) (?:be|become|turn into|look like|get) (.+)", c) \
         or re.fullmatch(rf"(.+?) (?:{_BE}) (?:replaced|swapped|exchanged|substituted|traded) (?:with|by|for) (.+)", c) \
         or re.fullmatch(rf"(.+?) (?:{_BE}) (?:changed |turned |made |painted |colored |recolored |dyed |transformed |converted )?(?:into |to |in )?(.+)", c)
     if m and not _verb_of(m.group(1)):
         return _thing("replace", m.group(1), m.group(2))
+    m = re.fullmatch(r"(?:i want|i'd like|i would like|i'd prefer|i would prefer|i prefer|make|have) (.+) in (.+)", c)
+    if m and color_phrase(m.group(2).split()):  # "i'd prefer the car in red"
+        return _many("recolor", m.group(1), color_phrase(m.group(2).split()))
     # ---- "make the leaves look autumn orange": a look that ends in a colour ---------------------
     m = re.fullmatch(rf"(?:{_CHANGE}) (.+?) (?:look|appear|seem) (.+)", c)
     if m:

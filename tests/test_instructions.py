@@ -78,6 +78,18 @@ def edits(text):
     ("Could you make the lamp disappear from the picture?", [("remove", "lamp", None)]),
     ("I would like the sofa to be replaced by a piano.", [("replace", "sofa", "piano")]),
     ("Swap in a vase of roses for the lamp.", [("replace", "lamp", "vase of roses")]),
+    ("Switch the cat with a rabbit.", [("replace", "cat", "rabbit")]),
+    ("Change the curtains' colour to white.", [("recolor", "curtains", "white")]),
+    ("Remove every bird.", [("remove", "bird", None)]),
+    ("I'd prefer the car in red.", [("recolor", "car", "red")]),
+    ("Remove the dog. Thank you so much!", [("remove", "dog", None)]),
+    ("Uh, delete, uh, the lamp.", [("remove", "lamp", None)]),
+    ("Make the cat a lion, the dog a wolf, and the bird an eagle.",
+     [("replace", "cat", "lion"), ("replace", "dog", "wolf"), ("replace", "bird", "eagle")]),
+    ("The house should become a castle, and the road should be removed.",
+     [("replace", "house", "castle"), ("remove", "road", None)]),
+    ("Change the color of the person on the right's jacket to yellow.",
+     [("recolor", "person on the right's jacket", "yellow")]),
     ("make the car look like a tank", [("replace", "car", "tank")]),
 ])
 def test_phrasings(text, expected):
