@@ -1,0 +1,140 @@
+"""Every demo app launched on localhost (a free port, analytics off) and driven through
+gradio_client: each mode gives its output, bad uploads and missing input get clear messages.
+Tiny random models, except the voice edit (the real Whisper tiny.en and MobileSAM)."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from demo_helpers import CAPTION_PREFIX, client, picture, served, tiny_models
+
+pytestmark = pytest.mark.timeout(300)
+TINY_AMG = ["segment_auto.pred_iou_thresh=0", "segment_auto.stability_score_thresh=0"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return tiny_models(tmp_path_factory.getbasetemp() / "demo-models")
+
+
+@pytest.fixture
+def files(tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is not an image\n")
+    return {"picture": picture(tmp_path / "picture.png"), "bad": bad}
+
+
+def test_auto_masks(models, files, tmp_path):
+    from gradio_client import handle_file
+
+    from demos.auto_masks import build_app
+
+    with served(build_app(models["sam"], overrides=TINY_AMG)) as url:
+        api = client(url, tmp_path / "downloads")
+        overlay, summary, coco_path = api.predict(handle_file(str(files["picture"])), 4, api_name="/segment")
+        coco = json.loads(open(coco_path).read())
+        assert summary.startswith(f"{len(coco['annotations'])} masks") and coco["annotations"]
+        assert Image.open(overlay).size == (160, 120)
+        assert not np.array_equal(np.asarray(Image.open(overlay).convert("RGB")), np.asarray(Image.open(files["picture"])))
+        with pytest.raises(Exception, match="not an image file"):
+            api.predict(handle_file(str(files["bad"])), 4, api_name="/segment")
+
+
+def test_text_to_mask_every_mode(models, files, tmp_path):
+    from gradio_client import handle_file
+
+    from demos.text_to_mask import build_app
+
+    app = build_app(models["sam"], models["detector"], models["clip"],
+                    clip_overrides=["points_per_side=4", *TINY_AMG])
+    brush = np.zeros((120, 160, 4), np.uint8)
+    brush[40:70, 30:90] = (255, 255, 255, 255)  # a stroke whose bounding box is x 30-90, y 40-70
+    Image.fromarray(brush).save(tmp_path / "stroke.png")
+    no_brush = {"background": None, "layers": [], "composite": None}
+    stroke = {"background": handle_file(str(files["picture"])), "layers": [handle_file(str(tmp_path / "stroke.png"))],
+              "composite": None}
+    image = handle_file(str(files["picture"]))
+    with served(app) as url:
+        api = client(url, tmp_path / "downloads")
+        results = {}
+        for mode, text, clicks, editor in [
+            ("text (Grounding DINO + SAM)", "dog. cat.", [], no_brush),
+            ("text (Grounding DINO + SAM)", "dog.", [[50, 60, 1], [120, 50, 0]], no_brush),  # clicks refine the text
+            ("text (CLIP ranks SAM's masks)", "a red circle", [], no_brush),
+            ("clicks", "", [[50, 60, 1], [120, 50, 0]], no_brush),
+            ("box (two clicks)", "", [[20, 30, 1], [80, 90, 1]], no_brush),
+            ("brush (its box)", "", [], stroke),
+        ]:
+            output, summary = api.predict(image, mode, text, clicks, editor, api_name="/segment")
+            assert Image.open(output).size == (160, 120), mode
+            results[(mode, text)] = summary
+        assert results[("text (Grounding DINO + SAM)", "dog. cat.")].split()[1] == "found:"
+        assert results[("text (CLIP ranks SAM's masks)", "a red circle")].startswith("1 found: a red circle")
+        for mode in ("clicks", "box (two clicks)", "brush (its box)"):
+            assert results[(mode, "")].startswith("1 found"), mode
+        with pytest.raises(Exception, match="Type what to segment"):
+            api.predict(image, "text (Grounding DINO + SAM)", " ", [], no_brush, api_name="/segment")
+        with pytest.raises(Exception, match="click two opposite corners"):
+            api.predict(image, "box (two clicks)", "", [[5, 5, 1]], no_brush, api_name="/segment")
+        with pytest.raises(Exception, match="paint over the object"):
+            api.predict(image, "brush (its box)", "", [], no_brush, api_name="/segment")
+        with pytest.raises(Exception, match="not an image file"):
+            api.predict(handle_file(str(files["bad"])), "clicks", "", [[1, 1, 1]], no_brush, api_name="/segment")
+
+
+def test_auto_label_gallery_and_zip(models, files, tmp_path):
+    from gradio_client import handle_file
+
+    from demos.auto_label import build_app
+
+    second = tmp_path / "second.png"
+    Image.fromarray(np.asarray(Image.open(files["picture"]))[::-1].copy()).save(second)
+    app = build_app(models["sam"], models["captioner"], models["detector"],
+                    overrides=[f"caption.prompt={CAPTION_PREFIX}", "tags.max_tags=3", "box_threshold=0.05",
+                               "text_threshold=0.05", "detect_tags.size=96", "detect_tags.max_size=128"])
+    with served(app) as url:
+        api = client(url, tmp_path / "downloads")
+        uploads = [handle_file(str(p)) for p in (files["picture"], second, files["bad"])]
+        gallery, summary, archive = api.predict(uploads, "", api_name="/label")
+        assert len(gallery) == 2 and all(g["caption"].endswith("[dog, beach, stick]") for g in gallery)
+        assert summary.startswith("2 labelled, 1 skipped") and "notes.png" in summary and "not an image" in summary
+        with zipfile.ZipFile(archive) as z:
+            names = z.namelist()
+            coco = json.loads(z.read("coco.json"))
+        assert {"yolo/data.yaml", "json/picture.json", "overlays/second.png"} <= set(names)
+        assert [c["name"] for c in coco["categories"]] == ["beach", "dog", "stick"] and len(coco["images"]) == 2
+        _, _, archive = api.predict(uploads[:1], "cat. dog.", api_name="/label")  # your classes
+        with zipfile.ZipFile(archive) as z:
+            assert [c["name"] for c in json.loads(z.read("coco.json"))["categories"]] == ["cat", "dog"]
+        with pytest.raises(Exception, match="None of the uploads"):
+            api.predict([handle_file(str(files["bad"]))], "", api_name="/label")
+
+
+def test_voice_edit_with_a_click_removes_the_clicked_thing(models, files, tmp_path, mobile_sam_checkpoint):
+    from gradio_client import handle_file
+
+    from demos.voice_edit import build_app
+    from grounded.testing.speech import espeak_missing, speak
+
+    if espeak_missing():
+        pytest.skip(espeak_missing())
+    speech = speak("remove the ball", tmp_path / "say.wav")
+    app = build_app(str(mobile_sam_checkpoint), models["detector"],
+                    detector_overrides=["detect.size=96", "detect.max_size=128"])
+    with served(app) as url:
+        api = client(url, tmp_path / "downloads")
+        transcript, edits, mask, edited = api.predict(handle_file(str(speech)), handle_file(str(files["picture"])),
+                                                      [50, 60], api_name="/edit")
+        assert "remove" in transcript.lower() and edits.startswith("remove")
+        before = np.asarray(Image.open(files["picture"])).astype(int)
+        after = np.asarray(Image.open(edited).convert("RGB")).astype(int)
+        yy, xx = np.mgrid[:120, :160]
+        disc = (yy - 60) ** 2 + (xx - 50) ** 2 < 20 ** 2
+        assert (before[disc][:, 0] - before[disc][:, 2]).mean() > 150  # red before
+        assert np.abs(after[disc] - 150).mean() < 40  # filled from the gray around it
+        assert np.abs(after[30:80, 105:140] - before[30:80, 105:140]).mean() < 5  # the blue square untouched
+        with pytest.raises(Exception, match="Record or upload"):
+            api.predict(None, handle_file(str(files["picture"])), None, api_name="/edit")
