@@ -160,3 +160,18 @@ def main_raising(argv):
     edit.add_cli(parser.add_subparsers())
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+def test_spoken_remove_with_a_box_target(mobile_sam_checkpoint, say, tmp_path, capsys):
+    """grounded edit --audio with --box: espeak -> real tiny.en -> target_boxes -> MobileSAM -> OpenCV."""
+    out = tmp_path / "no_spoon.png"
+    code = main(["edit", str(COFFEE), "--audio", str(say("remove the spoon")), "--box", "322,60,412,330",
+                 "--sam", str(mobile_sam_checkpoint), "--device", "cpu", "--out", str(out), "--remove-with", "opencv"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "heard: 'remove the spoon.'" in printed.lower() and "edits: remove 'spoon'" in printed
+    original, edited = load_image(COFFEE), _png(out)
+    mask = _png(tmp_path / "no_spoon_mask0.png") > 0
+    assert mask[SPOON[1], SPOON[0]] and mask[:, :300].sum() == 0  # inside the box
+    assert _outside_unchanged(original, edited, mask, 6)
+    assert (edited[mask] != original[mask]).any(axis=-1).mean() > 0.9
