@@ -14,7 +14,7 @@ EXAMPLES = """examples:
   grounded edit photo.jpg --say "change the dog to a monkey" --detector IDEA-Research/grounding-dino-tiny \\
       --inpaint-model runwayml/stable-diffusion-inpainting --device cuda
 
-writes OUT (default: PHOTO_edited.png beside the input) and, beside it, OUT_mask<k>.png for each edit.
+writes OUT (default: out/edit/PHOTO_edited.png) and, beside it, OUT_mask<k>.png for each edit.
 """
 
 
@@ -52,7 +52,7 @@ def add_cli(sub) -> None:
     p.add_argument("--scheduler", default="default", help="diffusion scheduler: ddim, euler, euler_a, dpm++, unipc, ...")
     p.add_argument("--dilate", type=int, default=6, help="grow each mask by this many pixels (default 6)")
     p.add_argument("--feather", type=int, default=3, help="soft edge inside the grown mask, pixels (default 3)")
-    p.add_argument("--out", "-o", help="the edited image (default: IMAGE_edited.png beside the input)")
+    p.add_argument("--out", "-o", help="the edited image (default: out/edit/IMAGE_edited.png)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run)
 
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                              "give one per edit, in the order spoken")
         for node in pipeline.nodes[len(parse_only):]:
             sample = node.process_batch([sample])[0]
-    out = Path(args.out) if args.out else source.with_name(f"{source.stem}_edited.png")
+    out = Path(args.out) if args.out else Path("out") / "edit" / f"{source.stem}_edited.png"
     atomic_save_image(out, sample.edited_image)
     written = [str(out)]
     for k, index in enumerate(sample.get("edit_detections") or []):
