@@ -189,6 +189,8 @@ def segment_text(image: Any, text: str, mode: str = "grounded", points: Optional
         raise ValueError(f"unknown text-to-mask mode {mode!r}; use one of {list(MODES)}")
     text = check_text(text)
     parse_clicks(points)  # bad clicks fail before any model loads
+    if mode == "native" and projection is None:
+        raise ValueError(NO_PROJECTION)
     image = load_image(image)
     own = models is None
     models = ModelCache() if own else models
@@ -206,13 +208,14 @@ def segment_text(image: Any, text: str, mode: str = "grounded", points: Optional
         else:
             from .sam.automatic import SamAutomaticMaskGenerator
 
+            clip_model = _clip(models, clip, clip_pretrained, device)  # before the slow part: a missing CLIP fails first
             generator = SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side,
                                                   pred_iou_thresh=pred_iou_thresh,
                                                   stability_score_thresh=stability_score_thresh,
                                                   output_mode="coco_rle")
             generator.predictor = predictor
             dets = Detections.from_sam_records(generator.generate(image), image_size=image.shape[:2])
-            dets = rank_by_clip(_clip(models, clip, clip_pretrained, device), image, dets, text, top_k=top_k)
+            dets = rank_by_clip(clip_model, image, dets, text, top_k=top_k)
         return refine_with_clicks(predictor, image, dets, points)
     finally:
         if own:

@@ -153,6 +153,21 @@ def test_transformers_clip_by_folder_and_hub_id(hf_clip_dir, scene, tmp_path, mo
         load_clip("grounded-test/not-cached")
 
 
+def test_open_clip_and_transformers_agree_on_the_same_weights(open_clip_dir, scene, tmp_path):
+    from grounded.testing.clip import hf_clip_from_open_clip
+
+    a = load_clip(str(open_clip_dir))
+    b = load_clip(str(hf_clip_from_open_clip(open_clip_dir, tmp_path / "as_transformers")))
+    assert (a.backend, b.backend) == ("open_clip", "transformers")
+    texts = TEXTS + ["part of a green triangle", "the background"]
+    assert torch.allclose(a.encode_text(texts), b.encode_text(texts), atol=1e-5)
+    crops = masked_crops(scene.image, scene.masks)
+    # Each backend preprocesses on its own (open_clip's transform, CLIPImageProcessor): same pixels here.
+    assert torch.allclose(a._preprocess(crops), b._preprocess(crops), atol=1e-5)
+    assert np.allclose(a.score_masks(scene.image, scene.masks, texts), b.score_masks(scene.image, scene.masks, texts),
+                       atol=1e-5)
+
+
 def test_empty_and_punctuation_only_texts_are_refused(open_clip_dir):
     clip = load_clip(str(open_clip_dir))
     for bad, message in [("", "empty"), ("   ", "empty"), ("?!. ,", "only punctuation")]:
