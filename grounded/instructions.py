@@ -169,6 +169,9 @@ def parse_edits(utterance: str) -> List[Edit]:
         elif current and verb and _starts_with_determiner(body) and _parses(f"{verb} {body}"):
             edits += _clause(current, utterance, edits)
             current = f"{verb} {body}"
+        elif current and _verb_of(body) and " " in body and not _parses(f"{current} {joiner} {body}".replace(" , ", ", ")):
+            # a clause of its own that the grammar cannot read must not become part of the last one's value
+            raise InstructionError(utterance, f"cannot read {body!r}")
         elif current:
             current = f"{current} {joiner} {body}".replace(" , ", ", ")
         else:
@@ -176,7 +179,10 @@ def parse_edits(utterance: str) -> List[Edit]:
         verb = _verb_of(current) or verb
     if current:
         edits += _clause(current, utterance, edits)
-    edits = [e for e in edits if e is not _CHATTER]
+    said = [e for e in edits if e.action != _CHATTER]
+    if edits and not said:  # only sentences without an edit verb: say which one could not be read
+        raise InstructionError(utterance, f"cannot read {edits[0].target!r}")
+    edits = said
     if not edits:
         raise InstructionError(utterance, "it asks for no edit")
     return edits
@@ -214,7 +220,7 @@ def _clause(clause: str, utterance: str, before: Sequence[Edit]) -> List[Edit]:
     edits = _command(clause)
     if not edits:
         if not any(re.search(rf"\b{re.escape(v)}\b", clause) for v in VERBS) and re.search(r"[.!?]", utterance):
-            return [_CHATTER]  # "hmm, let me think. remove the chair": a sentence with no edit verb at all
+            return [Edit(_CHATTER, clause)]  # "hmm, let me think. remove the chair": a sentence with no edit verb
         raise InstructionError(utterance, f"cannot read {clause!r}")
     out = []
     for edit in edits:
@@ -227,12 +233,19 @@ def _clause(clause: str, utterance: str, before: Sequence[Edit]) -> List[Edit]:
     return out
 
 
-_CHATTER = Edit("remove", "<chatter>")
+_CHATTER = "chatter"  # the action of a sentence that is no command (dropped when others are)
+
+
+def _holds_a_clause(text: str) -> bool:
+    """Whether a target or value has another command in it ("a dog, make the grass bigger")."""
+    return any(_verb_of(part.strip()) for part in text.split(",")[1:])
 
 
 def _many(action: str, targets: str, value: Optional[str] = None) -> List[Edit]:
     """One edit per object in "the cat, the dog and the bird" (split before an article only:
     "the black and white cat" is one object)."""
+    if _holds_a_clause(targets) or (value and _holds_a_clause(value)):
+        return []
     parts = re.split(rf"\s*,\s*(?:and\s+)?(?={_DET}\b)|\s+(?:and|as well as|along with|plus)\s+(?={_DET}\b)", targets)
     out = []
     for part in parts:
@@ -299,18 +312,22 @@ def _command(clause: str) -> List[Edit]:
         or re.fullmatch(rf"(?:i )?(?:do not|don't|dont) (?:want|need|like) (?:to see )?(.+?)(?: (?:in|there|here).*)?", c) \
         or re.fullmatch(rf"(.+?) (?:should|must|needs to|has to|can|could) (?:be )?(?:go|gone|removed|deleted|erased|disappear|vanish)", c) \
         or re.fullmatch(rf"(?:get|take) (.+?) (?:out|away|off)(?: of (?:the|this) {SCENE_WORDS})?", c) \
+        or re.fullmatch(r"(?:i want|i'd like|i would like|i need|i'd prefer|have|get) (.+?) (?:to be )?(?:gone|removed|"
+                        r"deleted|erased|out|out of here|out of the way)", c) \
         or re.fullmatch(rf"(?:no more|without|lose) (.+)", c)
     if m:
         return _many("remove", m.group(1))
     # ---- replacing: new thing after "with"/"by"/"for" ------------------------------------------
-    m = re.fullmatch(rf"(?:{_REPLACE}) (.+) (?:with|by|for|to) (.+)", c)
+    m = re.fullmatch(rf"(?:{_REPLACE}) (.+?)(?: out)? (?:with|by|for|to) (.+)", c)
+    if m and " with " in c:  # the last "with": "replace the man with the hat with a woman"
+        m = re.fullmatch(rf"(?:{_REPLACE}) (.+)(?<! out)(?: out)? with (.+)", c)
     if m and not c.startswith("substitute") or (m and " with " in c):
         return _thing("replace", m.group(1), m.group(2))
     m = re.fullmatch(r"(?:substitute|swap in|switch in|sub in|sub) (.+?) (?:for|in place of|instead of) (.+)", c)
     if m:
         return _thing("replace", m.group(2), m.group(1))
     m = re.fullmatch(rf"(?:{_PUT}|replace it with|i want|i'd like|i would like|let there be|there should be|make it|"
-                     rf"make that|make them) (.+?) (?:in place of|instead of|where|in the place of|on top of|over) "
+                     rf"make that|make them) (.+?) (?:in place of|instead of|where|in the place of) "
                      rf"(.+?)(?: (?:is|was|are|were|stands|sits|used to be))?", c)
     if m:
         return _thing("replace", m.group(2), m.group(1))

@@ -27,7 +27,11 @@ COLORS = {
 SYNONYMS = {"grey": "gray", "colour": "color", "purplish": "purple", "reddish": "red", "bluish": "blue",
             "blueish": "blue", "greenish": "green", "yellowish": "yellow", "pinkish": "pink", "brownish": "brown",
             "orangish": "orange", "orangey": "orange", "grayish": "gray", "greyish": "gray", "blackish": "black",
-            "whitish": "white", "violetish": "violet", "goldish": "gold", "silvery": "silver"}
+            "whitish": "white", "violetish": "violet", "goldish": "gold", "silvery": "silver",
+            # comparatives: "make the grass greener" is a recolour towards green
+            "greener": "green", "bluer": "blue", "redder": "red", "yellower": "yellow", "pinker": "pink",
+            "purpler": "purple", "browner": "brown", "whiter": "white", "blacker": "black", "grayer": "gray",
+            "greyer": "gray", "oranger": "orange"}
 MODIFIERS = {
     # name: (lightness change in OKLab L, chroma factor)
     "light": (0.15, 0.7), "pale": (0.2, 0.5), "pastel": (0.18, 0.5), "baby": (0.18, 0.6), "dark": (-0.2, 0.9),
@@ -35,7 +39,7 @@ MODIFIERS = {
     "dull": (-0.05, 0.5), "muted": (0.0, 0.55), "soft": (0.1, 0.6), "rich": (-0.05, 1.2), "royal": (-0.05, 1.15),
     "sky": (0.15, 0.7), "navy": (-0.25, 0.8), "forest": (-0.15, 0.9), "sea": (0.0, 0.9), "blood": (-0.1, 1.1),
     "fire": (0.0, 1.3), "lime": (0.1, 1.1), "olive": (-0.12, 0.7), "midnight": (-0.3, 0.8), "dusty": (0.0, 0.5),
-    "metallic": (0.05, 0.8), "electric": (0.05, 1.4),
+    "metallic": (0.05, 0.8), "electric": (0.05, 1.4), "more": (0.0, 1.1), "much": (0.0, 1.0),
 }
 TRAILERS = ("colored", "coloured", "color", "colour", "tinted", "toned", "one", "ones", "shade", "paint",
             "hue", "tone", "ish")
@@ -80,7 +84,9 @@ def parse_color(words: Sequence[str]) -> Optional[Tuple[List[str], List[str]]]:
 def color_phrase(words: Sequence[str]) -> Optional[str]:
     """The colour a whole phrase names, normalised to "modifier color [color]", or None."""
     parsed = parse_color(words)
-    return None if parsed is None else " ".join(parsed[0] + parsed[1])
+    if parsed is None:
+        return None
+    return " ".join([m for m in parsed[0] if m not in ("much", "more")] + parsed[1])
 
 
 def color_suffix(words: Sequence[str], min_start: int = 0) -> Tuple[int, Optional[str]]:
