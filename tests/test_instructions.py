@@ -205,3 +205,26 @@ def test_parse_edits_node_writes_edits_and_detector_prompt():
     assert said.reads == {}
     assert said.process(Sample()).edits == [{"action": "replace", "target": "dog", "value": "monkey"}]
     assert detector_prompt(["dog", "cat", "dog"]) == "dog . cat"
+
+
+def test_any_text_gives_edits_or_an_instruction_error():
+    """Whatever Whisper writes, the parser answers with edits or its own error, never a crash."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    words = st.sampled_from(["remove", "the", "dog", "and", "make", "sky", "purple", "to", "a", "monkey", "with",
+                             "please", ",", ".", "?", "it", "change", "into", "replace", "light", "blue", "of",
+                             "color", "should", "be", "instead", "put", "where", "is", "uh", "left", "on"])
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(st.one_of(st.lists(words, max_size=12).map(" ".join), st.text(max_size=40)))
+    def check(text):
+        try:
+            result = parse_edits(text)
+        except InstructionError as err:
+            assert repr(text) in str(err)
+        else:
+            assert result and all(e.action in ("replace", "recolor", "remove") and e.target for e in result)
+            assert all((e.value is None) == (e.action == "remove") for e in result)
+
+    check()

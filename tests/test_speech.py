@@ -120,6 +120,8 @@ def test_model_lookup(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(SpeechModelNotFound, match=r"cache/whisper/base\.pt"):
         openai_whisper_checkpoint("base")
+    cached = tiny_openai_whisper(tmp_path / "cache" / "whisper" / "tiny.en.pt")  # a name already in the cache
+    assert openai_whisper_checkpoint("tiny.en") == str(cached)
 
 
 def test_openai_whisper_backend_on_a_tiny_random_checkpoint(tmp_path, spoken):
