@@ -153,7 +153,13 @@ def test_inpaint_and_apply_edits_nodes_through_the_model_cache(sd_folder):
             Sample(image=image, detections=dets, edits=edits), models=models)
         assert (done.edited_image[mask] != image[mask]).any()
         assert done.meta["edits"][0]["detection"] == 0
-        assert [k[0] for k in models.loaded()] == ["sd_inpaint"]  # loaded once, shared by both nodes
+        removal = ApplyEdits(model=str(sd_folder), remove_with="diffusion", steps=2, device="cpu", dilate=2, feather=1)
+        gone = Pipeline([removal], inputs=["image", "detections", "edits"])(
+            Sample(image=image, detections=dets, edits=[{"action": "remove", "target": "dog", "value": None}]),
+            models=models)
+        assert (gone.edited_image[mask] != image[mask]).any(axis=-1).mean() > 0.9
+        assert (gone.edited_image[~dilate(mask, 2)] == image[~dilate(mask, 2)]).all()
+        assert [k[0] for k in models.loaded()] == ["sd_inpaint"]  # loaded once, shared by every node
     no_model = Pipeline([ApplyEdits()], inputs=["image", "detections", "edits"])
     with pytest.raises(ValueError, match="needs a diffusion model"):
         no_model(Sample(image=image, detections=dets, edits=edits))
