@@ -129,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"heard: {sample.transcript!r}")
         print("edits: " + "; ".join(f"{e['action']} {e['target']!r}" + (f" -> {e['value']!r}" if e["value"] else "")
                                     for e in sample.edits))
+        replacing = [e for e in sample.edits if e["action"] == "replace"]
+        if replacing and not args.inpaint_model:
+            raise ValueError(f"replacing {replacing[0]['target']!r} with {replacing[0]['value']!r} needs a diffusion "
+                             "model: give --inpaint-model (a Stable Diffusion inpainting hub id or folder); remove "
+                             "and recolour work without one")
         if given and given != len(sample.edits):
             raise ValueError(f"{len(sample.edits)} edits but {given} {'--point' if args.point else '--box'} targets; "
                              "give one per edit, in the order spoken")

@@ -125,7 +125,7 @@ class ApplyEdits(_DiffusionMixin, Node):
         "remove_radius": Param(5, int, "OpenCV inpainting radius in pixels"),
         "background_prompt": Param("background, empty scene", str, "what diffusion paints where an object is removed"),
         "prompt": Param("{value}", str, "prompt for a replace edit; {value} is the new object, {target} the old"),
-        "dilate": Param(6, int, "grow each mask by this many pixels first (edges, shadows)"),
+        "dilate": Param(6, int, "grow each mask by this many pixels first (edges, shadows; recolor grows by a third)"),
         "feather": Param(3, int, "blend over this many pixels inside the grown mask's edge"),
         "recolor_strength": Param(1.0, float, "1: the full new colour; less blends with the original"),
         "missing": Param("error", str, "a target with no detection: error, or skip the edit (noted)", choices=("error", "skip")),
@@ -144,6 +144,12 @@ class ApplyEdits(_DiffusionMixin, Node):
         dets = sample.detections
         if dets is None or not dets.has_masks:
             raise ValueError("apply_edits needs masks: put a segment node (segment_boxes or segment_points) before it")
+        replacing = [e for e in edits if e.action == "replace"]
+        if replacing and self.model is None:  # before any work: say so, not after the other edits
+            e = replacing[0]
+            raise ValueError(f"cannot replace {e.target!r} with {e.value!r}: replacing an object needs a diffusion "
+                             "model; set apply_edits' model (grounded edit --inpaint-model) to a Stable Diffusion "
+                             "inpainting hub id or folder (remove and recolor work without one)")
         found = match_targets(sample.edits, dets)
         image = sample.image
         report = []
@@ -167,10 +173,6 @@ class ApplyEdits(_DiffusionMixin, Node):
             elif edit.action == "recolor":
                 image = recolor(image, mask, edit.value, self.recolor_strength, self.dilate // 3, self.feather)
             else:
-                if self._pipe() is None:
-                    raise ValueError(f"cannot replace {edit.target!r} with {edit.value!r}: replacing an object needs a "
-                                     "diffusion model; set apply_edits' model to a Stable Diffusion inpainting hub id or "
-                                     "folder (remove and recolor work without one)")
                 image = self._inpaint(image, mask, self.prompt.format(value=edit.value, target=edit.target))
             report.append({**edit.as_dict(), "detection": int(index), "mask_pixels": int(mask.sum())})
         sample.edited_image = image
