@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
 from .edit.colors import NOUN_COLORS, color_phrase, color_suffix
-from .edit.vocabulary import (CHANGE_VERBS, DETERMINERS, IRREGULAR, LEADING_FILLERS, MATERIALS, PAINT_VERBS, PRONOUNS,
-                              PUT_VERBS, REMOVE_VERBS, REPLACE_VERBS, SCENE_WORDS, TRAILING_FILLERS, VERBS)
+from .edit.vocabulary import (CHANGE_VERBS, DETERMINERS, IRREGULAR, KNOWN_FORMS, LEADING_FILLERS, MATERIALS,
+                              PAINT_VERBS, PREPOSITIONS, PRONOUNS, PUT_VERBS, REMOVE_VERBS, REPLACE_VERBS, SCENE_WORDS,
+                              TRAILING_FILLERS, VERBS)
 
 ACTIONS = ("replace", "recolor", "remove")
 
@@ -51,16 +52,6 @@ class Edit:
         return f"{self.action} {self.target!r}" + (f" -> {self.value!r}" if self.value else "")
 
 
-KNOWN_FORMS = (
-    "remove | delete | erase | get rid of | take out  <object>",
-    "replace | swap | exchange  <object> with <new object>",
-    "change | turn | transform | convert | make  <object> into | to <new object>",
-    "turn | make | paint | colour | recolour  <object> <colour>      (\"make the sky purple\")",
-    "change the colour of <object> to <colour>",
-    "put <new object> in place of <object>",
-    "<object> should be <new object or colour>",
-    "several in one sentence: \"remove the bicycle and make the sky purple\"",
-)
 
 
 class InstructionError(ValueError):
@@ -137,7 +128,7 @@ def clean_target(text: str) -> str:
     -> "person on the left"."""
     text = text.strip(" ,.")
     text = re.sub(rf"\s+(?:(?:that|which) (?:is|are)\s+)?(?:in|from|of|out of|on|off) (?:the|this|my|our) {SCENE_WORDS}$", "", text)
-    text = re.sub(rf"\s+(?:there|here|please)$", "", text)
+    text = re.sub(r"\s+(?:(?:over|right|up|down|back|in|out) )?(?:there|here)$|\s+please$", "", text)
     for det in sorted(DETERMINERS, key=len, reverse=True):
         if text.startswith(det + " "):
             text = text[len(det) + 1:]
@@ -225,15 +216,23 @@ def _clause(clause: str, utterance: str, before: Sequence[Edit]) -> List[Edit]:
     out = []
     for edit in edits:
         target = edit.target
+        earlier = [e for e in (out or list(before)) if e.action != _CHATTER]
         if target in PRONOUNS or not target:
-            if not before and not out:
+            if not earlier:
                 raise InstructionError(utterance, f"{target or 'the object'!r} refers to nothing said before")
-            target = (out or list(before))[-1].target
+            target = earlier[-1].target
+        elif re.match(r"ones? ", target) and earlier:  # "the one on the left": the noun said before
+            target = f"{head_noun(earlier[-1].target)} {target.split(' ', 1)[1]}"
         out.append(Edit(edit.action, target, edit.value))
     return out
 
 
 _CHATTER = "chatter"  # the action of a sentence that is no command (dropped when others are)
+
+
+def head_noun(target: str) -> str:
+    """The object's words before its qualifiers: "red car on the right" -> "red car"."""
+    return re.split(rf"\s+{PREPOSITIONS}\b", target, maxsplit=1)[0]
 
 
 def _holds_a_clause(text: str) -> bool:
@@ -260,6 +259,9 @@ def _thing(action_if_object: str, target: str, value: str, painting: bool = Fals
     """Replace the target with `value`, or recolour it when `value` is a colour phrase (but "an
     orange" is a fruit, unless the verb was a painting one)."""
     value = value.strip(" ,")
+    was = re.fullmatch(r"(.+) from (.+)", target)  # "change the shirt from red to blue": what it was is no target
+    if was and (color_phrase(was.group(2).split()) or re.match(r"(?:a|an) \w+$", was.group(2))):
+        target = was.group(1)
     # "the sofa to be replaced by a piano", "the car painted red": the verb is not part of the value
     value = re.sub(r"^(?:replaced|swapped|exchanged|substituted|traded|changed|turned|transformed|converted|made|"
                    r"painted|colored|recolored|dyed|tinted)(?: (?:with|by|for|into|to|in))?\s+", "", value)
@@ -336,7 +338,8 @@ def _command(clause: str) -> List[Edit]:
     if m:
         return _thing("replace", m.group(1), m.group(2))
     # ---- changing: "into/to/for"; a colour makes it a recolour --------------------------------
-    m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?) (?:into|in to|look like|resemble|become|be) (.+)", c) \
+    m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?) (?:into|in to|to look like|look like|resemble|to become|become|"
+                     rf"to be|be) (.+)", c) \
         or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+) (?<!next )(?<!close )(?:to|for) (.+)", c)
     if not m:  # "in" / "as" often belong to the target ("the tree in the background"): only before a colour
         m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+) (?:in|as) (.+)", c)

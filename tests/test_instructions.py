@@ -96,7 +96,13 @@ def edits(text):
     ("make the sky much more blue", [("recolor", "sky", "blue")]),
     ("remove the salt and pepper", [("remove", "salt and pepper", None)]),
     ("Turn the dog on the left into a cat and the one on the right into a fox.",
-     [("replace", "dog on the left", "cat"), ("replace", "one on the right", "fox")]),
+     [("replace", "dog on the left", "cat"), ("replace", "dog on the right", "fox")]),
+    ("Make the car on the right red and the one on the left blue.",
+     [("recolor", "car on the right", "red"), ("recolor", "car on the left", "blue")]),
+    ("Change the man's shirt from red to blue.", [("recolor", "man's shirt", "blue")]),
+    ("Recolour the jacket to be dark green.", [("recolor", "jacket", "dark green")]),
+    ("I'd like to see a cat instead of the dog.", [("replace", "dog", "cat")]),
+    ("Could you erase that person over there?", [("remove", "person", None)]),
     ("make the car look like a tank", [("replace", "car", "tank")]),
 ])
 def test_phrasings(text, expected):

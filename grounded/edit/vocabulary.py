@@ -11,7 +11,8 @@ CHANGE_VERBS = ("change", "turn", "transform", "convert", "make", "switch", "mor
                 "transmute", "render", "set", "update")
 PAINT_VERBS = ("recolor", "recolour", "repaint", "paint", "color", "colour", "dye", "tint", "shade", "spray",
                "spray paint", "colorize", "colourize")
-PUT_VERBS = ("put", "place", "add", "insert", "draw", "use", "show", "have", "give me", "paint", "stick", "drop")
+PUT_VERBS = ("put", "place", "add", "insert", "draw", "use", "show", "have", "give me", "paint", "stick", "drop",
+             "see", "get")
 VERBS = sorted(set(REMOVE_VERBS + REPLACE_VERBS + CHANGE_VERBS + PAINT_VERBS + PUT_VERBS + ("instead",)),
                key=len, reverse=True)
 
@@ -48,3 +49,16 @@ IRREGULAR = {"made": "make", "took": "take", "taken": "take", "got": "get", "got
              "swapped": "swap", "swapping": "swap", "putting": "put", "getting": "get", "cutting": "cut",
              "dropping": "drop", "dropped": "drop", "stripping": "strip", "stripped": "strip", "setting": "set",
              "lost": "lose", "drew": "draw", "drawn": "draw", "hid": "hide", "hidden": "hide", "dyeing": "dye"}
+PREPOSITIONS = r"(?:on|in|at|with|from|near|next|by|of|behind|under|below|above|beside|between|to|that|which|who)"
+
+# What an unreadable utterance's error shows.
+KNOWN_FORMS = (
+    "remove | delete | erase | get rid of | take out  <object>",
+    "replace | swap | exchange  <object> with <new object>",
+    "change | turn | transform | convert | make  <object> into | to <new object>",
+    "turn | make | paint | colour | recolour  <object> <colour>      (\"make the sky purple\")",
+    "change the colour of <object> to <colour>",
+    "put <new object> in place of <object>",
+    "<object> should be <new object or colour>",
+    "several in one sentence: \"remove the bicycle and make the sky purple\"",
+)
