@@ -77,6 +77,7 @@ def test_espeak_tiny_en_tiny_detector_tiny_sam_tiny_inpainting(say, tmp_path):
     assert code == 0, errors
     row = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
     assert row["status"] == "ok"
+    assert row["notes"] == ["heard: 'Change the dog to a monkey.'", "edits: replace 'dog' -> 'monkey'"]
     edited = _png(out / row["outputs"]["write_edited"])
     mask = _png(out / row["outputs"]["write_edited.mask0"]) > 0
     assert edited.shape == image.shape and mask.shape == image.shape[:2] and mask.any()

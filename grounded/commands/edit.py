@@ -151,5 +151,6 @@ def run(args: argparse.Namespace) -> int:
     changed = int((sample.edited_image != image).any(axis=-1).sum())
     print(json.dumps({"edits": sample.meta.get("edits"), "changed_pixels": changed, "files": written}))
     for note in sample.meta.get("notes", []):
-        print(f"note: {note}")
+        if not note.startswith(("heard: ", "edits: ")):  # printed above already
+            print(f"note: {note}")
     return 0

@@ -44,4 +44,5 @@ class ParseEdits(Node):
         sample.instruction = utterance
         sample.edits = edits_as_dicts(edits)
         sample.text = detector_prompt([e.target for e in edits])
+        sample.note("edits: " + "; ".join(str(e) for e in edits))  # in a run's manifest: what was understood
         return sample

@@ -217,6 +217,7 @@ class Transcribe(Node):
         result = transcribe_audio(self._model, self.backend, audio, self.language, self.beam_size,
                                   self.no_speech_threshold, self.max_tokens or None)
         sample.transcript = result["text"]
+        sample.note(f"heard: {result['text']!r}")  # in a run's manifest: what was heard
         sample.meta["speech"] = {"language": result["language"],
                                  "no_speech_prob": round(max(r["no_speech_prob"] for r in result["segments"]), 3)}
         return sample
