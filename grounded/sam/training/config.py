@@ -42,6 +42,13 @@ class TrainConfig:
     max_masks: int = 64  # masks sampled per image
     max_mask_fraction: float = 0.9  # masks covering more of the image are dropped
     interactive: InteractiveConfig = field(default_factory=InteractiveConfig)
+    # Text-prompt training (SAM paper 7.5): train a TextPromptProjection on CLIP image embeddings of
+    # mask crops instead of the interactive loop; saved to out_dir/text_prompt for the `native` text mode.
+    text_prompt: bool = False
+    clip: Optional[str] = None  # what grounded.clip.load_clip takes (name, folder, hub id)
+    clip_pretrained: Optional[str] = None
+    text_crop_expand: List[float] = field(default_factory=lambda: [1.0, 2.0])
+    text_zero_outside: float = 0.5
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     seed: int = 0
@@ -61,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if isinstance(self.trainable, str):
             self.trainable = [self.trainable]
+        if self.text_prompt and not self.clip:
+            raise ValueError("text_prompt: true needs clip: the CLIP model whose embeddings the projection maps")
         if any(t.startswith("image_encoder") for t in self.trainable) and self.freeze_image_encoder:
             raise ValueError("trainable names the image encoder but freeze_image_encoder is true; set it false")
 

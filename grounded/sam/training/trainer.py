@@ -30,6 +30,7 @@ class Prepared:
     embedding: torch.Tensor  # 1 x C x h x w
     input_size: tuple  # (h, w) of the resized image in the padded input
     targets: torch.Tensor  # N x 256 x 256 float, the low-res frame
+    masks: np.ndarray  # N x H x W bool, the same masks at the original size
 
 
 def low_res_targets(masks: np.ndarray, input_size, img_size: int, low_res: int) -> torch.Tensor:
@@ -118,7 +119,10 @@ def lr_factor(step: int, warmup_steps: int, decay_steps: List[int], decay_factor
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, model=None, dataset=None):
+    """`model` and `dataset` default to what the config names; `clip` (a grounded.clip.ClipModel)
+    to config.clip, for text-prompt training."""
+
+    def __init__(self, config: TrainConfig, model=None, dataset=None, clip=None):
         from ..build import from_pretrained
         from .data import ConcatDataset, build_dataset
 
@@ -136,6 +140,18 @@ class Trainer:
             raise ValueError("the training data holds no images")
         self.dataset = dataset
         self.out_dir = config.path(config.out_dir)
+        self.clip = self.projection = None
+        if config.text_prompt:
+            from ..text_prompt import TextPromptProjection
+
+            if clip is None:
+                from ...clip import load_clip
+
+                clip = load_clip(config.clip, config.clip_pretrained, device=str(self.device))
+            self.clip = clip
+            torch.manual_seed(config.seed)
+            self.projection = TextPromptProjection(clip.embed_dim, self.model.prompt_encoder.embed_dim,
+                                                   clip_model=config.clip or clip.name).to(self.device)
         self._set_trainable()
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -159,6 +175,10 @@ class Trainer:
             raise ValueError(f"trainable names {sorted(missing)} match no parameter of the model "
                              f"(top-level modules: image_encoder, prompt_encoder, mask_decoder)")
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if self.projection is not None:
+            self.trainable += [(f"text_prompt.{n}", p) for n, p in self.projection.named_parameters()]
+        if not self.trainable:
+            raise ValueError("nothing to train: trainable is empty")
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         groups: Dict[float, list] = {}
@@ -205,10 +225,11 @@ class Trainer:
                 embedding = model.image_encoder(model.preprocess(x)[None].to(model.dtype))
         low_res = model.prompt_encoder.mask_input_size[0]
         targets = low_res_targets(item.masks[keep], input_size, img_size, low_res).to(self.device)
-        targets = targets[targets.flatten(1).sum(1) > 0]  # too small to survive downsampling
-        if len(targets) == 0:
+        visible = (targets.flatten(1).sum(1) > 0).cpu().numpy()  # too small to survive downsampling: dropped
+        if not visible.any():
             return None
-        return Prepared(embedding, tuple(input_size), targets)
+        return Prepared(embedding, tuple(input_size), targets[torch.as_tensor(visible, device=targets.device)],
+                        item.masks[keep][visible])
 
     # ------------------------------------------------------------------ training
 
@@ -225,6 +246,20 @@ class Trainer:
             item = self.dataset[self.item_index(self.step * cfg.grad_accum + micro)]
             prepared = self.prepare(item, rng)
             if prepared is None:
+                continue
+            if self.projection is not None:
+                from .text import text_prompt_step
+
+                self.projection.train()
+                with self._autocast():
+                    out = text_prompt_step(self.model, self.projection, self.clip, item.image, prepared.masks,
+                                           prepared.embedding, prepared.targets, rng, cfg.text_crop_expand,
+                                           cfg.text_zero_outside, cfg.interactive.iou_weight)
+                (out.loss / cfg.grad_accum).backward()
+                iou = float(out.ious.gather(1, out.chosen[:, None]).mean())
+                losses.append(float(out.loss.detach()))
+                first.append(iou)
+                last.append(iou)
                 continue
             with self._autocast():
                 result = run_interactive(self.model, prepared.embedding, prepared.targets, prepared.input_size, rng,
@@ -285,6 +320,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "history": self.history,
             "config": _plain(self.config.to_dict()),
+            "text_prompt": self.projection.state_dict() if self.projection is not None else {},
         }
 
     def save_checkpoint(self, path: Optional[Path] = None) -> Path:
@@ -313,6 +349,8 @@ class Trainer:
             raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.projection is not None:
+            self.projection.load_state_dict(state["text_prompt"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
         rng = state["rng"]
@@ -325,8 +363,14 @@ class Trainer:
         return path
 
     def save_model(self, folder: Optional[Path] = None) -> Path:
+        """The trained SAM to out_dir/final (save_pretrained layout); with text_prompt, the projection
+        to out_dir/text_prompt (and SAM only if some of it trained). Returns the main folder."""
         from ..build import save_pretrained
 
+        if self.projection is not None:
+            self.projection.save_pretrained(self.out_dir / "text_prompt")
+            if not any(p.requires_grad for p in self.model.parameters()):
+                return self.out_dir / "text_prompt"
         return save_pretrained(self.model, folder or self.out_dir / "final")
 
 
