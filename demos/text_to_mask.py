@@ -6,7 +6,6 @@ and `segment_boxes` for a box.
     bin/grounded demo text_to_mask          # real MobileSAM; tiny random Grounding DINO and CLIP offline
 """
 
-from __future__ import annotations
 
 import threading
 from typing import Optional, Sequence

@@ -6,7 +6,6 @@ pipelines/voice_edit.yaml and voice_edit_points.yaml.
     bin/grounded demo voice_edit            # real Whisper tiny.en, MobileSAM and OpenCV edits; tiny random Grounding DINO
 """
 
-from __future__ import annotations
 
 import threading
 from typing import Optional, Sequence
@@ -82,7 +81,7 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, whisper
         click = gr.JSON(value=None, visible=False, label="target click [x, y]")
         with gr.Row():
             with gr.Column():
-                audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Spoken edit", elem_id="audio")
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Spoken edit", elem_id="audio")
                 image = _shared.image_input(type="numpy", label="Image (click to pick the target)", elem_id="input-image",
                                             sources=["upload", "clipboard"], height=320)
                 target = gr.Markdown("Target: from the words.", elem_id="target")
