@@ -125,9 +125,11 @@ def test_noise_and_hum_are_refused():
         check_speech(Audio(hum.astype(np.float32), SAMPLE_RATE))
 
 
-def test_speech_over_quiet_noise_passes(speech):
+@pytest.mark.parametrize("snr_db", [20, 10, 5])
+def test_speech_over_noise_passes_down_to_5_db_snr(speech, snr_db):
     rng = np.random.default_rng(1)
-    noisy = speech.samples + rng.normal(0, 0.01, len(speech.samples)).astype(np.float32)
+    std = np.sqrt((speech.samples ** 2).mean() / 10 ** (snr_db / 10))
+    noisy = speech.samples + rng.normal(0, std, len(speech.samples)).astype(np.float32)
     check_speech(Audio(noisy, SAMPLE_RATE))
 
 
