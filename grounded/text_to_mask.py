@@ -105,9 +105,16 @@ def refine_with_clicks(predictor, image: np.ndarray, dets: Detections, points: O
         prompt_labels[row, :mine.sum()] = labels[mine]
         box = boxes[t].copy()
         positive = coords[mine & (labels == 1)]
-        if len(positive):  # a positive click outside the box asks for more than the box holds
+        current = dets.mask_of(t)
+        outside = [xy for xy in positive if not current[min(int(xy[1]), height - 1), min(int(xy[0]), width - 1)]]
+        if outside:
+            # A positive click outside the mask asks for more than the mask holds: the box grows to
+            # take it in, and a point deep inside the current mask keeps what was already there.
             box[:2] = np.minimum(box[:2], positive.min(axis=0))
             box[2:] = np.maximum(box[2:], positive.max(axis=0) + 1)
+            anchor = interior_point(current)
+            if anchor is not None:
+                prompt_coords, prompt_labels = _with_point(prompt_coords, prompt_labels, row, anchor)
         prompt_boxes[row] = np.clip(box, 0, [width, height, width, height])
     predictor.set_image(image)
     masks, scores, _ = predictor.predict_many(point_coords=prompt_coords, point_labels=prompt_labels,
@@ -122,6 +129,36 @@ def refine_with_clicks(predictor, image: np.ndarray, dets: Detections, points: O
     boxes_out = np.array([_mask_box(m, b) for m, b in zip(all_masks, dets.xyxy)], np.float32).reshape(-1, 4)
     return Detections(boxes_out, mask=all_masks, scores=dets.scores, class_id=dets.class_id, labels=dets.labels,
                       data=dict(dets.data, mask_score=mask_score, refined=refined), image_size=(height, width))
+
+
+def _with_point(coords: np.ndarray, labels: np.ndarray, row: int, xy) -> tuple:
+    """Add a positive point to prompt `row` (widening the padded arrays when that row is full)."""
+    free = np.flatnonzero(labels[row] == -1)
+    if not len(free):
+        coords = np.concatenate([coords, np.zeros((len(coords), 1, 2))], axis=1)
+        labels = np.concatenate([labels, -np.ones((len(labels), 1), np.int64)], axis=1)
+        free = [labels.shape[1] - 1]
+    coords[row, free[0]] = xy
+    labels[row, free[0]] = 1
+    return coords, labels
+
+
+def interior_point(mask: np.ndarray):
+    """(x, y) of a pixel deep inside the mask (the last to survive repeated erosion); None if empty."""
+    current = np.asarray(mask, bool)
+    if not current.any():
+        return None
+    while True:
+        eroded = current.copy()
+        eroded[1:] &= current[:-1]
+        eroded[:-1] &= current[1:]
+        eroded[:, 1:] &= current[:, :-1]
+        eroded[:, :-1] &= current[:, 1:]
+        if not eroded.any():
+            ys, xs = np.nonzero(current)
+            mid = len(xs) // 2
+            return float(xs[mid]), float(ys[mid])
+        current = eroded
 
 
 def _owner(boxes: np.ndarray, xy: np.ndarray) -> int:

@@ -114,7 +114,10 @@ def test_grounded_mode_with_tiny_grounding_dino_one_decoder_call(tmp_path, tiny_
     from grounded.testing.dino import tiny_hf
     from grounded.types import Sample
 
+    from grounded.detect import load_detector
+
     folder = tiny_hf(tmp_path / "gdino", seed=1)
+    detector = load_detector(str(folder), size=160, max_size=240)  # small inputs: the Swin backbone is real-sized
     calls = []
     original = SamPredictor.predict_many
 
@@ -125,16 +128,16 @@ def test_grounded_mode_with_tiny_grounding_dino_one_decoder_call(tmp_path, tiny_
     monkeypatch.setattr(SamPredictor, "predict_many", counting)
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     with ModelCache() as models:
-        dets = segment_text(image, "dog . cat .", sam=tiny_sam_dir, detector=str(folder), box_threshold=0.2,
+        dets = segment_text(image, "dog . cat .", sam=tiny_sam_dir, detector=detector, box_threshold=0.2,
                             models=models, device="cpu")
         assert len(dets) >= 2 and dets.mask.shape[1:] == (96, 128)
         assert len(calls) == 1 and len(calls[0]) == len(dets)  # every box in one decoder call
-        none = segment_text(image, "dog . cat .", sam=tiny_sam_dir, detector=str(folder), box_threshold=0.99999,
+        none = segment_text(image, "dog . cat .", sam=tiny_sam_dir, detector=detector, box_threshold=0.99999,
                             models=models, device="cpu")
         assert len(none) == 0 and none.has_masks
         # The same steps as a pipeline spec.
         pipe = load_pipeline(ROOT / "pipelines" / "text_to_mask.yaml",
-                             [f"detector={folder}", f"sam={tiny_sam_dir}", "device=cpu", "box_threshold=0.2"])
+                             [f"detector={folder}", f"sam={tiny_sam_dir}", "device=cpu", "box_threshold=0.2", "size=160"])
         pipe.nodes = [n for n in pipe.nodes if not n.name.startswith("write_")]
         out = pipe(Sample(image=image, text="dog . cat ."), models=models)
     assert len(out.detections) == len(dets)
@@ -159,13 +162,28 @@ def test_a_negative_click_removes_a_region(mobile_predictor):
     assert after.data["refined"].tolist() == [True]
 
 
-def test_a_positive_click_adds_a_region_in_clip_mode(mobile_predictor, clip):
+def test_a_positive_click_adds_the_missing_part(mobile_sam_checkpoint):
+    from grounded.nodes import RefinePoints
+    from grounded.pipeline import ModelCache, Pipeline
+    from grounded.types import Sample
+
     scene = _scene(1000, [("red", "circle"), ("red", "square"), ("blue", "circle")])
-    ys, xs = np.nonzero(scene.masks[0])
-    inside = [float(np.median(xs)), float(np.median(ys)), 1]
-    dets = segment_text(scene.image, "a red circle", mode="clip", sam=mobile_predictor, clip=clip,
-                        points_per_side=8, points=[inside])
-    assert len(dets) == 1 and iou(dets.mask[0], scene.masks[0]) > 0.8  # a click on the object keeps it
+    circle = scene.masks[0]
+    ys, xs = np.nonzero(circle)
+    top = circle.copy()
+    top[int(np.median(ys)):] = False  # a result that found only the top half
+    ly, lx = np.nonzero(circle & ~top)
+    click = [float(np.median(lx)), float(np.percentile(ly, 75)), 1]
+    node = RefinePoints(model=str(mobile_sam_checkpoint), device="cpu", points=[click])
+    with ModelCache() as models:
+        out = Pipeline([node], inputs=["image", "detections"])(
+            Sample(image=scene.image, detections=Detections.from_masks(top[None])), models=models)
+        unchanged = Pipeline([RefinePoints(model=str(mobile_sam_checkpoint), device="cpu")], inputs=["image", "detections"])(
+            Sample(image=scene.image, detections=Detections.from_masks(top[None])), models=models)
+    assert iou(top, circle) < 0.5
+    assert iou(out.detections.mask[0], circle) > 0.95
+    assert out.detections.xyxy[0, 3] > top.nonzero()[0].max() + 10  # the box followed the mask
+    assert np.array_equal(unchanged.detections.mask[0], top)  # no clicks: passed through
 
 
 # ---- native mode -------------------------------------------------------------------------------
@@ -247,11 +265,18 @@ def test_segment_cli_text_clip_mode(tmp_path, mobile_sam_checkpoint, trained_cli
     path = tmp_path / "shapes.png"
     Image.fromarray(scene.image).save(path)
     code = main(["segment", str(path), "--text", "a red circle", "--mode", "clip", "--clip", str(trained_clip_dir),
-                 "--model", str(mobile_sam_checkpoint), "--out", str(tmp_path / "out"), "--format", "png"])
+                 "--model", str(mobile_sam_checkpoint), "--points-per-side", "8", "--out", str(tmp_path / "out"),
+                 "--format", "coco"])
     assert code == 0
     assert "1 masks" in capsys.readouterr().out
-    written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert "shapes_overlay.png" in written
-    with pytest.raises(ValueError, match="--text takes --point"):
-        main(["segment", str(path), "--text", "a red circle", "--box", "1,1,5,5"])
-    assert json  # noqa
+    coco = json.loads((tmp_path / "out" / "shapes.coco.json").read_text())
+    from pycocotools import mask as mask_utils
+
+    rle = coco["annotations"][0]["segmentation"]
+    mask = mask_utils.decode(dict(rle, counts=rle["counts"].encode())).astype(bool)
+    assert iou(mask, scene.masks[0]) > 0.8
+    assert (tmp_path / "out" / "shapes_overlay.png").is_file()
+    assert main(["segment", str(path), "--text", "a red circle", "--box", "1,1,5,5"]) != 0
+    assert "--text takes --point" in capsys.readouterr().err
+    assert main(["segment", str(path), "--text", "?!"]) != 0
+    assert "only punctuation" in capsys.readouterr().err

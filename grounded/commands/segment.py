@@ -32,7 +32,7 @@ def add_cli(sub) -> None:
                    "(with --clip-pretrained), or transformers CLIPModel folder or hub id")
     p.add_argument("--clip-pretrained", help="open_clip pretrained tag or checkpoint file")
     p.add_argument("--projection", help="text-prompt projection folder for --mode native (from `grounded train`)")
-    p.add_argument("--points-per-side", type=int, default=32, help="grid size for --auto (default 32)")
+    p.add_argument("--points-per-side", type=int, default=32, help="grid size for --auto and --mode clip (default 32)")
     p.add_argument("--crop-n-layers", type=int, default=0, help="crop layers for --auto (default 0)")
     p.add_argument("--min-mask-region-area", type=int, default=0, help="remove small regions/holes (--auto)")
     p.add_argument("--out", default="out/segment", help="output folder (default out/segment)")
@@ -63,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
 
     points = [_numbers(p, (2, 3), "--point") for p in args.point]
     boxes = [_numbers(b, (4,), "--box") for b in args.box]
-    if args.text is not None and (args.auto or boxes):
-        raise ValueError("--text takes --point clicks only (not --box or --auto)")
+    if args.text is not None:
+        from ..clip.model import check_text
+
+        check_text(args.text, "--text")
+        if args.auto or boxes:
+            raise ValueError("--text takes --point clicks only (not --box or --auto)")
     if args.text is None and not args.auto and not points and not boxes:
         raise ValueError("give prompts (--point X,Y and/or --box X0,Y0,X1,Y1), --text, or --auto")
     if args.auto and (points or boxes):
@@ -119,7 +123,8 @@ def _text_records(args, image, predictor, points) -> List[Dict]:
 
     dets = segment_text(image, args.text, mode=args.mode, points=points or None, sam=predictor,
                         detector=args.detector, clip=args.clip, clip_pretrained=args.clip_pretrained,
-                        projection=args.projection, box_threshold=args.box_threshold, device=args.device)
+                        projection=args.projection, box_threshold=args.box_threshold,
+                        points_per_side=args.points_per_side, device=args.device)
     records = dets.to_sam_records()
     for record, mask in zip(records, dets.mask):
         record["segmentation"] = mask  # the writers below take boolean masks, as --auto gives them
