@@ -146,6 +146,12 @@ def test_lr_schedule_and_layer_decay(tmp_path):
     assert layer_scale("image_encoder.patch_embed.proj.weight", model, 0.5) == 0.125
     assert layer_scale("image_encoder.neck.0.weight", model, 0.5) == 1.0
     assert layer_scale("mask_decoder.iou_token.weight", model, 0.5) == 1.0
+    tiny_vit = build_sam(tiny_sam_config("tiny_vit"))  # TinyViT: blocks counted across its 4 stages
+    scales = [layer_scale(n, tiny_vit, 0.5) for n in (
+        "image_encoder.patch_embed.seq.0.c.weight", "image_encoder.layers.0.blocks.0.conv1.c.weight",
+        "image_encoder.layers.1.blocks.0.attn.qkv.weight", "image_encoder.layers.3.blocks.0.mlp.fc1.weight",
+        "image_encoder.neck.0.weight")]
+    assert scales == [0.03125, 0.0625, 0.125, 0.5, 1.0]
     cfg = config(tmp_path, steps=1, lr=1e-3, layer_decay=0.5, freeze_image_encoder=False,
                  trainable=["image_encoder", "mask_decoder"], interactive=dict(point_rounds=0, no_point_rounds=0))
     trainer = Trainer(cfg, model=model, dataset=shapes_dataset(1, 3))
