@@ -32,15 +32,18 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
 
     real, tiny = [], []
     if sam is None:
-        sam, _ = _shared.default_sam(), real.append("SAM: MobileSAM (real weights)")
+        sam = _shared.default_sam()
+        real.append("SAM: MobileSAM (real weights)")
     else:
         real.append(f"SAM: {sam}")
     if detector is None:
-        detector, _ = _shared.tiny_detector(), tiny.append("Grounding DINO")
+        detector = _shared.tiny_detector()
+        tiny.append("Grounding DINO")
     else:
         real.append(f"Grounding DINO: {detector}")
     if clip is None:
-        clip, _ = _tiny_clip(), tiny.append("CLIP")
+        clip = _tiny_clip()
+        tiny.append("CLIP")
     else:
         real.append(f"CLIP: {clip}")
 

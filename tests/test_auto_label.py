@@ -19,16 +19,10 @@ PREFIX = "a dog on the beach with a stick on the"  # ends on a word a glued-on p
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from grounded.sam import save_pretrained
-    from grounded.testing import tiny_sam
-    from grounded.testing.blip import tiny_blip
-    from grounded.testing.dino import tiny_hf
+    from demo_helpers import tiny_models as build
 
-    root = tmp_path_factory.mktemp("tiny_models")
-    tiny_blip(root / "blip")
-    tiny_hf(root / "dino", seed=1)
-    save_pretrained(tiny_sam("vit"), root / "sam")
-    return {"captioner": root / "blip", "detector": root / "dino", "sam": root / "sam"}
+    models = build(tmp_path_factory.getbasetemp() / "demo-models")  # shared with the demo tests of the session
+    return {key: models[key] for key in ("captioner", "detector", "sam")}
 
 
 @pytest.fixture

@@ -41,6 +41,9 @@ def test_auto_masks(models, files, tmp_path):
         assert not np.array_equal(np.asarray(Image.open(overlay).convert("RGB")), np.asarray(Image.open(files["picture"])))
         with pytest.raises(Exception, match="not an image file"):
             api.predict(handle_file(str(files["bad"])), 4, api_name="/segment")
+        # Two users at once: the queue serves them in turn, both get their result.
+        jobs = [api.submit(handle_file(str(files["picture"])), grid, api_name="/segment") for grid in (4, 8)]
+        assert [job.result(timeout=120)[1].endswith(f"(grid {g}x{g})") for job, g in zip(jobs, (4, 8))] == [True, True]
 
 
 def test_text_to_mask_every_mode(models, files, tmp_path):
