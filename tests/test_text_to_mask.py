@@ -280,3 +280,27 @@ def test_segment_cli_text_clip_mode(tmp_path, mobile_sam_checkpoint, trained_cli
     assert "--text takes --point" in capsys.readouterr().err
     assert main(["segment", str(path), "--text", "?!"]) != 0
     assert "only punctuation" in capsys.readouterr().err
+
+
+def test_clip_pipeline_spec_over_a_manifest(tmp_path, mobile_sam_checkpoint, trained_clip_dir):
+    import json
+
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from grounded.pipeline import load_pipeline
+
+    scene = _scene(1002, [("red", "circle"), ("red", "square"), ("blue", "circle")])
+    Image.fromarray(scene.image).save(tmp_path / "a.png")
+    ys, xs = np.nonzero(scene.masks[0])
+    item = {"image": str(tmp_path / "a.png"), "text": "a red circle", "points": [[float(xs.mean()), float(ys.mean()), 1]]}
+    (tmp_path / "items.jsonl").write_text(json.dumps(item) + "\n")
+    pipe = load_pipeline(ROOT / "pipelines" / "text_to_mask_clip.yaml",
+                         [f"clip={trained_clip_dir}", f"sam={mobile_sam_checkpoint}", "device=cpu", "points_per_side=8"])
+    report = pipe.run(str(tmp_path / "items.jsonl"), tmp_path / "out", progress=False)
+    assert (report.ok, report.errors) == (1, 0), report.error_rows
+    coco = json.loads((tmp_path / "out" / "coco.json").read_text())
+    assert len(coco["annotations"]) == 1
+    rle = coco["annotations"][0]["segmentation"]
+    mask = mask_utils.decode(dict(rle, counts=rle["counts"].encode())).astype(bool)
+    assert iou(mask, scene.masks[0]) > 0.8

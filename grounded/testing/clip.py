@@ -1,9 +1,11 @@
 """Tiny CLIPs for tests: an open_clip model trained on synthetic shapes, and a random transformers
 `CLIPModel`, each saved and loaded back through the real loading code.
 
-A random CLIP cannot rank anything, so the open_clip one is trained contrastively on
-`grounded.testing.shapes` (masked crops and single-shape images against captions like "a red
-circle"), about 20-40 s on one CPU thread, until its text and image halves agree:
+A random CLIP cannot rank anything, so the open_clip one is trained on `grounded.testing.shapes`
+(single-shape images, masked crops of shapes, of parts of shapes and of backgrounds, against
+captions like "a red circle", "part of a red circle", "the background"): 450 steps, about a minute
+on one idle CPU thread (two to three when the machine is busy). Measured on 200 held-out
+single-shape images, it names 98.5% of them right out of the 12 captions (colour 100%):
 
     folder = tiny_trained_clip(cache_dir)        # trains once per cache_dir, then reuses the folder
     clip = grounded.clip.load_clip(str(folder))  # open_clip, through create_model_and_transforms
