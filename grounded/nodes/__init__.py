@@ -34,6 +34,9 @@ BUILTIN_NODES: Mapping[str, str] = {
     "write_yolo": "grounded.nodes.export_formats:WriteYolo",
     "write_json": "grounded.nodes.export_formats:WriteJson",
     "detect_tags": "grounded.nodes.detect_tags:DetectTags",
+    "clip_score": "grounded.nodes.clip:ClipScore",
+    "refine_points": "grounded.nodes.text_to_mask:RefinePoints",
+    "segment_text_native": "grounded.nodes.text_to_mask:SegmentTextNative",
 }
 
 

@@ -74,6 +74,7 @@ DEFAULT_LOADERS: Mapping[str, Any] = {
     # Other kinds by import path ("module:function"), imported only when a model of that kind is loaded.
     "blip": "grounded.nodes.caption:_load_blip",
     "grounding_dino": "grounded.nodes.detect:_load_grounding_dino",
+    "clip": "grounded.nodes.clip:_load_clip",
     "faster_whisper": "grounded.nodes.speech:_load_faster_whisper",
     "openai_whisper": "grounded.nodes.speech:_load_openai_whisper",
     "sd_inpaint": "grounded.edit.diffusion:_load_inpaint_pipeline",
