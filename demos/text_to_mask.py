@@ -17,11 +17,12 @@ try:
 except ImportError:  # run as a script
     import _shared
 
-MODES = ["text (Grounding DINO + SAM)", "text (CLIP ranks SAM's masks)", "clicks", "box (two clicks)", "brush (its box)"]
+MODES = ["text (Grounding DINO + SAM)", "text (CLIP ranks SAM's masks)", "text (native: CLIP token prompts SAM)",
+         "clicks", "box (two clicks)", "brush (its box)"]
 
 
 def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: Optional[str] = None,
-              device: str = "cpu", clip_overrides: Sequence[str] = ()):
+              device: str = "cpu", clip_overrides: Sequence[str] = (), projection: Optional[str] = None):
     import gradio as gr
 
     from grounded.detections import Detections
@@ -51,6 +52,12 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
     common = [f"sam={sam}", f"device={device}"]
     grounded_text = _shared.open_pipeline("text_to_mask", common + [f"detector={detector}"], models)
     clip_text = _shared.open_pipeline("text_to_mask_clip", common + [f"clip={clip}", *clip_overrides], models)
+    # The native mode needs a projection trained for this SAM and CLIP (`grounded train`); none ships.
+    native_text = None
+    if projection is not None:
+        native_text = _shared.open_pipeline("text_to_mask_native", common + [f"clip={clip}", f"projection={projection}"],
+                                            models)
+        real.append(f"native text projection: {projection}")
     clicks_only = _shared.open_pipeline("point_masks", [f"model={sam}", f"device={device}"], models)
     box_only = Pipeline([SegmentBoxes(model=sam, device=device)], inputs=["image", "detections"], batch_size=1)
     box_only.open(models)
@@ -64,7 +71,10 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
             if not (text or "").strip():
                 raise gr.Error("Type what to segment (e.g. 'dog. cat.'), or pick another mode.")
             sample.text, sample.points = text.strip(), clicks or None
-            pipeline = grounded_text if "Grounding" in mode else clip_text
+            if "native" in mode and native_text is None:
+                raise gr.Error("The native mode needs text-prompt projection weights trained for this SAM and CLIP "
+                               "(`grounded train`, then start the demo with --projection FOLDER); use another mode.")
+            pipeline = grounded_text if "Grounding" in mode else clip_text if "CLIP ranks" in mode else native_text
         elif mode == "clicks":
             if not clicks:
                 raise gr.Error("Click on the object (and, with 'background', on what is not the object).")
@@ -190,11 +200,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sam", help="SAM checkpoint (default: the real MobileSAM)")
     parser.add_argument("--detector", help="Grounding DINO folder or hub id (default: a tiny random one)")
-    parser.add_argument("--clip", help="CLIP for the CLIP mode (default: a tiny random one)")
+    parser.add_argument("--clip", help="CLIP for the CLIP and native modes (default: a tiny random one)")
+    parser.add_argument("--projection", help="text-prompt projection folder for the native mode (from `grounded train`)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--port", type=int)
     args = parser.parse_args(argv)
-    _shared.launch(build_app(args.sam, args.detector, args.clip, args.device), args.port)
+    _shared.launch(build_app(args.sam, args.detector, args.clip, args.device, projection=args.projection), args.port)
 
 
 if __name__ == "__main__":

@@ -51,8 +51,11 @@ def test_text_to_mask_every_mode(models, files, tmp_path):
 
     from demos.text_to_mask import build_app
 
+    from grounded.sam.text_prompt import TextPromptProjection
+
+    projection = TextPromptProjection(clip_dim=32, prompt_embed_dim=32).save_pretrained(tmp_path / "projection")
     app = build_app(models["sam"], models["detector"], models["clip"],
-                    clip_overrides=["points_per_side=4", *TINY_AMG])
+                    clip_overrides=["points_per_side=4", *TINY_AMG], projection=str(projection))
     brush = np.zeros((120, 160, 4), np.uint8)
     brush[40:70, 30:90] = (255, 255, 255, 255)  # a stroke whose bounding box is x 30-90, y 40-70
     Image.fromarray(brush).save(tmp_path / "stroke.png")
@@ -67,6 +70,7 @@ def test_text_to_mask_every_mode(models, files, tmp_path):
             ("text (Grounding DINO + SAM)", "dog. cat.", [], no_brush),
             ("text (Grounding DINO + SAM)", "dog.", [[50, 60, 1], [120, 50, 0]], no_brush),  # clicks refine the text
             ("text (CLIP ranks SAM's masks)", "a red circle", [], no_brush),
+            ("text (native: CLIP token prompts SAM)", "a red circle", [[50, 60, 1]], no_brush),
             ("clicks", "", [[50, 60, 1], [120, 50, 0]], no_brush),
             ("box (two clicks)", "", [[20, 30, 1], [80, 90, 1]], no_brush),
             ("brush (its box)", "", [], stroke),
@@ -76,6 +80,7 @@ def test_text_to_mask_every_mode(models, files, tmp_path):
             results[(mode, text)] = summary
         assert results[("text (Grounding DINO + SAM)", "dog. cat.")].split()[1] == "found:"
         assert results[("text (CLIP ranks SAM's masks)", "a red circle")].startswith("1 found: a red circle")
+        assert results[("text (native: CLIP token prompts SAM)", "a red circle")].startswith("1 found")
         for mode in ("clicks", "box (two clicks)", "brush (its box)"):
             assert results[(mode, "")].startswith("1 found"), mode
         with pytest.raises(Exception, match="Type what to segment"):
