@@ -146,3 +146,39 @@ def test_voice_edit_with_a_click_removes_the_clicked_thing(models, files, tmp_pa
         assert np.abs(after[30:80, 105:140] - before[30:80, 105:140]).mean() < 5  # the blue square untouched
         with pytest.raises(Exception, match="Record or upload"):
             api.predict(None, handle_file(str(files["picture"])), None, api_name="/edit")
+
+
+def test_grounded_demo_starts_an_app(tmp_path, mobile_sam_checkpoint):
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from demo_helpers import free_port
+
+    repo = Path(__file__).resolve().parents[1]
+    listed = subprocess.run([sys.executable, "-m", "grounded", "demo", "list"], cwd=repo, capture_output=True, text=True,
+                            timeout=120)
+    assert listed.returncode == 0 and all(n in listed.stdout for n in ("auto_masks", "text_to_mask", "auto_label", "voice_edit"))
+    wrong = subprocess.run([sys.executable, "-m", "grounded", "demo", "auto_mask"], cwd=repo, capture_output=True,
+                           text=True, timeout=120)
+    assert wrong.returncode == 1 and "no demo 'auto_mask'" in wrong.stderr
+
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(repo))
+    proc = subprocess.Popen([sys.executable, "-m", "grounded", "demo", "auto_masks", "--port", str(port)], cwd=repo,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, page = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None and page is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no answer in 120 s"
+        assert "Automatic masks" in page and "MobileSAM (real weights)" in page  # the real model, by default
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
