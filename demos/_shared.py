@@ -122,21 +122,22 @@ def describe_detections(dets, names: Optional[Dict[int, str]] = None) -> str:
 
 def image_input(**kwargs):
     """A gr.Image whose bad uploads (not an image, truncated, too large) get a message that says
-    so, instead of gradio's internal preprocessing error."""
+    so, instead of gradio's internal preprocessing error. (The instance's preprocess is wrapped
+    rather than subclassed: gradio writes a .pyi file beside the source of every Component subclass.)"""
     import gradio as gr
 
-    class CheckedImage(gr.Image):
-        def get_block_name(self) -> str:
-            return "image"  # the ordinary image widget in the page
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except gr.Error:
-                raise
-            except Exception as err:  # noqa: BLE001 - whatever PIL raises on a bad file
-                name = getattr(payload, "orig_name", None) or "the upload"
-                raise gr.Error(f"Cannot use {name!r} as an image: it is not an image file this demo can read "
-                               f"({type(err).__name__}). Upload a PNG, JPEG, WebP, TIFF or BMP.") from None
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever PIL raises on a bad file
+            name = getattr(payload, "orig_name", None) or "the upload"
+            raise gr.Error(f"Cannot use {name!r} as an image: it is not an image file this demo can read "
+                           f"({type(err).__name__}). Upload a PNG, JPEG, WebP, TIFF or BMP.") from None
 
-    return CheckedImage(**kwargs)
+    image.preprocess = checked
+    return image
