@@ -4,6 +4,7 @@ scores, the clip_score node, and bad input. The ranking tests use a tiny CLIP tr
 synthetic shapes (grounded.testing.clip), because a random CLIP cannot rank anything."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,30 @@ def test_open_clip_and_transformers_agree_on_the_same_weights(open_clip_dir, sce
     assert torch.allclose(a._preprocess(crops), b._preprocess(crops), atol=1e-5)
     assert np.allclose(a.score_masks(scene.image, scene.masks, texts), b.score_masks(scene.image, scene.masks, texts),
                        atol=1e-5)
+
+
+def test_transformers_weights_of_another_config_are_refused(hf_clip_dir, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(hf_clip_dir, tmp_path / "wrong"))
+    config = json.loads((folder / "config.json").read_text())
+    config["projection_dim"] = 24
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not fit its config.json"):
+        load_clip(str(folder))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_reaches_both_backends(open_clip_dir, hf_clip_dir, scene, dtype):
+    for folder in (open_clip_dir, hf_clip_dir):
+        full = load_clip(str(folder))
+        half = load_clip(str(folder), dtype=dtype)
+        # (open_clip's bf16/fp16 casts the matmul weights and keeps its LayerNormFp32 and embeddings float32)
+        assert half.model.visual_projection.weight.dtype == dtype if half.backend == "transformers" \
+            else half.model.visual.conv1.weight.dtype == dtype
+        emb = half.encode_images([scene.image])
+        assert emb.dtype == torch.float32  # embeddings come back float32 whatever ran
+        assert torch.nn.functional.cosine_similarity(emb, full.encode_images([scene.image])).item() > 0.98
 
 
 def test_empty_and_punctuation_only_texts_are_refused(open_clip_dir):

@@ -210,6 +210,11 @@ def _load_transformers(model: str, device: str, dtype) -> ClipModel:
             f"CLIP model {model!r} not found: tried it as a local folder ({Path(model).expanduser().resolve()}) and as a "
             f"Hugging Face hub id in the local cache (offline). For open_clip give model + pretrained, a folder with "
             f"open_clip_config.json, or 'hf-hub:org/name'. ({str(err).splitlines()[0]})") from None
+    except RuntimeError as err:
+        if "size mismatch" in str(err):
+            raise ValueError(f"the weights in {model} do not fit its config.json: "
+                             f"{str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}") from None
+        raise
     max_length = net.config.text_config.max_position_embeddings
 
     def tokenize(texts: List[str]) -> dict:
