@@ -25,7 +25,7 @@ def test_import_grounded_loads_only_torch_numpy_pillow():
 
 def test_cli_help_lists_every_command_with_a_line_each():
     out = _python("from grounded.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
-    for command in ("segment", "weights", "run", "nodes"):
+    for command in ("segment", "weights", "run", "nodes", "label", "demo"):
         assert command in out
 
 
