@@ -114,3 +114,54 @@ def test_text_prompt_training_through_the_trainer(tmp_path):
     assert all(torch.equal(v, trainer.projection.state_dict()[k]) for k, v in resumed.projection.state_dict().items())
     with pytest.raises(ValueError, match="needs clip"):
         TrainConfig(text_prompt=True)
+
+
+def found_rate(predictor, clip, projection_dir, scenes) -> float:
+    """Fraction of (scene, caption) pairs where the native text mode's mask matches the named shape:
+    IoU >= 0.5 with it and higher than with any other shape of the scene."""
+    from grounded.text_to_mask import segment_text
+
+    found = []
+    for scene in scenes:
+        for k, text in enumerate(scene.captions):
+            dets = segment_text(scene.image, text, mode="native", sam=predictor, clip=clip, projection=str(projection_dir))
+            mask = dets.mask[0]
+            ious = [(mask & m).sum() / max(1, (mask | m).sum()) for m in scene.masks]
+            found.append(int(np.argmax(ious)) == k and ious[k] >= 0.5)
+    return float(np.mean(found))
+
+
+@pytest.mark.slow
+def test_native_text_mode_finds_the_named_shape_after_text_prompt_training(tmp_path_factory, mobile_sam_checkpoint):
+    """A tiny CLIP trained contrastively on coloured shapes (its image and text halves agree), then
+    the projection (and MobileSAM's decoder) trained on CLIP *image* embeddings of mask crops only;
+    on held-out scenes of three shapes the CLIP *text* embedding of a caption must find its shape far
+    more often than chance (1/3: one of the scene's three shapes)."""
+    from grounded.clip import load_clip
+    from grounded.sam import from_pretrained
+    from grounded.sam.training import TrainConfig, Trainer
+    from grounded.sam.training.data import ArrayDataset, TrainItem
+    from grounded.testing.clip import tiny_trained_clip
+    from grounded.testing.shapes import shapes_dataset
+
+    torch.set_num_threads(2)
+    folder = tiny_trained_clip(tmp_path_factory.getbasetemp() / "clip")
+    clip = load_clip(str(folder))
+    train = shapes_dataset(12, size=96, seed=1, shapes_per_image=3)
+    held_out = shapes_dataset(8, size=96, seed=2, shapes_per_image=3)
+    sam = from_pretrained(mobile_sam_checkpoint)
+    out = tmp_path_factory.mktemp("text_run")
+    config = TrainConfig(out_dir=str(out), steps=TEXT_STEPS, lr=1e-4, text_lr_scale=10.0, weight_decay=0.0,
+                         warmup_steps=5, trainable=["mask_decoder"], text_prompt=True, clip=str(folder), max_masks=3,
+                         checkpoint_every=10**6, progress=False)
+    trainer = Trainer(config, model=sam, dataset=ArrayDataset([TrainItem(f"s{i}", s.image, s.masks)
+                                                               for i, s in enumerate(train)]), clip=clip)
+    trainer.train()
+    trainer.save_model()
+    predictor = SamPredictor(sam.eval(), cache_size=16)
+    rate = found_rate(predictor, clip, out / "text_prompt", held_out)
+    print(f"native text mode found the named shape in {rate:.2f} of {3 * len(held_out)} held-out prompts (chance 0.33)")
+    assert rate >= 0.6
+
+
+TEXT_STEPS = 200

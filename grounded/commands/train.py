@@ -48,5 +48,10 @@ def run(args: argparse.Namespace) -> int:
     final = trainer.save_model()
     last = history[-1] if history else {}
     print(f"trained to step {trainer.step} in {time.time() - start:.0f} s; last loss {last.get('loss', float('nan')):.4f}, "
-          f"mIoU {last.get('miou', float('nan')):.3f}; model: {final} (load with grounded.sam.from_pretrained('{final}'))")
+          f"mIoU {last.get('miou', float('nan')):.3f}")
+    if trainer.projection is not None:
+        print(f"text-prompt projection: {trainer.out_dir / 'text_prompt'} (segment_text(..., mode='native', "
+              f"projection=...))")
+    if final != trainer.out_dir / "text_prompt":
+        print(f"model: {final} (load with grounded.sam.from_pretrained('{final}'))")
     return 0

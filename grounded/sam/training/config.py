@@ -49,6 +49,7 @@ class TrainConfig:
     clip_pretrained: Optional[str] = None
     text_crop_expand: List[float] = field(default_factory=lambda: [1.0, 2.0])
     text_zero_outside: float = 0.5
+    text_lr_scale: float = 1.0  # the projection's lr = lr x this (it starts from scratch; SAM does not)
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     seed: int = 0

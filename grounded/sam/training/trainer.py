@@ -183,7 +183,9 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         groups: Dict[float, list] = {}
         for name, p in self.trainable:
-            groups.setdefault(layer_scale(name, self.model, self.config.layer_decay), []).append(p)
+            scale = self.config.text_lr_scale if name.startswith("text_prompt.") else \
+                layer_scale(name, self.model, self.config.layer_decay)
+            groups.setdefault(scale, []).append(p)
         param_groups = [{"params": ps, "lr": self.config.lr * s, "lr_scale": s} for s, ps in sorted(groups.items())]
         return torch.optim.AdamW(param_groups, lr=self.config.lr, betas=tuple(self.config.betas),
                                  weight_decay=self.config.weight_decay)
