@@ -22,9 +22,10 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..io.image import DEFAULT_MAX_PIXELS, load_image_with_info
 from ..io.results import Journal, RunLock, atomic_write_json, atomic_write_jsonl, remove_stale_temporaries
@@ -74,27 +75,9 @@ def run(pipeline: Pipeline, inputs: Union[str, Sequence[str]], out_dir: Union[st
     holds a run is refused; `retry_errors=True` (with resume) tries the failed items again. `models` shares loaded models with other runs (else the run makes and
     closes its own cache). Returns a `RunReport`; bad items never raise."""
     start = time.perf_counter()
-    out = Path(out_dir)
-    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    items = discover(inputs, exclude=[out])
-    if not items:
-        from ..io.sources import IMAGE_EXTENSIONS
-
-        raise InputError(f"no inputs found in {', '.join(map(str, inputs))} (looked for {' '.join(IMAGE_EXTENSIONS)})")
-    problems = pipeline.check(fields_of(items))
-    if problems:
-        raise PipelineError(problems)
-
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
-        _start_or_resume(out, pipeline, inputs, resume, spec)
-        remove_stale_temporaries(out)
-        journal = Journal(out / JOURNAL)
-        done = journal.load()
-        if retry_errors:  # their new journal line will supersede the error's
-            done = {key: entry for key, entry in done.items() if entry.get("status") == "ok"}
-        todo = [item for item in items if item.id not in done]
-        done_before = len(items) - len(todo)
+    with prepared_run(pipeline, inputs, out_dir, resume=resume, retry_errors=retry_errors, spec=spec) as prep:
+        out, items, journal, done, todo = prep.out, prep.items, prep.journal, prep.done, prep.todo
+        done_before = prep.done_before
 
         bar = None  # made once the models are loaded, so its rate and ETA count only the work
         say = log or (lambda message: _write(message, bar))
@@ -142,17 +125,65 @@ def run(pipeline: Pipeline, inputs: Union[str, Sequence[str]], out_dir: Union[st
             if own_models:
                 models.close()
 
-        rows = _manifest_rows(journal.load(), items)
-        atomic_write_jsonl(out / MANIFEST, rows)
-        errors = [{"id": r["id"], "source": r["source"], "stage": r.get("stage"), "error": r.get("error")}
-                  for r in rows if r["status"] != "ok"]
-        atomic_write_jsonl(out / ERRORS, errors)
-    return RunReport(out_dir=out, total=len(items), done_before=done_before, processed=processed,
-                     ok=sum(1 for r in rows if r["status"] == "ok"), errors=len(errors),
-                     seconds=time.perf_counter() - start, error_rows=errors)
+        return prep.conclude(processed, start)
 
 
 # ---- starting and resuming --------------------------------------------------------------------
+
+@dataclass
+class PreparedRun:
+    """A run's output folder, locked and ready: the inputs found, the journal, and what is left to do.
+    The local and the Ray runner both start (and end) a run through this."""
+
+    out: Path
+    items: List[Item]
+    journal: Journal
+    done: Dict[str, Dict[str, Any]]
+    todo: List[Item]
+
+    @property
+    def done_before(self) -> int:
+        return len(self.items) - len(self.todo)
+
+    def conclude(self, processed: int, start: float) -> RunReport:
+        """Write the manifest and errors files from the journal; the report of the run."""
+        rows = _manifest_rows(self.journal.load(), self.items)
+        atomic_write_jsonl(self.out / MANIFEST, rows)
+        errors = [{"id": r["id"], "source": r["source"], "stage": r.get("stage"), "error": r.get("error")}
+                  for r in rows if r["status"] != "ok"]
+        atomic_write_jsonl(self.out / ERRORS, errors)
+        return RunReport(out_dir=self.out, total=len(self.items), done_before=self.done_before, processed=processed,
+                         ok=sum(1 for r in rows if r["status"] == "ok"), errors=len(errors),
+                         seconds=time.perf_counter() - start, error_rows=errors)
+
+
+@contextmanager
+def prepared_run(pipeline: Pipeline, inputs: Union[str, Sequence[str]], out_dir: Union[str, Path], *,
+                 resume: bool, retry_errors: bool, spec: Optional[Dict[str, Any]]) -> Iterator[PreparedRun]:
+    """Find the inputs, check the pipeline's wiring against them, then hold the folder's lock while
+    the run starts (or resumes: `run.json` must match) and goes on."""
+    out = Path(out_dir)
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    items = discover(inputs, exclude=[out])
+    if not items:
+        from ..io.sources import IMAGE_EXTENSIONS
+
+        raise InputError(f"no inputs found in {', '.join(map(str, inputs))} (looked for {' '.join(IMAGE_EXTENSIONS)})")
+    problems = pipeline.check(fields_of(items))
+    if problems:
+        raise PipelineError(problems)
+
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        _start_or_resume(out, pipeline, inputs, resume, spec)
+        remove_stale_temporaries(out)
+        journal = Journal(out / JOURNAL)
+        done = journal.load()
+        if retry_errors:  # their new journal line will supersede the error's
+            done = {key: entry for key, entry in done.items() if entry.get("status") == "ok"}
+        todo = [item for item in items if item.id not in done]
+        yield PreparedRun(out=out, items=items, journal=journal, done=done, todo=todo)
+
 
 def _start_or_resume(out: Path, pipeline: Pipeline, inputs: List[str], resume: bool, spec) -> None:
     import json

@@ -33,13 +33,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ..io.image import DEFAULT_MAX_PIXELS
-from ..io.results import Journal, RunLock, atomic_write_jsonl, remove_stale_temporaries
-from ..io.sources import InputError, discover, fields_of
-from ..pipeline.core import ItemFailure, Pipeline, PipelineError, RunContext
+from ..pipeline.core import ItemFailure, Pipeline, RunContext
 from ..pipeline.models import ModelCache
 from ..pipeline.node import Node
-from ..pipeline.runner import (ERRORS, JOURNAL, MANIFEST, RunReport, _error_entry, _finished, _load, _manifest_rows,
-                               _process, _progress_bar, _start_or_resume, _write)
+from ..pipeline.runner import (RunReport, _error_entry, _finished, _load, _process, _progress_bar, _write,
+                               prepared_run)
 
 DEFAULT_OBJECT_STORE_MB = 256  # a local Ray's shared-memory object store; images pass through it briefly
 
@@ -62,27 +60,9 @@ def run_on_ray(pipeline: Pipeline, inputs: Union[str, Sequence[str]], out_dir: U
     cluster has GPUs, else 0), with `threads_per_actor` torch/OpenMP threads. Read tasks ask for
     `read_cpus` CPUs each."""
     start = time.perf_counter()
-    out = Path(out_dir)
-    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    items = discover(inputs, exclude=[out])
-    if not items:
-        from ..io.sources import IMAGE_EXTENSIONS
-
-        raise InputError(f"no inputs found in {', '.join(map(str, inputs))} (looked for {' '.join(IMAGE_EXTENSIONS)})")
-    problems = pipeline.check(fields_of(items))
-    if problems:
-        raise PipelineError(problems)
-
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
-        _start_or_resume(out, pipeline, inputs, resume, spec)
-        remove_stale_temporaries(out)
-        journal = Journal(out / JOURNAL)
-        done = journal.load()
-        if retry_errors:
-            done = {key: entry for key, entry in done.items() if entry.get("status") == "ok"}
-        todo = [item for item in items if item.id not in done]
-        done_before = len(items) - len(todo)
+    with prepared_run(pipeline, inputs, out_dir, resume=resume, retry_errors=retry_errors, spec=spec) as prep:
+        out, items, journal, todo = prep.out, prep.items, prep.journal, prep.todo
+        done_before = prep.done_before
         bar = None
         say = log or (lambda message: _write(message, bar))
 
@@ -126,14 +106,7 @@ def run_on_ray(pipeline: Pipeline, inputs: Union[str, Sequence[str]], out_dir: U
 
                 ray.shutdown()
 
-        rows = _manifest_rows(journal.load(), items)
-        atomic_write_jsonl(out / MANIFEST, rows)
-        errors = [{"id": r["id"], "source": r["source"], "stage": r.get("stage"), "error": r.get("error")}
-                  for r in rows if r["status"] != "ok"]
-        atomic_write_jsonl(out / ERRORS, errors)
-    return RunReport(out_dir=out, total=len(items), done_before=done_before, processed=processed,
-                     ok=sum(1 for r in rows if r["status"] == "ok"), errors=len(errors),
-                     seconds=time.perf_counter() - start, error_rows=errors)
+        return prep.conclude(processed, start)
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
