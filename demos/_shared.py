@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -49,6 +49,26 @@ def tiny_captioner() -> str:
 
         tiny_blip(folder)
     return str(folder)
+
+
+def choose_sam(sam: Optional[str], real: List[str]) -> str:
+    """The SAM checkpoint to run: `sam` when given, else the real MobileSAM; named in `real`."""
+    if sam is None:
+        real.append("SAM: MobileSAM (real weights)")
+        return default_sam()
+    real.append(f"SAM: {sam}")
+    return sam
+
+
+def choose_model(given: Optional[str], label: str, make_tiny: Callable[[], str], real: List[str], tiny: List[str],
+                 tiny_label: Optional[str] = None) -> str:
+    """`given` when set (named in `real` as "label: given"), else the tiny random stand-in that
+    `make_tiny` builds (named in `tiny` as `tiny_label`, default `label`)."""
+    if given is None:
+        tiny.append(tiny_label or label)
+        return make_tiny()
+    real.append(f"{label}: {given}")
+    return given
 
 
 def notice(real: Iterable[str], tiny: Iterable[str]) -> str:
@@ -107,6 +127,40 @@ def launch(app, port: Optional[int] = None, host: str = "127.0.0.1", block: bool
     app.queue(default_concurrency_limit=1, max_size=32)
     return app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
                       show_error=True)
+
+
+def process_one(pipeline, sample, lock):
+    """One sample through an opened pipeline (one request at a time); a bad request's ValueError
+    becomes a gr.Error with its message."""
+    import gradio as gr
+
+    with lock:
+        try:
+            return pipeline.process([sample])[0]
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+
+
+def mask_overlay(image: np.ndarray, dets) -> np.ndarray:
+    """The image with the detections' masks drawn on it; the image itself when there are none."""
+    from grounded.io.overlay import overlay
+
+    return overlay(image, dets.rles) if dets is not None and dets.has_masks and len(dets) else image
+
+
+def parse_args(doc: str, argv: Optional[Sequence[str]], add_arguments: Callable[[Any], None] = lambda parser: None):
+    """A demo's command line: --sam, the demo's own arguments (`add_arguments(parser)`), --device and --port."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--sam", help="SAM checkpoint (default: the real MobileSAM)")
+    add_arguments(parser)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--port", type=int)
+    return parser.parse_args(argv)
+
+
+DETECTOR_HELP = "Grounding DINO folder or hub id (default: a tiny random one)"
 
 
 def describe_detections(dets, names: Optional[Dict[int, str]] = None) -> str:

@@ -28,21 +28,9 @@ def build_app(sam: Optional[str] = None, captioner: Optional[str] = None, detect
     from grounded.pipeline.spec import load_pipeline
 
     real, tiny = [], []
-    if sam is None:
-        sam = _shared.default_sam()
-        real.append("SAM: MobileSAM (real weights)")
-    else:
-        real.append(f"SAM: {sam}")
-    if captioner is None:
-        captioner = _shared.tiny_captioner()
-        tiny.append("BLIP captioner")
-    else:
-        real.append(f"BLIP: {captioner}")
-    if detector is None:
-        detector = _shared.tiny_detector()
-        tiny.append("Grounding DINO")
-    else:
-        real.append(f"Grounding DINO: {detector}")
+    sam = _shared.choose_sam(sam, real)
+    captioner = _shared.choose_model(captioner, "BLIP", _shared.tiny_captioner, real, tiny, "BLIP captioner")
+    detector = _shared.choose_model(detector, "Grounding DINO", _shared.tiny_detector, real, tiny)
 
     models = ModelCache()  # loaded once, shared by the pipelines of every vocabulary
     pipelines: Dict[str, object] = {}
@@ -104,15 +92,11 @@ def _read_json(path: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    import argparse
+    def add_arguments(parser):
+        parser.add_argument("--captioner", help="BLIP folder or hub id (default: a tiny random one)")
+        parser.add_argument("--detector", help=_shared.DETECTOR_HELP)
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sam", help="SAM checkpoint (default: the real MobileSAM)")
-    parser.add_argument("--captioner", help="BLIP folder or hub id (default: a tiny random one)")
-    parser.add_argument("--detector", help="Grounding DINO folder or hub id (default: a tiny random one)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--port", type=int)
-    args = parser.parse_args(argv)
+    args = _shared.parse_args(__doc__, argv, add_arguments)
     _shared.launch(build_app(args.sam, args.captioner, args.detector, args.device), args.port)
 
 

@@ -75,13 +75,7 @@ def _model_name(sam: str) -> str:
 
 
 def main(argv=None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sam", help="SAM checkpoint (default: the real MobileSAM)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--port", type=int)
-    args = parser.parse_args(argv)
+    args = _shared.parse_args(__doc__, argv)
     _shared.launch(build_app(args.sam, args.device), args.port)
 
 

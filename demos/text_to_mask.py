@@ -26,27 +26,14 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
     import gradio as gr
 
     from grounded.detections import Detections
-    from grounded.io.overlay import overlay
     from grounded.nodes import SegmentBoxes
     from grounded.pipeline import ModelCache, Pipeline
     from grounded.types import Sample
 
     real, tiny = [], []
-    if sam is None:
-        sam = _shared.default_sam()
-        real.append("SAM: MobileSAM (real weights)")
-    else:
-        real.append(f"SAM: {sam}")
-    if detector is None:
-        detector = _shared.tiny_detector()
-        tiny.append("Grounding DINO")
-    else:
-        real.append(f"Grounding DINO: {detector}")
-    if clip is None:
-        clip = _tiny_clip()
-        tiny.append("CLIP")
-    else:
-        real.append(f"CLIP: {clip}")
+    sam = _shared.choose_sam(sam, real)
+    detector = _shared.choose_model(detector, "Grounding DINO", _shared.tiny_detector, real, tiny)
+    clip = _shared.choose_model(clip, "CLIP", _tiny_clip, real, tiny)
 
     models = ModelCache()  # one SAM for every mode
     common = [f"sam={sam}", f"device={device}"]
@@ -84,14 +71,8 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
             box = _box_from_clicks(clicks) if mode.startswith("box") else _box_from_brush(brush, image.shape[:2])
             sample.detections = Detections(np.array([box], np.float32), image_size=image.shape[:2])
             pipeline = box_only
-        with lock:
-            try:
-                result = pipeline.process([sample])[0]
-            except ValueError as err:
-                raise gr.Error(str(err)) from None
-        dets = result.detections
-        picture = overlay(image, dets.rles) if dets.has_masks and len(dets) else image
-        return _draw_clicks(picture, clicks), _shared.describe_detections(dets)
+        dets = _shared.process_one(pipeline, sample, lock).detections
+        return _draw_clicks(_shared.mask_overlay(image, dets), clicks), _shared.describe_detections(dets)
 
     def add_click(image, clicks, kind, evt: gr.SelectData):
         if image is None:
@@ -195,16 +176,12 @@ def _tiny_clip() -> str:
 
 
 def main(argv=None) -> None:
-    import argparse
+    def add_arguments(parser):
+        parser.add_argument("--detector", help=_shared.DETECTOR_HELP)
+        parser.add_argument("--clip", help="CLIP for the CLIP and native modes (default: a tiny random one)")
+        parser.add_argument("--projection", help="text-prompt projection folder for the native mode (from `grounded train`)")
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sam", help="SAM checkpoint (default: the real MobileSAM)")
-    parser.add_argument("--detector", help="Grounding DINO folder or hub id (default: a tiny random one)")
-    parser.add_argument("--clip", help="CLIP for the CLIP and native modes (default: a tiny random one)")
-    parser.add_argument("--projection", help="text-prompt projection folder for the native mode (from `grounded train`)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--port", type=int)
-    args = parser.parse_args(argv)
+    args = _shared.parse_args(__doc__, argv, add_arguments)
     _shared.launch(build_app(args.sam, args.detector, args.clip, args.device, projection=args.projection), args.port)
 
 

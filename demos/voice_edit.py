@@ -22,21 +22,14 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, whisper
               device: str = "cpu", overrides: Sequence[str] = (), detector_overrides: Sequence[str] = ()):
     import gradio as gr
 
-    from grounded.io.overlay import overlay
     from grounded.pipeline import ModelCache
     from grounded.types import Sample
 
-    real, tiny = [f"Whisper: {whisper}", "edits: OpenCV (remove, recolour)"], []
-    if sam is None:
-        sam = _shared.default_sam()
-        real.insert(0, "SAM: MobileSAM (real weights)")
-    else:
-        real.insert(0, f"SAM: {sam}")
-    if detector is None:
-        detector = _shared.tiny_detector()
-        tiny.append("Grounding DINO (targets by words; click the target instead for a real mask)")
-    else:
-        real.append(f"Grounding DINO: {detector}")
+    real, tiny = [], []
+    sam = _shared.choose_sam(sam, real)
+    real += [f"Whisper: {whisper}", "edits: OpenCV (remove, recolour)"]
+    detector = _shared.choose_model(detector, "Grounding DINO", _shared.tiny_detector, real, tiny,
+                                    "Grounding DINO (targets by words; click the target instead for a real mask)")
 
     models = ModelCache()  # Whisper and SAM load once, shared by both pipelines
     common = [f"whisper={whisper}", f"sam={sam}", f"device={device}", *overrides]
@@ -57,13 +50,8 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, whisper
         if click:
             sample.points = [[int(click[0]), int(click[1])]]
             pipeline = by_click
-        with lock:
-            try:
-                result = pipeline.process([sample])[0]
-            except ValueError as err:
-                raise gr.Error(str(err)) from None
-        dets = result.detections
-        mask = overlay(image, dets.rles) if dets is not None and dets.has_masks and len(dets) else image
+        result = _shared.process_one(pipeline, sample, lock)
+        mask = _shared.mask_overlay(image, result.detections)
         edits = "; ".join(_describe(e) for e in (result.edits or [])) or "no edit understood"
         edited = result.edited_image if result.edited_image is not None else image
         return result.transcript or "", edits, mask, edited
@@ -105,15 +93,11 @@ def _describe(edit) -> str:
 
 
 def main(argv=None) -> None:
-    import argparse
+    def add_arguments(parser):
+        parser.add_argument("--detector", help=_shared.DETECTOR_HELP)
+        parser.add_argument("--whisper", default="tiny.en", help="Whisper model (default: the bundled tiny.en)")
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sam", help="SAM checkpoint (default: the real MobileSAM)")
-    parser.add_argument("--detector", help="Grounding DINO folder or hub id (default: a tiny random one)")
-    parser.add_argument("--whisper", default="tiny.en", help="Whisper model (default: the bundled tiny.en)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--port", type=int)
-    args = parser.parse_args(argv)
+    args = _shared.parse_args(__doc__, argv, add_arguments)
     _shared.launch(build_app(args.sam, args.detector, args.whisper, args.device), args.port)
 
 
