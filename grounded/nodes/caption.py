@@ -10,7 +10,6 @@ CLIP mean/std); the captions are what the model's `generate` gives, decoded with
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -129,21 +128,13 @@ def folder_lacks(folder: Path) -> List[str]:
 
 
 def _hub_snapshot(repo_id: str, cache_dir, revision, tried: List[str]) -> Optional[Path]:
-    from huggingface_hub import snapshot_download
+    from ..hub import hub_snapshot
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    # huggingface_hub reads HF_HUB_CACHE once at import; honour a later setting too.
-    cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE")
-    where = cache_dir or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     # safetensors first; the .bin weights only for repositories that have nothing else.
     folder = None
     for weights in ("*.safetensors", "*.bin"):
-        try:
-            folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline,
-                                            allow_patterns=["*.json", "*.txt", weights]))
-        except Exception as err:
-            tried.append(f"Hugging Face hub id {repo_id!r} ({'offline, ' if offline else ''}cache {where}): "
-                         f"{err.__class__.__name__}: {str(err).splitlines()[0][:200]}")
+        folder = hub_snapshot(repo_id, ["*.json", "*.txt", weights], tried, cache_dir, revision)
+        if folder is None:
             return None
         if not folder_lacks(folder):
             return folder

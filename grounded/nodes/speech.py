@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..hub import hub_offline
 from ..io.audio import AudioError, check_speech, load_audio
 from ..pipeline.node import Node, Param
 from ..types import Audio, Sample
@@ -65,7 +66,7 @@ def _load_faster_whisper(cache, name: str, device: str, dtype: Any):
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     try:
         return WhisperModel(location, device=device.split(":")[0], compute_type=compute_type, cpu_threads=threads,
-                            local_files_only=_offline())
+                            local_files_only=hub_offline())
     except Exception as err:  # faster-whisper raises hub errors, RuntimeErrors and ValueErrors alike
         if Path(location).is_dir():
             raise
@@ -100,10 +101,6 @@ def _load_openai_whisper(cache, name: str, device: str, dtype: Any):
     # load_model reads the file with torch.load(weights_only=True); a name's file must be cached.
     model = whisper.load_model(openai_whisper_checkpoint(name), device=device)
     return model.half() if dtype is not None and "16" in str(dtype) else model
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 # ---- transcribing --------------------------------------------------------------------------------

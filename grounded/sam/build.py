@@ -3,7 +3,6 @@
 folders or hub ids. Pickled checkpoints are read with `weights_only=True`, never executed."""
 
 import json
-import os
 import re
 from functools import partial
 from pathlib import Path
@@ -329,20 +328,12 @@ def _resolve(
             return None, None
 
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        from huggingface_hub import snapshot_download
+        from ..hub import hub_snapshot
 
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        # huggingface_hub reads HF_HUB_CACHE once at import; honour a later setting too.
-        cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE")
-        try:
-            folder = snapshot_download(name, revision=revision, cache_dir=cache_dir, local_files_only=offline,
-                                       allow_patterns=["*.json", "*.safetensors", "*.bin"])
-        except Exception as err:
-            where = cache_dir or os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-            tried.append(f"Hugging Face hub id {name!r} ({'offline, ' if offline else ''}cache {where}): "
-                         f"{err.__class__.__name__}: {str(err).splitlines()[0][:200]}")
+        folder = hub_snapshot(name, ["*.json", "*.safetensors", "*.bin"], tried, cache_dir, revision)
+        if folder is None:
             return None, None
-        return _read_folder(Path(folder), tried)
+        return _read_folder(folder, tried)
     else:
         tried.append(f"{name!r} is not a known checkpoint name "
                      f"({', '.join(sorted(n for n, c in weights.CHECKPOINTS.items() if c.model_type))}) "
