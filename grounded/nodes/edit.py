@@ -18,6 +18,7 @@ import numpy as np
 from ..instructions import edit_from_dict
 from ..pipeline.node import Node, Param
 from ..types import Detections, Sample
+from .export import FileWriter
 
 DIFFUSION_PARAMS = {
     "model": Param(None, str, "Stable Diffusion inpainting model (SD 1.x/2.x or SDXL): hub id or folder; "
@@ -236,17 +237,13 @@ class TargetBoxes(Node):
         return sample
 
 
-class WriteEdited(Node):
+class WriteEdited(FileWriter):
     """The edited image (edited/<id>.png) and each edit's mask (edit_masks/<id>_<k>.png)."""
 
     name = "write_edited"
     reads = {"edited_image": np.ndarray}
-    writes: Dict[str, Any] = {}
     params = {"folder": Param("edited", str, "folder for the edited images"),
               "masks_folder": Param("edit_masks", str, "folder for each edit's mask (empty string: none)")}
-
-    def setup(self, ctx) -> None:
-        self.out = ctx.require_out_dir(self)
 
     def process(self, sample: Sample) -> None:
         from ..io.results import atomic_save_image
@@ -254,7 +251,7 @@ class WriteEdited(Node):
         image_id = sample.image_id or "image"
         path = self.out / self.folder / f"{image_id}.png"
         atomic_save_image(path, sample.edited_image)
-        sample.outputs[self.id] = path.relative_to(self.out).as_posix()
+        self._record(sample, path)
         chosen = sample.get("edit_detections") or []
         if self.masks_folder and sample.detections is not None and sample.detections.has_masks:
             for k, index in enumerate(chosen):

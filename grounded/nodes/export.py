@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -32,21 +32,44 @@ def _require_id(node: Node, sample: Sample) -> str:
     return sample.image_id
 
 
-class WriteCoco(Node):
+class FileWriter(Node):
+    """What the writer nodes share: they read an item's image and detections, write its files in
+    the run's output folder, and record them in `sample.outputs` (relative to that folder)."""
+
+    reads = {"image": np.ndarray, "detections": Detections}
+    writes: Dict[str, Any] = {}
+
+    def setup(self, ctx) -> None:
+        self.out = ctx.require_out_dir(self)
+
+    def _record(self, sample: Sample, path: Path, suffix: str = "") -> None:
+        sample.outputs[self.id] = path.relative_to(self.out).as_posix() + suffix
+
+    def _finished_docs(self, ctx, left_out: str) -> List[Tuple[Dict[str, Any], Any]]:
+        """(journal row, JSON doc) of each finished item whose file this node wrote; one it cannot
+        read is left out (with a line in the log saying so: "left SOURCE `left_out`: cannot read ...")."""
+        docs = []
+        for row in ctx.finished():
+            rel = row.get("outputs", {}).get(self.id)
+            if rel is None:
+                continue
+            try:
+                docs.append((row, json.loads((self.out / rel).read_text())))
+            except (OSError, ValueError) as err:
+                ctx.log(f"{self.id}: left {row['source']} {left_out}: cannot read {rel} ({err})")
+        return docs
+
+
+class WriteCoco(FileWriter):
     """COCO JSON with RLE masks: one file per item, and one for the run assembled from them."""
 
     name = "write_coco"
-    reads = {"image": np.ndarray, "detections": Detections}
-    writes: Dict[str, Any] = {}
     params = {
         "file": Param("coco.json", str, "the run's COCO file, in the output folder"),
         "items_dir": Param("coco", str, "folder of the per-item JSON files the run's file is assembled from"),
         "categories": Param(None, list, "category names for ids 1, 2, ... (default: the detections' labels and the "
                                         "images' tags, sorted, else one category 'object')"),
     }
-
-    def setup(self, ctx) -> None:
-        self.out = ctx.require_out_dir(self)
 
     def process(self, sample: Sample) -> None:
         image_id = _require_id(self, sample)
@@ -65,18 +88,10 @@ class WriteCoco(Node):
             doc["tags"] = list(sample.tags)
         path = _item_path(self.out / self.items_dir, image_id, ".json")
         atomic_write_json(path, doc)
-        sample.outputs[self.id] = path.relative_to(self.out).as_posix()
+        self._record(sample, path)
 
     def finish(self, ctx) -> None:
-        docs = []
-        for row in ctx.finished():
-            rel = row.get("outputs", {}).get(self.id)
-            if rel is None:
-                continue
-            try:
-                docs.append(json.loads((self.out / rel).read_text()))
-            except (OSError, ValueError) as err:
-                ctx.log(f"{self.id}: left {row['source']} out of {self.file}: cannot read {rel} ({err})")
+        docs = [doc for _, doc in self._finished_docs(ctx, f"out of {self.file}")]
         categories, category_of = self._categories(docs)
         images, annotations = [], []
         for image_number, doc in enumerate(docs, start=1):
@@ -120,21 +135,16 @@ class WriteCoco(Node):
         return [{"id": i, "name": n} for n, i in ids.items()], category_of
 
 
-class WriteOverlays(Node):
+class WriteOverlays(FileWriter):
     """PNG of each image with its masks (and boxes) drawn over it."""
 
     name = "write_overlays"
-    reads = {"image": np.ndarray, "detections": Detections}
-    writes: Dict[str, Any] = {}
     params = {
         "dir": Param("overlays", str, "folder in the output folder"),
         "alpha": Param(0.45, float, "opacity of the mask fill"),
         "boxes": Param(None, bool, "draw boxes (default: only when there are no masks)"),
         "labels": Param(True, bool, "write each detection's label by its box, when boxes are drawn"),
     }
-
-    def setup(self, ctx) -> None:
-        self.out = ctx.require_out_dir(self)
 
     def process(self, sample: Sample) -> None:
         from ..io.overlay import instance_colors, overlay
@@ -147,7 +157,7 @@ class WriteOverlays(Node):
         if draw_boxes and len(dets):
             picture = _draw_boxes(picture, dets, colors, self.labels)
         path = atomic_save_image(_item_path(self.out / self.dir, image_id, ".png"), picture)
-        sample.outputs[self.id] = path.relative_to(self.out).as_posix()
+        self._record(sample, path)
 
 
 def _draw_boxes(picture: np.ndarray, dets: Detections, colors: np.ndarray, labels: bool) -> np.ndarray:
@@ -166,20 +176,15 @@ def _draw_boxes(picture: np.ndarray, dets: Detections, colors: np.ndarray, label
     return np.asarray(img)
 
 
-class WriteMasks(Node):
+class WriteMasks(FileWriter):
     """PNG masks per item: a label map (0 background, i + 1 for detection i), or one 0/255 PNG per mask."""
 
     name = "write_masks"
-    reads = {"image": np.ndarray, "detections": Detections}
-    writes: Dict[str, Any] = {}
     params = {
         "dir": Param("masks", str, "folder in the output folder"),
         "style": Param("label", str, "label: ID.png, one label map per image (8-bit up to 255 masks, else 16-bit); "
                                      "binary: ID/0000.png ... one per mask", choices=("label", "binary")),
     }
-
-    def setup(self, ctx) -> None:
-        self.out = ctx.require_out_dir(self)
 
     def process(self, sample: Sample) -> None:
         from ..io.masks import label_map
@@ -191,7 +196,7 @@ class WriteMasks(Node):
         folder = self.out / self.dir
         if self.style == "label":
             path = atomic_save_image(_item_path(folder, image_id, ".png"), label_map(dets.rles, sample.image_size))
-            sample.outputs[self.id] = path.relative_to(self.out).as_posix()
+            self._record(sample, path)
             return
         item_folder = folder / image_id
         if item_folder.exists():  # an unfinished earlier attempt: start the item's folder afresh
@@ -199,4 +204,4 @@ class WriteMasks(Node):
         for i in range(len(dets)):
             atomic_save_image(item_folder / f"{i:04d}.png", dets.mask_of(i).astype(np.uint8) * 255)
         item_folder.mkdir(parents=True, exist_ok=True)
-        sample.outputs[self.id] = item_folder.relative_to(self.out).as_posix() + "/"
+        self._record(sample, item_folder, "/")

@@ -16,9 +16,9 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ..io.results import atomic_save_image, atomic_write_json, atomic_write_text
-from ..pipeline.node import Node, Param
-from ..types import Detections, Sample
-from .export import _item_path, _require_id
+from ..pipeline.node import Param
+from ..types import Sample
+from .export import FileWriter, _item_path, _require_id
 
 
 def yolo_polygon(mask: np.ndarray) -> List[float]:
@@ -42,12 +42,10 @@ def _box_polygon(box) -> List[float]:
     return [x0, y0, x1, y0, x1, y1, x0, y1]
 
 
-class WriteYolo(Node):
+class WriteYolo(FileWriter):
     """YOLO segmentation labels (class x y x y ..., normalised) per image, plus data.yaml and the images."""
 
     name = "write_yolo"
-    reads = {"image": np.ndarray, "detections": Detections}
-    writes: Dict[str, Any] = {}
     params = {
         "dir": Param("yolo", str, "folder in the output folder (images/, labels/, data.yaml)"),
         "names": Param(None, list, "class names for indices 0, 1, ... (default: the detections' labels and the "
@@ -55,9 +53,6 @@ class WriteYolo(Node):
         "images": Param("copy", str, "copy: write each (upright) image beside its labels as PNG; none: labels only",
                         choices=("copy", "none")),
     }
-
-    def setup(self, ctx) -> None:
-        self.out = ctx.require_out_dir(self)
 
     def process(self, sample: Sample) -> None:
         image_id = _require_id(self, sample)
@@ -76,19 +71,11 @@ class WriteYolo(Node):
             atomic_save_image(folder / "images" / f"{image_id}.png", sample.image)
         path = atomic_write_json(_item_path(folder / "items", image_id, ".json"),
                                  {"objects": objects, "tags": list(sample.tags or [])})
-        sample.outputs[self.id] = path.relative_to(self.out).as_posix()
+        self._record(sample, path)
 
     def finish(self, ctx) -> None:
         folder = self.out / self.dir
-        docs = []
-        for row in ctx.finished():
-            rel = row.get("outputs", {}).get(self.id)
-            if rel is None:
-                continue
-            try:
-                docs.append((row["id"], json.loads((self.out / rel).read_text())))
-            except (OSError, ValueError) as err:
-                ctx.log(f"{self.id}: left {row['source']} out: cannot read {rel} ({err})")
+        docs = [(row["id"], doc) for row, doc in self._finished_docs(ctx, "out")]
         names = list(self.names) if self.names else sorted(
             {o["label"] for _, d in docs for o in d["objects"] if o["label"] is not None}
             | {t for _, d in docs for t in d.get("tags", [])})
@@ -122,16 +109,11 @@ def _data_yaml(folder: Path, names: List[str], with_images: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-class WriteJson(Node):
+class WriteJson(FileWriter):
     """One JSON file per image: its size, caption, tags, text and every detection (box, label, score, RLE mask)."""
 
     name = "write_json"
-    reads = {"image": np.ndarray, "detections": Detections}
-    writes: Dict[str, Any] = {}
     params = {"dir": Param("json", str, "folder in the output folder")}
-
-    def setup(self, ctx) -> None:
-        self.out = ctx.require_out_dir(self)
 
     def process(self, sample: Sample) -> None:
         image_id = _require_id(self, sample)
@@ -143,7 +125,7 @@ class WriteJson(Node):
                 doc[name] = sample.get(name)
         doc["detections"] = [_detection_record(ann) for ann in sample.detections.to_coco(image_id=0)]
         path = atomic_write_json(_item_path(self.out / self.dir, image_id, ".json"), doc)
-        sample.outputs[self.id] = path.relative_to(self.out).as_posix()
+        self._record(sample, path)
 
 
 def _detection_record(ann: Dict[str, Any]) -> Dict[str, Any]:
