@@ -15,14 +15,7 @@ from grounded.edit.local import dilate
 from grounded.testing.diffusion import tiny_sd_inpaint, tiny_sdxl_inpaint
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,7 @@ COFFEE = REPO / "samples" / "coffee.jpg"
 SPOON, CUP, TABLE = (365, 285), (300, 225), (40, 360)  # points on samples/coffee.jpg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
