@@ -27,6 +27,11 @@ def test_shipped_specs_load_and_validate():
     specs = sorted((REPO / "pipelines").glob("*.yaml"))
     assert {p.name for p in specs} >= {"auto_masks.yaml", "point_masks.yaml"}
     for path in specs:
+        if path.name == "text_to_mask_native.yaml":
+            # Needs the user's trained projection; without one it stops at once and says what to set.
+            with pytest.raises(ValueError, match="projection=PATH"):
+                load_pipeline(path)
+            continue
         pipeline = load_pipeline(path)
         assert pipeline.description and pipeline.spec["file"] == str(path)
     auto = load_pipeline("auto_masks")  # a shipped spec by name
