@@ -132,6 +132,7 @@ def found_rate(predictor, clip, projection_dir, scenes) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # about 14 min on a loaded 2-core machine, past the suite's 900 s default
 def test_native_text_mode_finds_the_named_shape_after_text_prompt_training(tmp_path_factory, mobile_sam_checkpoint):
     """A tiny CLIP trained contrastively on coloured shapes (its image and text halves agree), then
     the projection (and MobileSAM's decoder) trained on CLIP *image* embeddings of mask crops only;
