@@ -234,7 +234,9 @@ def test_registry_short_names_import_paths_and_mistakes():
         node_class(f"{__name__}:Captoin")
     with pytest.raises(NodeNotFoundError, match="not a Node class"):
         node_class("numpy:ndarray")
-    assert producers_of("detections") == ["segment_auto", "segment_boxes", "segment_points"]
+    assert producers_of("detections") == ["clip_score", "detect", "detect_tags", "refine_points", "segment_auto",
+                                          "segment_boxes", "segment_points", "segment_text_native", "target_boxes"]
+    assert producers_of("transcript") == ["transcribe"] and producers_of("caption") == ["caption"]
 
 
 # ---- SAM nodes on a tiny random model ---------------------------------------------------------
