@@ -29,6 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from grounded.sam.evaluate import interior_points  # noqa: E402  (after the path is set)
+
 
 def load_nuclei():
     import tifffile
@@ -49,19 +51,6 @@ def quadrants(image, labels):
     for y, x in ((0, 0), (0, w), (h, 0), (h, w)):
         out.append((np.ascontiguousarray(image[y:y + h, x:x + w]), labels[y:y + h, x:x + w]))
     return out
-
-
-def interior_points(labels):
-    """One point per instance at its most interior pixel (maximum of the distance transform)."""
-    from scipy import ndimage
-
-    ids = [i for i in np.unique(labels) if i != 0]
-    points = []
-    for i in ids:
-        dist = ndimage.distance_transform_edt(labels == i)
-        y, x = np.unravel_index(np.argmax(dist), dist.shape)
-        points.append((x, y))
-    return ids, np.array(points, dtype=np.float64)
 
 
 def single_point_miou(predictor, image, labels) -> float:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from grounded.sam import SamPredictor, from_pretrained, sam_model_registry
+from grounded.sam.evaluate import interior_points
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +25,6 @@ def test_registry_and_from_pretrained_load_the_same_weights(mobile_sam_checkpoin
     assert sum(p.numel() for p in ours.parameters()) == pytest.approx(10.1e6, rel=0.02)
 
 
-def nucleus_centres(labels):
-    """One point per nucleus at its most interior pixel (maximum of the distance transform)."""
-    from scipy import ndimage
-
-    ids = [i for i in np.unique(labels) if i != 0]
-    points = []
-    for i in ids:
-        dist = ndimage.distance_transform_edt(labels == i)
-        y, x = np.unravel_index(np.argmax(dist), dist.shape)
-        points.append((x, y))
-    return ids, np.array(points, dtype=np.float64)
-
-
 def single_point_miou(masks, scores, labels, ids):
     """mIoU of the highest-scoring mask and of the best of the outputs (oracle)."""
     top, oracle = [], []
@@ -53,7 +41,7 @@ def test_stardist_nuclei_single_point_miou_matches_reference(mobile_sam_pair, st
 
     ours, ref = mobile_sam_pair
     image, labels = stardist_nuclei
-    ids, points = nucleus_centres(labels)
+    ids, points = interior_points(labels)
     assert len(ids) == 125
 
     p_ours = SamPredictor(ours)
