@@ -61,10 +61,8 @@ class Sam(nn.Module):
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
             )
-            masks = self.postprocess_masks(low_res_masks, record["image"].shape[-2:], record["original_size"])
-            outputs.append(
-                {"masks": masks > self.mask_threshold, "iou_predictions": iou_predictions, "low_res_logits": low_res_masks}
-            )
+            masks = self.threshold_masks(low_res_masks, record["image"].shape[-2:], record["original_size"])
+            outputs.append({"masks": masks, "iou_predictions": iou_predictions, "low_res_logits": low_res_masks})
         return outputs
 
     def postprocess_masks(
@@ -75,6 +73,15 @@ class Sam(nn.Module):
         masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
         return F.interpolate(masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
+
+    def threshold_masks(
+        self, masks: torch.Tensor, input_size: Tuple[int, ...], original_size: Tuple[int, ...]
+    ) -> torch.Tensor:
+        """`postprocess_masks(...) > mask_threshold` (bool), without the full-size float logits:
+        only pixels near a contour are interpolated (utils/mask_upsample.py)."""
+        from .utils.mask_upsample import threshold_upsampled
+
+        return threshold_upsampled(masks, self.image_encoder.img_size, input_size, original_size, self.mask_threshold)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise pixel values and pad (bottom and right) to a square input."""

@@ -231,9 +231,10 @@ class SamPredictor:
                 multimask_output=multimask_output,
             )
         low_res = low_res.float()
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        if return_logits:
+            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        else:
+            masks = self.model.threshold_masks(low_res, self.input_size, self.original_size)
         return masks, iou.float(), low_res
 
     def _prompt_tensors(self, point_coords, point_labels, boxes, mask_input):

@@ -1,0 +1,141 @@
+"""`Sam.postprocess_masks(low_res, input_size, original_size) > threshold` without building the
+full-resolution logits.
+
+The reference upsamples each 256x256 mask to the padded 1024x1024 input, crops the padding, and
+resizes to the image size: two bilinear passes and a float intermediate of 4 MB per mask, which on a
+CPU costs more than the decoder that made the mask. Both passes take convex combinations, so an
+output pixel is a convex combination of a small window of low-res logits (at most 3x3). Where that
+whole window lies clearly above (or below) the threshold, so does the pixel; a window min and max
+over the 256x256 grid decides almost every pixel. Only pixels whose window straddles the threshold,
+a thin band along each contour, are evaluated: through the same two passes, with the reference's own
+indices and weights (`sparse_upsample.axis_map`, read off F.interpolate) combined in the CPU
+kernel's order. So a pixel can differ from the reference only when its logit lies within a float
+rounding of the threshold.
+"""
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .sparse_upsample import _combine, axis_map
+
+_PIXELS_PER_CHUNK = 1 << 21
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which low-res inputs one axis of output pixels depends on through both passes."""
+
+    first: torch.Tensor  # (out,) first low-res index with a nonzero weight (nondecreasing)
+    span: int  # the widest window, in low-res pixels
+    start: torch.Tensor  # (low,) first output pixel whose window starts at each low-res index
+    count: torch.Tensor  # (low,) how many output pixels' windows start there
+
+
+@lru_cache(maxsize=32)
+def composed_window(low: int, padded: int, crop: int, out: int, device: torch.device) -> Window:
+    # One-hot rows through the reference's two resizes: entry (i, y) is input i's weight in output y.
+    probe = torch.eye(low, device=device)[:, None, :, None].expand(-1, -1, -1, 2)
+    up = F.interpolate(probe, (padded, 2), mode="bilinear", align_corners=False)[:, :, :crop]
+    weights = F.interpolate(up, (out, 2), mode="bilinear", align_corners=False)[:, 0, :, 0]
+    used = (weights != 0).to(torch.uint8)
+    first = used.argmax(dim=0)
+    last = low - 1 - used.flip(0).argmax(dim=0)
+    count = torch.bincount(first, minlength=low)
+    return Window(first, int((last - first).max()) + 1, torch.cumsum(count, 0) - count, count)
+
+
+def threshold_upsampled(
+    low_res: torch.Tensor, padded_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int], threshold: float
+) -> torch.Tensor:
+    """Bool N x M x H x W: the masks of N x M x h x w low-res logits at the original size (H, W),
+    equal to thresholding `Sam.postprocess_masks`."""
+    n, m, h, w = low_res.shape
+    out_h, out_w = (int(s) for s in original_size)
+    crop_h, crop_w = (int(s) for s in input_size)
+    device = low_res.device
+    logits = low_res.reshape(n * m, 1, h, w).float()
+    rows = composed_window(h, padded_size, crop_h, out_h, device)
+    cols = composed_window(w, padded_size, crop_w, out_w, device)
+
+    if logits.numel():
+        lo, hi = logits.aminmax()
+        # Two convex combinations of floats are off by a few units of 6e-8 of the largest value.
+        margin = 1e-6 * max(abs(float(lo)), abs(float(hi))) + 1e-5 * (1 + abs(threshold))
+    else:
+        margin = 0.0
+    steps = (
+        axis_map(h, padded_size, device), axis_map(w, padded_size, device),
+        axis_map(crop_h, out_h, device), axis_map(crop_w, out_w, device),
+    )
+    masks = torch.empty(n * m, out_h, out_w, dtype=torch.bool, device=device)
+    # A few masks at a time keep every temporary in cache.
+    chunk = max(1, _PIXELS_PER_CHUNK // (out_h * out_w))
+    for first in range(0, n * m, chunk):
+        part = logits[first : first + chunk, 0]
+        # Window extremes at each window start; replicate padding repeats the clamped last row/column.
+        padded = F.pad(part[:, None], (0, cols.span - 1, 0, rows.span - 1), mode="replicate")[:, 0]
+        above = _window_reduce(padded, rows.span, cols.span, torch.minimum) > threshold + margin
+        unsure = _window_reduce(padded, rows.span, cols.span, torch.maximum) >= threshold - margin
+        unsure &= ~above
+        out = masks[first : first + chunk]
+        # Columns first, on the small grid; rows then copy whole output rows.
+        torch.index_select(above.index_select(2, cols.first), 1, rows.first, out=out)
+        k, i, j = unsure.nonzero(as_tuple=True)
+        if k.numel() * 8 > unsure.numel():  # contours everywhere (noise): the dense passes are cheaper
+            dense = F.interpolate(part[:, None], (padded_size, padded_size), mode="bilinear", align_corners=False)
+            dense = F.interpolate(dense[..., :crop_h, :crop_w], (out_h, out_w), mode="bilinear", align_corners=False)
+            torch.gt(dense[:, 0], threshold, out=out)
+        elif k.numel():
+            y, x, real = _window_pixels(rows, cols, i, j, out_h, out_w)
+            k = k[:, None, None].expand_as(real)[real]
+            y, x = y[:, :, None].expand_as(real)[real], x[:, None, :].expand_as(real)[real]
+            values = _two_pass_values(part, k, y, x, steps, crop_h, crop_w)
+            out.view(-1)[(k * out_h + y) * out_w + x] = values > threshold
+    return masks.view(n, m, out_h, out_w)
+
+
+def _window_pixels(rows: Window, cols: Window, i: torch.Tensor, j: torch.Tensor, out_h: int, out_w: int):
+    """Output rows (n x R) and columns (n x C) whose windows start at low-res (i, j), padded to the
+    largest count, and which of the n x R x C pixels are real."""
+    r = torch.arange(int(rows.count.max()), device=i.device)
+    c = torch.arange(int(cols.count.max()), device=i.device)
+    y, x = rows.start[i][:, None] + r, cols.start[j][:, None] + c
+    real = (r < rows.count[i][:, None])[:, :, None] & (c < cols.count[j][:, None])[:, None, :]
+    return y.clamp(max=out_h - 1), x.clamp(max=out_w - 1), real
+
+
+def _window_reduce(x: torch.Tensor, span_r: int, span_c: int, op) -> torch.Tensor:
+    """op over the span_r x span_c window starting at each pixel of the unpadded grid (a few
+    elementwise passes; pooling kernels are several times slower here)."""
+    h, w = x.shape[1] - span_r + 1, x.shape[2] - span_c + 1
+    out = x[:, :h]
+    for i in range(1, span_r):
+        out = op(out, x[:, i : i + h])
+    acc = out[:, :, :w]
+    for j in range(1, span_c):
+        acc = op(acc, out[:, :, j : j + w])
+    return acc
+
+
+def _two_pass_values(logits, k, y, x, steps, crop_h, crop_w) -> torch.Tensor:
+    """The reference's full-resolution logits at pixels (k, y, x), pass by pass."""
+    rows1, cols1, rows2, cols2 = steps
+    h, w = logits.shape[1:]
+    flat = logits.reshape(-1)
+    base = k * (h * w)
+
+    def padded_pixel(r, c):  # pass 1: the 1024x1024 upsampled logit at (r, c)
+        r0, c0 = rows1.cell.take(r), cols1.cell.take(c)
+        top, bottom = base + r0 * w, base + (r0 + 1).clamp(max=h - 1) * w
+        c1 = (c0 + 1).clamp(max=w - 1)
+        return _combine(flat.take(top + c0), flat.take(top + c1), flat.take(bottom + c0), flat.take(bottom + c1),
+                        cols1.w0.take(c), cols1.w1.take(c), rows1.w0.take(r), rows1.w1.take(r))
+
+    r0, c0 = rows2.cell.take(y), cols2.cell.take(x)
+    r1, c1 = (r0 + 1).clamp(max=crop_h - 1), (c0 + 1).clamp(max=crop_w - 1)
+    return _combine(padded_pixel(r0, c0), padded_pixel(r0, c1), padded_pixel(r1, c0), padded_pixel(r1, c1),
+                    cols2.w0.take(x), cols2.w1.take(x), rows2.w0.take(y), rows2.w1.take(y))
