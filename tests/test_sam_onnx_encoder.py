@@ -59,3 +59,15 @@ def test_real_mobile_sam_encoder_on_onnxruntime(mobile_sam_checkpoint, tmp_path)
     with torch.no_grad():
         expected, got = torch_model.image_encoder(x), ort_model.image_encoder(x)
     assert ((got - expected).norm() / expected.norm()).item() < 1e-4
+
+
+def test_tiny_vit_export_path_computes_the_same_embedding(monkeypatch):
+    # TinyViT lays some tensors out differently while exporting (so onnxruntime runs fewer Transposes);
+    # that path must be the same function as the PyTorch one.
+    encoder = tiny_sam("tiny_vit").image_encoder
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.no_grad():
+        expected = encoder(x)
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        got = encoder(x)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5

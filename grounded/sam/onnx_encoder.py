@@ -20,6 +20,12 @@ import torch
 from torch import nn
 
 
+# Part of the cache file's name: bump it whenever the exported graph changes (not only the weights),
+# so a cache written by older code is not reused. 2: TinyViT's export-only layout (fewer Transposes,
+# fused neck layer norms).
+EXPORT_VERSION = 2
+
+
 def default_cache_dir() -> Path:
     root = os.environ.get("GROUNDED_CACHE") or Path.home() / ".cache" / "grounded"
     return Path(root) / "onnx"
@@ -91,7 +97,8 @@ def use_onnxruntime_encoder(sam, cache_dir: Optional[Union[str, Path]] = None, t
         raise ValueError("the onnxruntime image encoder is for CPU models; this model is on "
                          f"{next(encoder.parameters()).device}")
     encoder = encoder.float()
-    path = Path(cache_dir or default_cache_dir()) / f"{type(encoder).__name__}-{_weights_digest(encoder)}.onnx"
+    name = f"{type(encoder).__name__}-v{EXPORT_VERSION}-{_weights_digest(encoder)}.onnx"
+    path = Path(cache_dir or default_cache_dir()) / name
     if not path.exists():
         export_encoder(encoder, path)
     sam.image_encoder = OnnxImageEncoder(path, encoder.img_size, threads)

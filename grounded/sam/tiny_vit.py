@@ -100,6 +100,8 @@ class PatchMerging(nn.Module):
         x = self.act(self.conv1(x))
         x = self.act(self.conv2(x))
         x = self.conv3(x)
+        if torch.onnx.is_in_onnx_export():  # see TinyViTBlock.forward
+            return x.permute(0, 2, 3, 1).flatten(1, 2)
         return x.flatten(2).transpose(1, 2)
 
 
@@ -202,8 +204,16 @@ class TinyViTBlock(nn.Module):
                 x = x[:, :H, :W].contiguous()
             x = x.view(B, L, C)
         x = res_x + self.drop_path(x)
-        x = self.local_conv(x.transpose(1, 2).reshape(B, C, H, W))
-        x = x.view(B, C, L).transpose(1, 2)
+        if torch.onnx.is_in_onnx_export():
+            # The same tensors through 4-D permutes rather than 3-D transposes: onnxruntime folds
+            # these into its convolution's channels-last layout reorders (16 fewer Transposes in the
+            # encoder). Export only: in PyTorch the other form keeps the strides, and so the
+            # numerics, the encoder always had.
+            x = self.local_conv(x.view(B, H, W, C).permute(0, 3, 1, 2))
+            x = x.permute(0, 2, 3, 1).reshape(B, L, C)
+        else:
+            x = self.local_conv(x.transpose(1, 2).reshape(B, C, H, W))
+            x = x.view(B, C, L).transpose(1, 2)
         return x + self.drop_path(self.mlp(x))
 
 
@@ -292,4 +302,17 @@ class TinyViT(nn.Module):
             x = layer(x)
         B, _, C = x.shape
         x = x.view(B, self.feature_size[0], self.feature_size[1], C).permute(0, 3, 1, 2)
+        if torch.onnx.is_in_onnx_export():
+            return self._neck_for_export(x)
         return self.neck(x)
+
+    def _neck_for_export(self, x):
+        # The neck's channel layer norms as ONNX LayerNormalization over channels-last tensors (one
+        # fused kernel instead of the seven elementwise ops LayerNorm2d exports to); onnxruntime folds
+        # the permutes into its convolutions' layout reorders. Same function, export only, so the
+        # PyTorch encoder's numerics stay as they are.
+        conv1, norm1, conv2, norm2 = self.neck
+        for conv, norm in ((conv1, norm1), (conv2, norm2)):
+            x = conv(x).permute(0, 2, 3, 1)
+            x = F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
+        return x
