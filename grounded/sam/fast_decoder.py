@@ -1,22 +1,25 @@
 """A regrouped evaluation of SAM's mask decoder for many prompts on one image.
 
 Same weights, same function as `MaskDecoder.predict_masks`, arranged so the work per prompt is
-small:
+small. `low_rank_decoder.py` goes further for prompts that share the image tokens (no mask prompt,
+float32); this evaluation serves the rest: mask prompts (per-prompt tokens), bf16/fp16 autocast, and
+the frozen trunk in training (`training/interactive.py`).
 
 - Without mask prompts every prompt starts from the same image tokens, so the first layer projects
-  them once and broadcasts them, instead of copying 4096x256 tokens per prompt.
+  them once (`share_first_layer`), instead of copying 4096x256 tokens per prompt.
 - Later, an attention between the 4096 image tokens and a prompt's handful of tokens is regrouped
   through those few tokens: a projection of the image tokens followed by a product with T tokens
   becomes a product with T projected tokens. Softmax rows sum to one, so value and output biases pass
   through unchanged, and a key bias adds a constant to each softmax row, which cancels.
-- The upscaling transposed convolutions (kernel 2, stride 2) run as matrix products on the token
-  layout, and only the requested masks are formed.
+- The upscaling transposed convolutions (kernel 2, stride 2) act on each token alone: they run as
+  matrix products on tiles of tokens that stay in cache, and only the requested masks are formed.
 
-Used for inference (no autograd); the reference-structured path remains for training. Results equal the
-reference's up to float rounding (see tests/test_sam_parity.py).
+Inference only (no autograd). Results equal the reference's up to float rounding
+(tests/test_sam_decoder_fast.py, tests/test_sam_parity.py).
 """
 
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +51,39 @@ def tokens_to_image(attn: Attention, q_in: torch.Tensor, k_in: torch.Tensor, v_i
     return attn.out_proj(out.transpose(1, 2).reshape(n, t, h * d))
 
 
-def image_to_tokens(attn: Attention, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
-    """Image tokens (1 or N x HW x C) attend to prompt tokens (N x T x C); returns N x HW x C."""
+@dataclass
+class SharedImageTokens:
+    """Layer 0's projections of image tokens that every prompt shares (no mask prompt): computed
+    once per call instead of once per prompt."""
+
+    tokens: torch.Tensor  # 1 x HW x C
+    k: torch.Tensor  # h x HW x d: tokens-to-image keys
+    v: torch.Tensor  # h x HW x d: tokens-to-image values
+    q: torch.Tensor  # h x d x HW: image-to-tokens queries
+
+
+def share_first_layer(transformer, image_tokens: torch.Tensor, image_pe: torch.Tensor) -> SharedImageTokens:
+    layer = transformer.layers[0]
+    t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    with_pe = image_tokens + image_pe
+    k = _heads(t2i.k_proj(with_pe), t2i.num_heads)[0]
+    v = _heads(t2i.v_proj(image_tokens), t2i.num_heads)[0]
+    q = _heads(i2t.q_proj(with_pe), i2t.num_heads)[0].transpose(1, 2).contiguous()
+    return SharedImageTokens(image_tokens, k, v, q)
+
+
+def _tokens_to_shared_image(attn: Attention, q_in: torch.Tensor, shared_k: torch.Tensor, shared_v: torch.Tensor) -> torch.Tensor:
+    h = attn.num_heads
+    n, t, _ = q_in.shape
+    q = _heads(attn.q_proj(q_in), h).transpose(0, 1).reshape(h, n * t, -1)  # h x NT x d
+    out = F.scaled_dot_product_attention(q, shared_k, shared_v)  # h x NT x d
+    return attn.out_proj(out.view(h, n, t, -1).permute(1, 2, 0, 3).reshape(n, t, -1))
+
+
+def image_to_tokens(attn: Attention, q_in, k_in: torch.Tensor, v_in: torch.Tensor, residual: torch.Tensor,
+                    shared_q: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """residual + attention of image tokens (q_in: 1 or N x HW x C, or their shared projection
+    shared_q: h x d x HW) to prompt tokens (N x T x C); returns N x HW x C."""
     h = attn.num_heads
     n, t, c = k_in.shape
     k = _heads(attn.k_proj(k_in), h)  # N x h x T x d
@@ -57,9 +91,10 @@ def image_to_tokens(attn: Attention, q_in: torch.Tensor, k_in: torch.Tensor, v_i
     d = k.shape[-1]
     # The output projection folded into the values: N x (h*T) x C.
     u = torch.einsum("nhtd,chd->nhtc", v, attn.out_proj.weight.view(c, h, d)).reshape(n, h * t, c)
-    if q_in.shape[0] == 1:
-        q = attn.q_proj(q_in)[0].view(-1, h, d).permute(1, 2, 0)  # h x d x HW
-        scores = k.transpose(0, 1).reshape(h, n * t, d) @ q  # h x NT x HW
+    if shared_q is None and q_in.shape[0] == 1:
+        shared_q = _heads(attn.q_proj(q_in), h)[0].transpose(1, 2)
+    if shared_q is not None:
+        scores = k.transpose(0, 1).reshape(h, n * t, d) @ shared_q  # h x NT x HW
         scores = scores.view(h, n, t, -1).transpose(0, 1)  # N x h x T x HW
     else:
         w_q = attn.q_proj.weight.view(h, d, c)
@@ -68,44 +103,81 @@ def image_to_tokens(attn: Attention, q_in: torch.Tensor, k_in: torch.Tensor, v_i
         scores = torch.baddbmm(bias, b, q_in.transpose(1, 2)).view(n, h, t, -1)
     # Softmax over the T prompt tokens of each head; the HW axis stays contiguous (vectorised).
     attn_map = torch.softmax(scores * d**-0.5, dim=2).reshape(n, h * t, -1)
-    return torch.baddbmm(attn.out_proj.bias.view(1, 1, c), attn_map.transpose(1, 2), u)
+    if torch.is_autocast_enabled(residual.device.type):
+        # The product runs in bf16/fp16; the residual stream keeps its own precision.
+        return residual + torch.baddbmm(attn.out_proj.bias.view(1, 1, c), attn_map.transpose(1, 2), u)
+    return torch.baddbmm((residual + attn.out_proj.bias).expand(n, -1, -1), attn_map.transpose(1, 2), u)
 
 
-def run_transformer(transformer, image_tokens: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def run_transformer(transformer, image_tokens: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor,
+                    shared: Optional[SharedImageTokens] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """TwoWayTransformer.forward on token layouts: image_tokens 1 or N x HW x C, image_pe 1 x HW x C,
     tokens N x T x C. Returns (queries N x T x C, keys N x HW x C)."""
+    if shared is None and image_tokens.shape[0] == 1 and len(transformer.layers):
+        shared = share_first_layer(transformer, image_tokens, image_pe)
     queries, keys, query_pe = tokens, image_tokens, tokens
-    for layer in transformer.layers:
+    for index, layer in enumerate(transformer.layers):
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(q=queries, k=queries, v=queries)
         else:
             q = queries + query_pe
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        k = keys + image_pe
-        queries = layer.norm2(queries + tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, k, keys))
-        queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(keys + image_to_tokens(layer.cross_attn_image_to_token, k, queries + query_pe, queries))
+        if index == 0 and shared is not None:
+            out = _tokens_to_shared_image(layer.cross_attn_token_to_image, queries + query_pe, shared.k, shared.v)
+            queries = layer.norm2(queries + out)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            keys = image_to_tokens(layer.cross_attn_image_to_token, None, queries + query_pe, queries, keys, shared.q)
+        else:
+            k = keys + image_pe
+            queries = layer.norm2(queries + tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, k, keys))
+            queries = layer.norm3(queries + layer.mlp(queries))
+            keys = image_to_tokens(layer.cross_attn_image_to_token, k, queries + query_pe, queries, keys)
+        keys = layer.norm4(keys)
     out = tokens_to_image(transformer.final_attn_token_to_image, queries + query_pe, keys + image_pe, keys)
     return transformer.norm_final_attn(queries + out), keys
 
 
-def upscale_masks(decoder, keys: torch.Tensor, mask_tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+# Token rows of the image grid per upscaling tile: its intermediates (about 3 MB) stay in cache.
+_UPSCALE_TILE_ROWS = 16
+
+
+def upscaling_weights(decoder) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two kernel-2 stride-2 transposed convolutions as (weight, bias) of token-wise linear maps:
+    C_in x C_out x 2 x 2 -> (2*2*C_out) x C_in, rows ordered (a, b, C_out)."""
+    conv1, _, _, conv2, _ = decoder.output_upscaling
+    w1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * conv1.out_channels, conv1.in_channels)
+    w2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * conv2.out_channels, conv2.in_channels)
+    return w1, conv1.bias.repeat(4), w2, conv2.bias.repeat(4)
+
+
+def upscale_masks(decoder, keys: Optional[torch.Tensor], mask_tokens: torch.Tensor, grid: Tuple[int, int],
+                  first_product: Optional[Callable[[int, int, int], torch.Tensor]] = None) -> torch.Tensor:
     """Masks from image tokens N x HW x C and mask tokens N x M x C: N x M x 4H x 4W, the same as
-    decoder.output_upscaling + hypernetwork product, with the kernel-2 stride-2 transposed
-    convolutions as matrix products on the token layout."""
+    decoder.output_upscaling + hypernetwork product. The kernel-2 stride-2 transposed convolutions
+    act on each token alone, so they run as matrix products on tiles of tokens; the first one's
+    output is laid out spatially, and the second one's four sub-pixels are written to their strided
+    places in the masks."""
     conv1, norm, act1, conv2, act2 = decoder.output_upscaling
-    n, hw, c = keys.shape
+    n, m, _ = mask_tokens.shape
     gh, gw = grid
     c1, c2 = conv1.out_channels, conv2.out_channels
-    # conv1 weight: C x c1 x 2 x 2 -> (2*2*c1) x C, rows ordered (a, b, c1)
-    w1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * c1, c)
-    y = F.linear(keys, w1, conv1.bias.repeat(4))
-    y = act1(F.layer_norm(y.view(n, hw * 4, c1), (c1,), norm.weight, norm.bias, norm.eps))
-    w2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
-    z = act2(F.linear(y, w2, conv2.bias.repeat(4)))
-    masks = mask_tokens @ z.view(n, hw * 16, c2).transpose(1, 2)  # N x M x (HW*4*4)
-    m = masks.shape[1]
-    # index order (i, j, a, b, a2, b2) -> row 4i + 2a + a2, column 4j + 2b + b2
-    masks = masks.view(n, m, gh, gw, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
-    return masks.reshape(n, m, 4 * gh, 4 * gw)
+    w1, b1, w2, b2 = upscaling_weights(decoder)
+    masks = torch.empty(n, m, 2 * gh, 2, 2 * gw, 2, dtype=mask_tokens.dtype, device=mask_tokens.device)
+    for i in range(n):
+        hyper = mask_tokens[i]  # M x c2
+        for row in range(0, gh, _UPSCALE_TILE_ROWS):
+            rows = min(_UPSCALE_TILE_ROWS, gh - row)
+            if first_product is not None:  # keys @ w1^T + b1 from elsewhere (low_rank_decoder.py)
+                y = first_product(i, row * gw, (row + rows) * gw)  # (r, j) x (a, b, c1)
+            else:
+                y = F.linear(keys[i, row * gw : (row + rows) * gw], w1, b1)
+            y = act1(F.layer_norm(y.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
+            y = y.view(rows, gw, 2, 2, c1).transpose(1, 2).reshape(-1, c1)  # rows (r, a, j, b): spatial
+            # Transposed, so the mask products have the long side last: (a2, b2) x c2 x (2r + a, 2j + b).
+            z = act2(torch.addmm(b2[:, None], w2, y.T)).view(4, c2, -1)
+            values = (hyper @ z).view(2, 2, m, 2 * rows, 2 * gw)
+            for sub_row in range(2):
+                for sub_col in range(2):
+                    masks[i, :, 2 * row : 2 * (row + rows), sub_row, :, sub_col] = values[sub_row, sub_col]
+    return masks.view(n, m, 4 * gh, 4 * gw)

@@ -66,7 +66,8 @@ class MaskDecoder(nn.Module):
     prompt_chunk_size: int = 4
 
     def predict_masks_fast(self, image_embeddings, image_pe, sparse, dense, mask_slice) -> Tuple[torch.Tensor, torch.Tensor]:
-        from .fast_decoder import run_transformer, upscale_masks
+        from . import low_rank_decoder
+        from .fast_decoder import run_transformer, share_first_layer, upscale_masks, upscaling_weights
 
         n = sparse.shape[0]
         if image_embeddings.shape[0] not in (1, n):
@@ -81,19 +82,34 @@ class MaskDecoder(nn.Module):
         image_tokens = src.flatten(2).transpose(1, 2)  # B x HW x C, B = 1 when shared
         pe = image_pe.flatten(2).transpose(1, 2)
         wanted = range(self.num_mask_tokens)[mask_slice]
+        autocast = torch.is_autocast_enabled(image_tokens.device.type)
+        # Shared tokens in float32: the low-rank evaluation (low_rank_decoder.py); otherwise the
+        # regrouped one (fast_decoder.py), in fp32 for the mask products under autocast.
+        low_rank = image_tokens.shape[0] == 1 and not autocast and image_tokens.dtype == torch.float32
+        products = low_rank_decoder.SharedProducts()
+        first_layer = None
+        if image_tokens.shape[0] == 1 and not low_rank and len(self.transformer.layers):
+            first_layer = share_first_layer(self.transformer, image_tokens, pe)
+        w1, b1, _, _ = upscaling_weights(self)
         masks, ious = [], []
         for start in range(0, n, self.prompt_chunk_size):
             chunk = slice(start, start + self.prompt_chunk_size)
-            chunk_src = image_tokens if image_tokens.shape[0] == 1 else image_tokens[chunk]
-            hs, keys = run_transformer(self.transformer, chunk_src, pe, tokens[chunk])
-            if keys.shape[0] != hs.shape[0]:  # a transformer of depth 0 never leaves the shared tokens
-                keys = keys.expand(hs.shape[0], -1, -1)
+            if low_rank:
+                hs, tokens_low_rank = low_rank_decoder.run_transformer(self.transformer, products, image_tokens, pe, tokens[chunk])
+                first_product = tokens_low_rank.projector(products, w1, b1, "upscale")
+                keys = None
+            else:
+                chunk_src = image_tokens if image_tokens.shape[0] == 1 else image_tokens[chunk]
+                hs, keys = run_transformer(self.transformer, chunk_src, pe, tokens[chunk], first_layer)
+                if keys.shape[0] != hs.shape[0]:  # a transformer of depth 0 never leaves the shared tokens
+                    keys = keys.expand(hs.shape[0], -1, -1)
+                first_product = None
             hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in wanted], dim=1)
-            if torch.is_autocast_enabled(keys.device.type) and self.iou_token.weight.dtype == torch.float32:
+            if autocast and self.iou_token.weight.dtype == torch.float32:
                 with torch.autocast(device_type=keys.device.type, enabled=False):
                     masks.append(upscale_masks(self, keys.float(), hyper_in.float(), (h, w)))
             else:
-                masks.append(upscale_masks(self, keys, hyper_in, (h, w)))
+                masks.append(upscale_masks(self, keys, hyper_in, (h, w), first_product))
             ious.append(self.iou_prediction_head(hs[:, 0])[:, mask_slice])
         return torch.cat(masks), torch.cat(ious)
 

@@ -1,0 +1,218 @@
+"""SAM's mask decoder for many prompts on one image, without ever forming a prompt's image tokens.
+
+Without a mask prompt every prompt starts from the same image tokens K0 (HW x C, HW = 4096), and
+each layer changes them only by a thin update, keys <- LayerNorm(keys + b + A^T U), where A
+(K x HW) is the image tokens' attention to the prompt's K = heads x tokens entries and U (K x C)
+their values. So the tokens of every layer keep the form
+
+    keys = s * Z + B^T W + c
+
+with Z (HW x C) the same for every prompt (computed once per image), s a per-token scale, B
+(K' x HW) per-token weights of a few rows W (K' x C) and c a constant row. What the decoder does
+with image tokens is linear in them (attention projections, the first upscaling product), or needs
+their LayerNorm statistics, which follow from the same form:
+
+    |x_j - mean(x_j)|^2 = s_j^2 |Zc_j|^2 + 2 s_j B_j . (Wc Zc_j) + B_j^T (Wc Wc^T) B_j   (c: centred)
+
+and W's rows are per-head vectors times fixed matrices, so Wc Zc^T comes from a product shared by
+all prompts too. Per prompt the work is products of the thin B with small matrices: about a third
+of the regrouped evaluation's (fast_decoder.py), which forms the tokens of every layer.
+
+Inference only, float32, for a shared dense embedding; `MaskDecoder.predict_masks_fast` picks it.
+Equal to the reference up to float rounding (tests/test_sam_decoder_fast.py).
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SharedProducts:
+    """Prompt-independent products, computed on first use and kept for every chunk of one call."""
+
+    def __init__(self) -> None:
+        self._values: Dict[tuple, torch.Tensor] = {}
+
+    def get(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        value = self._values.get(key)
+        if value is None:
+            value = self._values[key] = compute()
+        return value
+
+
+@dataclass
+class Rows:
+    """Rows of W: an attention's values through its output projection (row (h, t) =
+    vectors[:, h, t] @ matrix[h]), or fixed rows that every prompt shares."""
+
+    vectors: Optional[torch.Tensor]  # N x h x T x d; None for fixed rows
+    matrix: torch.Tensor  # h x d x C, or K x C fixed rows
+    key: str  # names `matrix` for shared products
+
+    def explicit(self, n: int) -> torch.Tensor:  # N x K x C
+        if self.vectors is None:
+            return self.matrix.expand(n, -1, -1)
+        _, h, t, _ = self.vectors.shape
+        return torch.einsum("nhtd,hdc->nhtc", self.vectors, self.matrix).reshape(n, h * t, -1)
+
+    def times_shared(self, shared_t: torch.Tensor, n: int) -> torch.Tensor:
+        """rows @ S^T for a prompt-independent S^T given per head (h x d x HW) for vector rows, or as
+        K x HW for fixed rows: N x K x HW."""
+        if self.vectors is None:
+            return shared_t.expand(n, -1, -1)
+        _, h, t, d = self.vectors.shape
+        out = self.vectors.transpose(0, 1).reshape(h, n * t, d) @ shared_t  # h x NT x HW
+        return out.view(h, n, t, -1).transpose(0, 1).reshape(n, h * t, -1)
+
+
+@dataclass
+class LowRankTokens:
+    """Image tokens of N prompts as scale * Z + B^T W + constant (module docstring)."""
+
+    scale: Optional[torch.Tensor]  # N x 1 x HW; None means 1
+    shared: torch.Tensor  # HW x C (Z)
+    key: str  # names Z and constant for shared products
+    rows: List[Rows]
+    weights: Optional[torch.Tensor]  # N x K' x HW (B), the rows' in order; None without rows
+    constant: torch.Tensor  # C
+
+    def _rows_times(self, weight: torch.Tensor) -> Optional[torch.Tensor]:
+        """W @ weight^T: N x K' x out."""
+        n = self.weights.shape[0]
+        return torch.cat([r.explicit(n) for r in self.rows], dim=1) @ weight.T
+
+    def scores(self, products: SharedProducts, proj: nn.Linear, pe: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """vectors (N x h x T x d) dotted with each head of proj(tokens + pe): N x h x T x HW."""
+        n, h, t, d = vectors.shape
+        hw = self.shared.shape[0]
+        z = products.get((self.key, id(proj), "z"), lambda: (self.shared @ proj.weight.T).view(hw, h, d).permute(1, 2, 0).contiguous())
+        e = products.get((self.key, id(proj), "e"), lambda: F.linear(pe + self.constant, proj.weight, proj.bias).view(hw, h, d).permute(1, 2, 0).contiguous())
+        per_head = vectors.transpose(0, 1).reshape(h, n * t, d)
+        if self.scale is None:
+            both = products.get((self.key, id(proj), "z+e"), lambda: z + e)
+            out = (per_head @ both).view(h, n, t, hw).transpose(0, 1)
+        else:
+            out = torch.addcmul((per_head @ e).view(h, n, t, hw).transpose(0, 1), (per_head @ z).view(h, n, t, hw).transpose(0, 1), self.scale[:, None])
+        if self.weights is not None:
+            rw = self._rows_times(proj.weight).view(n, -1, h, d)  # N x K' x h x d
+            rq = torch.einsum("nkhd,nhtd->nhtk", rw, vectors).reshape(n, h * t, -1)
+            out = torch.baddbmm(out.reshape(n, h * t, hw), rq, self.weights).view(n, h, t, hw)
+        return out
+
+    def aggregate(self, products: SharedProducts, proj: nn.Linear, probs: torch.Tensor) -> torch.Tensor:
+        """probs (N x h x T x HW, rows summing to one) times each head of proj(tokens): N x h x T x d."""
+        n, h, t, hw = probs.shape
+        d = proj.weight.shape[0] // h
+        z = products.get((self.key, id(proj), "zv"), lambda: (self.shared @ proj.weight.T).view(hw, h, d).transpose(0, 1).contiguous())
+        constant = F.linear(self.constant, proj.weight, proj.bias).view(1, h, 1, d)
+        weighted = probs if self.scale is None else probs * self.scale[:, None]
+        out = (weighted.transpose(0, 1).reshape(h, n * t, hw) @ z).view(h, n, t, d).transpose(0, 1)
+        if self.weights is not None:
+            pb = probs.reshape(n, h * t, hw) @ self.weights.transpose(1, 2)  # N x hT x K'
+            rw = self._rows_times(proj.weight).view(n, -1, h, d)
+            out = out + torch.einsum("nhtk,nkhd->nhtd", pb.view(n, h, t, -1), rw)
+        return out + constant
+
+    def projector(self, products: SharedProducts, weight: torch.Tensor, bias: torch.Tensor, name: str):
+        """A function (i, start, stop) -> (tokens @ weight^T + bias)[i, start:stop] for prompt i."""
+        z = products.get((self.key, name), lambda: self.shared @ weight.T)
+        base = self.constant @ weight.T + bias
+        weights = self.weights
+        rw = self._rows_times(weight) if weights is not None else None
+
+        def rows(i: int, start: int, stop: int) -> torch.Tensor:
+            if self.scale is None:
+                out = z[start:stop] + base
+            else:
+                out = torch.addcmul(base, self.scale[i, 0, start:stop, None], z[start:stop])
+            if weights is not None:
+                out = torch.addmm(out, weights[i, :, start:stop].T, rw[i])
+            return out
+
+        return rows
+
+    def normalized_update(self, products: SharedProducts, attn_map: torch.Tensor, values: torch.Tensor,
+                          out_proj: nn.Linear, norm: nn.LayerNorm, name: str) -> "LowRankTokens":
+        """LayerNorm(tokens + out_proj(attn_map^T @ values)): attn_map N x (h*T) x HW, values N x h x T x d."""
+        n, h, t, d = values.shape
+        c = self.shared.shape[1]
+        key = f"{self.key}/{name}"
+        out_matrix = products.get((name, "out"), lambda: out_proj.weight.T.reshape(h, d, c))
+        constant = self.constant + out_proj.bias
+        rows = self.rows + [Rows(values, out_matrix, f"{name}/U"), Rows(None, constant[None], f"{key}/const")]
+        parts = [attn_map, attn_map.new_ones(n, 1, attn_map.shape[2])]
+        weights = torch.cat(parts if self.weights is None else [self.weights] + parts, dim=1)  # N x K'' x HW
+
+        # Centre every part over the channels (linear), then the variance from the form.
+        zc = products.get((key, "zc"), lambda: self.shared - self.shared.mean(1, keepdim=True))
+        zc_sq = products.get((key, "zc2"), lambda: (zc * zc).sum(1))
+        centred = [Rows(r.vectors, products.get((r.key, "c"), lambda r=r: r.matrix - r.matrix.mean(-1, keepdim=True)),
+                        r.key + "/c") for r in rows]
+        explicit = torch.cat([r.explicit(n) for r in centred], dim=1)  # N x K'' x C
+        # rows . Zc (Zc is centred, so the uncentred matrices give the same): shared per matrix.
+        cross = torch.cat([r.times_shared(products.get((r.key, key, "zc^T"), lambda r=r: r.matrix @ zc.T), n)
+                           for r in rows], dim=1)  # N x K'' x HW
+        s = self.scale
+        gram = explicit @ explicit.transpose(1, 2)  # N x K'' x K''
+        # sum_k B_k (G B + 2 s cross)_k = B^T G B + 2 s B . cross
+        both = torch.baddbmm(cross, gram, weights, beta=2.0) if s is None else torch.baddbmm(cross * (2 * s), gram, weights)
+        sum_sq = (weights * both).sum(1, keepdim=True)  # N x 1 x HW
+        sum_sq += zc_sq if s is None else s * s * zc_sq
+        rstd = torch.rsqrt(sum_sq / c + norm.eps)  # N x 1 x HW
+        gamma = norm.weight
+        new_key = f"{key}/ln"
+        return LowRankTokens(
+            scale=rstd if s is None else rstd * s,
+            shared=products.get((new_key, "z"), lambda: zc * gamma),
+            key=new_key,
+            rows=[Rows(r.vectors, products.get((r.key, "g"), lambda r=r: r.matrix * gamma), r.key + "/g") for r in centred],
+            weights=weights * rstd,
+            constant=norm.bias,
+        )
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    n, t, c = x.shape
+    return x.view(n, t, h, c // h).transpose(1, 2)  # N x h x T x d
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    n, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(n, t, h * d)
+
+
+def run_transformer(transformer, products: SharedProducts, image_tokens: torch.Tensor, image_pe: torch.Tensor,
+                    tokens: torch.Tensor) -> Tuple[torch.Tensor, LowRankTokens]:
+    """TwoWayTransformer.forward for N prompts on one image: image_tokens and image_pe 1 x HW x C (the
+    dense embedding already added), tokens N x T x C. Returns (queries N x T x C, image tokens in
+    low-rank form)."""
+    pe = image_pe[0]
+    keys = LowRankTokens(None, image_tokens[0], "k0", [], None, image_tokens.new_zeros(image_tokens.shape[2]))
+    queries, query_pe = tokens, tokens
+    for index, layer in enumerate(transformer.layers):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, products, keys, pe, queries + query_pe))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        attn = layer.cross_attn_image_to_token
+        h = attn.num_heads
+        k = _heads(attn.k_proj(queries + query_pe), h)
+        v = _heads(attn.v_proj(queries), h)
+        scores = keys.scores(products, attn.q_proj, pe, k) * k.shape[-1] ** -0.5
+        attn_map = torch.softmax(scores, dim=2).reshape(k.shape[0], -1, scores.shape[-1])  # over the T tokens
+        keys = keys.normalized_update(products, attn_map, v, attn.out_proj, layer.norm4, f"layer{index}")
+    out = _tokens_to_image(transformer.final_attn_token_to_image, products, keys, pe, queries + query_pe)
+    return transformer.norm_final_attn(queries + out), keys
+
+
+def _tokens_to_image(attn, products: SharedProducts, keys: LowRankTokens, pe: torch.Tensor, q_in: torch.Tensor) -> torch.Tensor:
+    q = _heads(attn.q_proj(q_in), attn.num_heads)
+    probs = torch.softmax(keys.scores(products, attn.k_proj, pe, q) * q.shape[-1] ** -0.5, dim=-1)
+    return attn.out_proj(_merge_heads(keys.aggregate(products, attn.v_proj, probs)))
