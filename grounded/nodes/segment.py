@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from ..pipeline.models import DTYPE_CHOICES
+from ..pipeline.models import DTYPE_CHOICES, ENCODER_BACKENDS
 from ..pipeline.node import Node, Param
 from ..types import Detections, Sample
 
@@ -20,6 +20,8 @@ MODEL_PARAMS = {
     "model": Param("mobile_sam", str, "SAM checkpoint: known name (see `grounded weights`), file, folder or hub id"),
     "device": Param("auto", str, "cpu, cuda, cuda:1, ... or auto (a GPU when there is one)", fingerprint=False),
     "dtype": Param("fp32", str, "precision: bf16/fp16 run under autocast (mask logits stay fp32)", choices=DTYPE_CHOICES),
+    "encoder_backend": Param("torch", str, "image encoder runtime: torch, or onnxruntime (CPU, float32)",
+                             choices=ENCODER_BACKENDS, fingerprint=False),
 }
 
 
@@ -27,7 +29,7 @@ class _SamNode(Node):
     """Shared setup: the model's predictor from the run's model cache."""
 
     def setup(self, ctx) -> None:
-        self.predictor = ctx.models.sam_predictor(self.model, self.device, self.dtype)
+        self.predictor = ctx.models.sam_predictor(self.model, self.device, self.dtype, self.encoder_backend)
 
     def close(self) -> None:
         self.predictor = None

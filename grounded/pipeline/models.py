@@ -43,6 +43,9 @@ def parse_dtype(dtype: Any):
     return None if name is None else getattr(torch, name)
 
 
+ENCODER_BACKENDS = ("torch", "onnxruntime")
+
+
 def resolve_device(device: Any) -> str:
     """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
     import torch
@@ -58,19 +61,32 @@ def _load_sam(cache: "ModelCache", name: str, device: str, dtype: Any):
     return from_pretrained(name, device=device, dtype=dtype)
 
 
-def _load_sam_predictor(cache: "ModelCache", name: str, device: str, dtype: Any):
+def _load_sam_onnxruntime(cache: "ModelCache", name: str, device: str, dtype: Any):
+    from ..sam import from_pretrained
+
+    return from_pretrained(name, device=device, dtype=dtype, image_encoder_backend="onnxruntime")
+
+
+def _load_sam_predictor(cache: "ModelCache", name: str, device: str, dtype: Any, model_kind: str = "sam"):
     # One predictor per model and precision, so its embedding cache (keyed by image content) is
     # shared by every node prompting that model: boxes and points on one image encode it once.
     # Reduced precision runs under autocast over the float32 weights (as `grounded segment
     # --dtype` does), which keeps the per-pixel mask logits in float32.
     from ..sam import SamPredictor
 
-    return SamPredictor(cache.get("sam", name, device, None), autocast_dtype=dtype)
+    return SamPredictor(cache.get(model_kind, name, device, None), autocast_dtype=dtype)
+
+
+def _load_sam_predictor_onnxruntime(cache: "ModelCache", name: str, device: str, dtype: Any):
+    return _load_sam_predictor(cache, name, device, dtype, model_kind="sam_onnxruntime")
 
 
 DEFAULT_LOADERS: Mapping[str, Any] = {
     "sam": _load_sam,
     "sam_predictor": _load_sam_predictor,
+    # The same models with the image encoder run by onnxruntime (CPU; sam/onnx_encoder.py).
+    "sam_onnxruntime": _load_sam_onnxruntime,
+    "sam_predictor_onnxruntime": _load_sam_predictor_onnxruntime,
     # Other kinds by import path ("module:function"), imported only when a model of that kind is loaded.
     "blip": "grounded.nodes.caption:_load_blip",
     "grounding_dino": "grounded.nodes.detect:_load_grounding_dino",
@@ -122,10 +138,14 @@ class ModelCache:
     def sam(self, name_or_path: Any, device: Any = "auto", dtype: Any = None):
         return self.get("sam", name_or_path, device, dtype)
 
-    def sam_predictor(self, name_or_path: Any, device: Any = "auto", dtype: Any = None):
+    def sam_predictor(self, name_or_path: Any, device: Any = "auto", dtype: Any = None, encoder_backend: str = "torch"):
         """The shared `SamPredictor` of that model (one embedding cache for every node using it);
-        `dtype` bf16/fp16 runs it under autocast over the float32 model."""
-        return self.get("sam_predictor", name_or_path, device, dtype)
+        `dtype` bf16/fp16 runs it under autocast over the float32 model; `encoder_backend`
+        "onnxruntime" runs its image encoder in onnxruntime (CPU)."""
+        if encoder_backend not in ENCODER_BACKENDS:
+            raise ValueError(f"unknown encoder_backend {encoder_backend!r}; use one of {list(ENCODER_BACKENDS)}")
+        kind = "sam_predictor" if encoder_backend == "torch" else "sam_predictor_onnxruntime"
+        return self.get(kind, name_or_path, device, dtype)
 
     def loaded(self) -> List[Tuple[str, str, str, str]]:
         """Keys (kind, name, device, dtype) of what is loaded, in load order."""
