@@ -22,7 +22,7 @@ from torch import nn
 
 # Part of the cache file's name: bump it whenever the exported graph changes (not only the weights),
 # so a cache written by older code is not reused. 2: TinyViT's export-only layout (fewer Transposes,
-# fused neck layer norms, MLPs as 1x1 convolutions).
+# fused neck layer norms, MLPs and qkv as 1x1 convolutions).
 EXPORT_VERSION = 2
 
 

@@ -139,12 +139,22 @@ class Mlp(nn.Module):
     def _forward_for_export(self, x):
         # The same MLP as two 1x1 convolutions over the tokens laid out as a channels-last column:
         # onnxruntime runs fc1, GELU and fc2 in its blocked convolution layout (10-15% faster than
-        # two Gemms here) and folds the permutes into that layout's reorders.
-        lead = x.shape[:-1]
-        x = self.norm(x).reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)
-        x = self.act(F.conv2d(x, self.fc1.weight[:, :, None, None], self.fc1.bias))
-        x = F.conv2d(x, self.fc2.weight[:, :, None, None], self.fc2.bias)
-        return x.permute(0, 2, 3, 1).reshape(*lead, -1)
+        # two Gemms here) and folds the permutes into that layout's reorders. (The attention's qkv
+        # gains from this too; its output projection, between transposes, does not.)
+        column = _as_column(self.norm(x))
+        return _from_column(_pointwise(self.act(_pointwise(column, self.fc1)), self.fc2), x.shape[:-1])
+
+
+def _as_column(tokens):  # ... x C tokens -> 1 x C x tokens x 1, a channels-last view
+    return tokens.reshape(1, -1, 1, tokens.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _from_column(column, lead):  # the inverse of _as_column, for tokens of shape lead x C
+    return column.permute(0, 2, 3, 1).reshape(*lead, -1)
+
+
+def _pointwise(column, linear: nn.Linear):  # `linear` as a 1x1 convolution
+    return F.conv2d(column, linear.weight[:, :, None, None], linear.bias)
 
 
 class Attention(nn.Module):
@@ -170,7 +180,11 @@ class Attention(nn.Module):
 
     def forward(self, x):  # B x N x C
         B, N, _ = x.shape
-        qkv = self.qkv(self.norm(x)).view(B, N, self.num_heads, -1)
+        if torch.onnx.is_in_onnx_export():  # see Mlp._forward_for_export
+            qkv = _from_column(_pointwise(_as_column(self.norm(x)), self.qkv), x.shape[:-1])
+        else:
+            qkv = self.qkv(self.norm(x))
+        qkv = qkv.view(B, N, self.num_heads, -1)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # B x nH x N x d
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)  # nH x N x N
