@@ -5,6 +5,11 @@ convolution, GELU and layer-norm kernels). `use_onnxruntime_encoder(sam)` export
 encoder once (opset 17; the weights' sha256 names the file in the cache, so a later load reuses it)
 and swaps in `OnnxImageEncoder`; everything that calls `model.image_encoder(x)` (the predictor,
 the mask generator, `Sam.forward`) is unchanged. Inference only: no gradients flow through it.
+
+TinyViT exports in a layout chosen for onnxruntime (its `torch.onnx.is_in_onnx_export()` branches:
+MLPs and qkv as 1x1 convolutions in onnxruntime's blocked layout, 4-D permutes it folds into layout
+reorders, fused neck layer norms); the same function as the PyTorch encoder, and about 10% faster
+than the plain export of MobileSAM's own module on one thread.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """TinyViT, MobileSAM's image encoder (`vit_t`), with the state-dict names of MobileSAM's
 `tiny_vit_sam.py` so the official `mobile_sam.pt` loads unchanged. Window attention uses
-`scaled_dot_product_attention` with the learned per-offset bias as its additive mask."""
+`scaled_dot_product_attention` with the learned per-offset bias as its additive mask. While exporting
+to ONNX (`torch.onnx.is_in_onnx_export()`), some modules take a layout onnxruntime runs faster: the
+same function, checked in tests/test_sam_onnx_encoder.py; the PyTorch path is untouched."""
 
 import itertools
 from functools import partial
