@@ -32,8 +32,9 @@ EXPORT_VERSION = 2
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("GROUNDED_CACHE") or Path.home() / ".cache" / "grounded"
-    return Path(root) / "onnx"
+    from ..weights import cache_root
+
+    return cache_root() / "onnx"
 
 
 def _weights_digest(module: nn.Module) -> str:
