@@ -54,21 +54,15 @@ def test_low_rank_evaluation_equals_reference(depth, multimask, tokens):
     assert_close(iou, want_iou)
 
 
-def test_low_rank_evaluation_at_sam_size():
-    """SAM's own decoder dimensions (256 channels, 8 heads, 64x64 tokens), where LayerNorm statistics
-    come out of sums over 4096 tokens."""
-    dec = decoder(dim=256, seed=5)
-    image, pe, sparse, dense = inputs(256, 5, 6, grid=64)
-    with torch.no_grad():
-        masks, iou = dec(image, pe, sparse, dense, True)
-        want_masks, want_iou = reference(dec, image, pe, sparse, dense, True)
-    assert_close(masks, want_masks)
-    assert_close(iou, want_iou)
-
-
-def test_per_prompt_tokens_take_the_regrouped_evaluation():
-    dec = decoder(seed=2)
-    image, pe, sparse, dense = inputs(32, 5, 4, per_prompt_dense=True)
+@pytest.mark.parametrize("case", ["sam_size", "per_prompt_tokens"])
+def test_decoder_cases_equal_reference(case):
+    """sam_size: SAM's own decoder dimensions (256 channels, 8 heads, 64x64 tokens), where the
+    low-rank form's LayerNorm statistics come out of sums over 4096 tokens. per_prompt_tokens: a
+    dense embedding per prompt (mask prompts) takes the regrouped evaluation."""
+    if case == "sam_size":
+        dec, (image, pe, sparse, dense) = decoder(dim=256, seed=5), inputs(256, 5, 6, grid=64)
+    else:
+        dec, (image, pe, sparse, dense) = decoder(seed=2), inputs(32, 5, 4, per_prompt_dense=True)
     with torch.no_grad():
         masks, iou = dec(image, pe, sparse, dense, True)
         want_masks, want_iou = reference(dec, image, pe, sparse, dense, True)

@@ -117,12 +117,7 @@ def run_transformer(transformer, image_tokens: torch.Tensor, image_pe: torch.Ten
         shared = share_first_layer(transformer, image_tokens, image_pe)
     queries, keys, query_pe = tokens, image_tokens, tokens
     for index, layer in enumerate(transformer.layers):
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + query_pe
-            queries = queries + layer.self_attn(q=q, k=q, v=queries)
-        queries = layer.norm1(queries)
+        queries = layer.token_self_attention(queries, query_pe)
         if index == 0 and shared is not None:
             out = _tokens_to_shared_image(layer.cross_attn_token_to_image, queries + query_pe, shared.k, shared.v)
             queries = layer.norm2(queries + out)

@@ -193,12 +193,7 @@ def run_transformer(transformer, products: SharedProducts, image_tokens: torch.T
     keys = LowRankTokens(None, image_tokens[0], "k0", [], None, image_tokens.new_zeros(image_tokens.shape[2]))
     queries, query_pe = tokens, tokens
     for index, layer in enumerate(transformer.layers):
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + query_pe
-            queries = queries + layer.self_attn(q=q, k=q, v=queries)
-        queries = layer.norm1(queries)
+        queries = layer.token_self_attention(queries, query_pe)
         queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, products, keys, pe, queries + query_pe))
         queries = layer.norm3(queries + layer.mlp(queries))
         attn = layer.cross_attn_image_to_token

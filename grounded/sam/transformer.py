@@ -75,13 +75,7 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> Tuple[Tensor, Tensor]:
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q=q, k=q, v=queries)
-        queries = self.norm1(queries)
-
+        queries = self.token_self_attention(queries, query_pe)
         q = queries + query_pe
         k = keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
@@ -90,6 +84,16 @@ class TwoWayAttentionBlock(nn.Module):
         q = queries + query_pe
         keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
         return queries, keys
+
+
+    def token_self_attention(self, queries: Tensor, query_pe: Tensor) -> Tensor:
+        """The first step, on the prompt tokens alone (shared by the decoder's inference paths)."""
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        return self.norm1(queries)
 
 
 class Attention(nn.Module):
