@@ -133,11 +133,13 @@ def found_rate(predictor, clip, projection_dir, scenes) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # 7.6 min on 2 threads of a lightly loaded 2-core machine, 14 min loaded
+@pytest.mark.xfail(strict=True, reason="issue 9 open: the native text mode is not above chance yet (docstring); "
+                   "an XPASS fails, so the day it passes the marker must go")
 def test_native_text_mode_finds_the_named_shape_after_text_prompt_training(tmp_path_factory, mobile_sam_checkpoint):
     """A tiny CLIP trained contrastively on coloured shapes (its image and text halves agree), then
     the projection (and MobileSAM's decoder) trained on CLIP *image* embeddings of mask crops only;
-    on held-out scenes of three shapes the CLIP *text* embedding of a caption must find its shape more
-    often than chance (1/3: one of the scene's three shapes).
+    on held-out scenes of three shapes the CLIP *text* embedding of a caption must find its shape
+    clearly more often than chance (1/3: one of the scene's three shapes): at least 0.6 of 24 prompts.
 
     NOT MET YET: this test fails. Measured with these settings: 0.42 of 24 held-out prompts in a
     script (previous session), 0.17 (4 of 24) in this test on 2 Dec 2026 (7.6 min); P(>= 10 of 24 |
@@ -183,4 +185,5 @@ def test_native_text_mode_finds_the_named_shape_after_text_prompt_training(tmp_p
     predictor = SamPredictor(sam.eval(), cache_size=16)
     rate = found_rate(predictor, clip, out / "text_prompt", held_out)
     print(f"native text mode found the named shape in {rate:.2f} of {3 * len(held_out)} held-out prompts (chance 0.33)")
-    assert rate > 1 / 3
+    # "Clearly more often than chance": 15 or more of 24 has probability 0.002 under chance (1/3).
+    assert rate >= 0.6, f"found {rate:.2f} of {3 * len(held_out)} held-out prompts; chance is 0.33"

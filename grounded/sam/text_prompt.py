@@ -139,7 +139,7 @@ def predict_from_text(predictor, projection: TextPromptProjection, text_embeddin
         low_res, iou = decode_with_tokens(model, predictor.features.to(model.dtype), tokens.to(model.dtype),
                                           points, multimask_output)
     low_res = low_res.float()
-    masks = model.postprocess_masks(low_res, predictor.input_size, predictor.original_size) > model.mask_threshold
+    masks = model.threshold_masks(low_res, predictor.input_size, predictor.original_size)
     masks, scores, low_res = masks.cpu().numpy(), iou.float().cpu().numpy(), low_res.cpu().numpy()
     if single:
         return masks[0], scores[0], low_res[0]
