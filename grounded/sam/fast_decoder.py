@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .transformer import Attention
 
 
-def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, h: int) -> torch.Tensor:
     n, t, c = x.shape
     return x.view(n, t, h, c // h).transpose(1, 2)  # n x h x t x d
 
@@ -36,11 +36,11 @@ def tokens_to_image(attn: Attention, q_in: torch.Tensor, k_in: torch.Tensor, v_i
     """Prompt tokens (N x T x C) attend to image tokens (1 or N x HW x C)."""
     h = attn.num_heads
     n, t, c = q_in.shape
-    q = _heads(attn.q_proj(q_in), h)  # N x h x T x d
+    q = split_heads(attn.q_proj(q_in), h)  # N x h x T x d
     d = q.shape[-1]
     if k_in.shape[0] == 1 or t * h >= attn.internal_dim:
-        k = _heads(attn.k_proj(k_in), h)
-        v = _heads(attn.v_proj(v_in), h)
+        k = split_heads(attn.k_proj(k_in), h)
+        v = split_heads(attn.v_proj(v_in), h)
         out = torch.softmax((q @ k.transpose(-1, -2)) * d**-0.5, dim=-1) @ v
     else:
         w_k = attn.k_proj.weight.view(h, d, c)
@@ -56,7 +56,6 @@ class SharedImageTokens:
     """Layer 0's projections of image tokens that every prompt shares (no mask prompt): computed
     once per call instead of once per prompt."""
 
-    tokens: torch.Tensor  # 1 x HW x C
     k: torch.Tensor  # h x HW x d: tokens-to-image keys
     v: torch.Tensor  # h x HW x d: tokens-to-image values
     q: torch.Tensor  # h x d x HW: image-to-tokens queries
@@ -66,16 +65,16 @@ def share_first_layer(transformer, image_tokens: torch.Tensor, image_pe: torch.T
     layer = transformer.layers[0]
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
     with_pe = image_tokens + image_pe
-    k = _heads(t2i.k_proj(with_pe), t2i.num_heads)[0]
-    v = _heads(t2i.v_proj(image_tokens), t2i.num_heads)[0]
-    q = _heads(i2t.q_proj(with_pe), i2t.num_heads)[0].transpose(1, 2).contiguous()
-    return SharedImageTokens(image_tokens, k, v, q)
+    k = split_heads(t2i.k_proj(with_pe), t2i.num_heads)[0]
+    v = split_heads(t2i.v_proj(image_tokens), t2i.num_heads)[0]
+    q = split_heads(i2t.q_proj(with_pe), i2t.num_heads)[0].transpose(1, 2).contiguous()
+    return SharedImageTokens(k, v, q)
 
 
 def _tokens_to_shared_image(attn: Attention, q_in: torch.Tensor, shared_k: torch.Tensor, shared_v: torch.Tensor) -> torch.Tensor:
     h = attn.num_heads
     n, t, _ = q_in.shape
-    q = _heads(attn.q_proj(q_in), h).transpose(0, 1).reshape(h, n * t, -1)  # h x NT x d
+    q = split_heads(attn.q_proj(q_in), h).transpose(0, 1).reshape(h, n * t, -1)  # h x NT x d
     out = F.scaled_dot_product_attention(q, shared_k, shared_v)  # h x NT x d
     return attn.out_proj(out.view(h, n, t, -1).permute(1, 2, 0, 3).reshape(n, t, -1))
 
@@ -86,13 +85,13 @@ def image_to_tokens(attn: Attention, q_in, k_in: torch.Tensor, v_in: torch.Tenso
     shared_q: h x d x HW) to prompt tokens (N x T x C); returns N x HW x C."""
     h = attn.num_heads
     n, t, c = k_in.shape
-    k = _heads(attn.k_proj(k_in), h)  # N x h x T x d
-    v = _heads(attn.v_proj(v_in), h)
+    k = split_heads(attn.k_proj(k_in), h)  # N x h x T x d
+    v = split_heads(attn.v_proj(v_in), h)
     d = k.shape[-1]
     # The output projection folded into the values: N x (h*T) x C.
     u = torch.einsum("nhtd,chd->nhtc", v, attn.out_proj.weight.view(c, h, d)).reshape(n, h * t, c)
     if shared_q is None and q_in.shape[0] == 1:
-        shared_q = _heads(attn.q_proj(q_in), h)[0].transpose(1, 2)
+        shared_q = split_heads(attn.q_proj(q_in), h)[0].transpose(1, 2)
     if shared_q is not None:
         scores = k.transpose(0, 1).reshape(h, n * t, d) @ shared_q  # h x NT x HW
         scores = scores.view(h, n, t, -1).transpose(0, 1)  # N x h x T x HW

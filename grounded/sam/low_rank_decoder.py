@@ -23,12 +23,14 @@ Inference only, float32, for a shared dense embedding; `MaskDecoder.predict_mask
 Equal to the reference up to float rounding (tests/test_sam_decoder_fast.py).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fast_decoder import split_heads
 
 
 class SharedProducts:
@@ -79,11 +81,14 @@ class LowRankTokens:
     rows: List[Rows]
     weights: Optional[torch.Tensor]  # N x K' x HW (B), the rows' in order; None without rows
     constant: torch.Tensor  # C
+    _explicit: Optional[torch.Tensor] = field(default=None, repr=False)  # W, N x K' x C, on first use
 
-    def _rows_times(self, weight: torch.Tensor) -> Optional[torch.Tensor]:
-        """W @ weight^T: N x K' x out."""
-        n = self.weights.shape[0]
-        return torch.cat([r.explicit(n) for r in self.rows], dim=1) @ weight.T
+    def _rows_times(self, weight: torch.Tensor) -> torch.Tensor:
+        """W @ weight^T: N x K' x out (W built once per token set: scores, sums and projections reuse it)."""
+        if self._explicit is None:
+            n = self.weights.shape[0]
+            self._explicit = torch.cat([r.explicit(n) for r in self.rows], dim=1)
+        return self._explicit @ weight.T
 
     def scores(self, products: SharedProducts, proj: nn.Linear, pe: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """vectors (N x h x T x d) dotted with each head of proj(tokens + pe): N x h x T x HW."""
@@ -175,11 +180,6 @@ class LowRankTokens:
         )
 
 
-def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
-    n, t, c = x.shape
-    return x.view(n, t, h, c // h).transpose(1, 2)  # N x h x T x d
-
-
 def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     n, h, t, d = x.shape
     return x.transpose(1, 2).reshape(n, t, h * d)
@@ -199,8 +199,8 @@ def run_transformer(transformer, products: SharedProducts, image_tokens: torch.T
         queries = layer.norm3(queries + layer.mlp(queries))
         attn = layer.cross_attn_image_to_token
         h = attn.num_heads
-        k = _heads(attn.k_proj(queries + query_pe), h)
-        v = _heads(attn.v_proj(queries), h)
+        k = split_heads(attn.k_proj(queries + query_pe), h)
+        v = split_heads(attn.v_proj(queries), h)
         scores = keys.scores(products, attn.q_proj, pe, k) * k.shape[-1] ** -0.5
         attn_map = torch.softmax(scores, dim=2).reshape(k.shape[0], -1, scores.shape[-1])  # over the T tokens
         keys = keys.normalized_update(products, attn_map, v, attn.out_proj, layer.norm4, f"layer{index}")
@@ -209,6 +209,6 @@ def run_transformer(transformer, products: SharedProducts, image_tokens: torch.T
 
 
 def _tokens_to_image(attn, products: SharedProducts, keys: LowRankTokens, pe: torch.Tensor, q_in: torch.Tensor) -> torch.Tensor:
-    q = _heads(attn.q_proj(q_in), attn.num_heads)
+    q = split_heads(attn.q_proj(q_in), attn.num_heads)
     probs = torch.softmax(keys.scores(products, attn.k_proj, pe, q) * q.shape[-1] ** -0.5, dim=-1)
     return attn.out_proj(_merge_heads(keys.aggregate(products, attn.v_proj, probs)))

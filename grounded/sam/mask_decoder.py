@@ -86,11 +86,12 @@ class MaskDecoder(nn.Module):
         # Shared tokens in float32: the low-rank evaluation (low_rank_decoder.py); otherwise the
         # regrouped one (fast_decoder.py), in fp32 for the mask products under autocast.
         low_rank = image_tokens.shape[0] == 1 and not autocast and image_tokens.dtype == torch.float32
-        products = low_rank_decoder.SharedProducts()
         first_layer = None
-        if image_tokens.shape[0] == 1 and not low_rank and len(self.transformer.layers):
+        if low_rank:
+            products = low_rank_decoder.SharedProducts()
+            w1, b1, _, _ = upscaling_weights(self)
+        elif image_tokens.shape[0] == 1 and len(self.transformer.layers):
             first_layer = share_first_layer(self.transformer, image_tokens, pe)
-        w1, b1, _, _ = upscaling_weights(self)
         masks, ious = [], []
         for start in range(0, n, self.prompt_chunk_size):
             chunk = slice(start, start + self.prompt_chunk_size)

@@ -69,10 +69,9 @@ class Sam(nn.Module):
         self, masks: torch.Tensor, input_size: Tuple[int, ...], original_size: Tuple[int, ...]
     ) -> torch.Tensor:
         """Upscale low-res masks to the padded input, crop the padding, resize to the original size."""
-        size = self.image_encoder.img_size
-        masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
-        masks = masks[..., : input_size[0], : input_size[1]]
-        return F.interpolate(masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
+        from .utils.mask_upsample import two_pass_logits
+
+        return two_pass_logits(masks, self.image_encoder.img_size, input_size, original_size)
 
     def threshold_masks(
         self, masks: torch.Tensor, input_size: Tuple[int, ...], original_size: Tuple[int, ...]

@@ -20,7 +20,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .sparse_upsample import _combine, axis_map
+from .sparse_upsample import _combine, axis_map, cell_pixels
 
 _PIXELS_PER_CHUNK = 1 << 21
 
@@ -46,6 +46,14 @@ def composed_window(low: int, padded: int, crop: int, out: int, device: torch.de
     last = low - 1 - used.flip(0).argmax(dim=0)
     count = torch.bincount(first, minlength=low)
     return Window(first, int((last - first).max()) + 1, torch.cumsum(count, 0) - count, count)
+
+
+def two_pass_logits(low_res: torch.Tensor, padded_size: int, input_size: Tuple[int, ...],
+                    original_size: Tuple[int, ...]) -> torch.Tensor:
+    """The reference's full-resolution logits: upsample to the padded input, crop, resize."""
+    masks = F.interpolate(low_res, (padded_size, padded_size), mode="bilinear", align_corners=False)
+    masks = masks[..., : int(input_size[0]), : int(input_size[1])]
+    return F.interpolate(masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
 
 
 def threshold_upsampled(
@@ -86,26 +94,15 @@ def threshold_upsampled(
         torch.index_select(above.index_select(2, cols.first), 1, rows.first, out=out)
         k, i, j = unsure.nonzero(as_tuple=True)
         if k.numel() * 8 > unsure.numel():  # contours everywhere (noise): the dense passes are cheaper
-            dense = F.interpolate(part[:, None], (padded_size, padded_size), mode="bilinear", align_corners=False)
-            dense = F.interpolate(dense[..., :crop_h, :crop_w], (out_h, out_w), mode="bilinear", align_corners=False)
-            torch.gt(dense[:, 0], threshold, out=out)
+            torch.gt(two_pass_logits(part[:, None], padded_size, input_size, original_size)[:, 0], threshold, out=out)
         elif k.numel():
-            y, x, real = _window_pixels(rows, cols, i, j, out_h, out_w)
+            y, x, y_ok, x_ok = cell_pixels(rows, cols, i, j, out_h, out_w)
+            real = y_ok[:, :, None] & x_ok[:, None, :]
             k = k[:, None, None].expand_as(real)[real]
             y, x = y[:, :, None].expand_as(real)[real], x[:, None, :].expand_as(real)[real]
             values = _two_pass_values(part, k, y, x, steps, crop_h, crop_w)
             out.view(-1)[(k * out_h + y) * out_w + x] = values > threshold
     return masks.view(n, m, out_h, out_w)
-
-
-def _window_pixels(rows: Window, cols: Window, i: torch.Tensor, j: torch.Tensor, out_h: int, out_w: int):
-    """Output rows (n x R) and columns (n x C) whose windows start at low-res (i, j), padded to the
-    largest count, and which of the n x R x C pixels are real."""
-    r = torch.arange(int(rows.count.max()), device=i.device)
-    c = torch.arange(int(cols.count.max()), device=i.device)
-    y, x = rows.start[i][:, None] + r, cols.start[j][:, None] + c
-    real = (r < rows.count[i][:, None])[:, :, None] & (c < cols.count[j][:, None])[:, None, :]
-    return y.clamp(max=out_h - 1), x.clamp(max=out_w - 1), real
 
 
 def _window_reduce(x: torch.Tensor, span_r: int, span_c: int, op) -> torch.Tensor:

@@ -111,14 +111,7 @@ class SparseUpsampler:
         return _combine(a, b, c, d, cols.w0[x][:, None, :], cols.w1[x][:, None, :], rows.w0[y][:, :, None], rows.w1[y][:, :, None])
 
     def _cell_pixels(self, i: torch.Tensor, j: torch.Tensor):
-        """Output rows (n x R) and columns (n x C) of cells (i, j), padded to the largest cell (the
-        padding clamped into the image), and which rows and columns are the cell's."""
-        r = torch.arange(int(self.rows.count.max()), device=i.device)
-        c = torch.arange(int(self.cols.count.max()), device=i.device)
-        y = self.rows.start[i][:, None] + r
-        x = self.cols.start[j][:, None] + c
-        y_ok, x_ok = r < self.rows.count[i][:, None], c < self.cols.count[j][:, None]
-        return y.clamp(max=self.out_h - 1), x.clamp(max=self.out_w - 1), y_ok, x_ok
+        return cell_pixels(self.rows, self.cols, i, j, self.out_h, self.out_w)
 
     # -- stability counts ----------------------------------------------------------------------
 
@@ -208,6 +201,18 @@ class SparseUpsampler:
             boxes.append((torch.where(some, axis.start[first], size), torch.where(some, axis.start[last] + axis.count[last] - 1, -1)))
         (x0, x1), (y0, y1) = boxes
         return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def cell_pixels(rows, cols, i: torch.Tensor, j: torch.Tensor, out_h: int, out_w: int):
+    """Output rows (n x R) and columns (n x C) of cells (i, j) on axes with `start` and `count` per
+    input index (an AxisMap, or mask_upsample's Window), padded to the largest cell (the padding
+    clamped into the image), and which rows and columns are the cell's."""
+    r = torch.arange(int(rows.count.max()), device=i.device)
+    c = torch.arange(int(cols.count.max()), device=i.device)
+    y = rows.start[i][:, None] + r
+    x = cols.start[j][:, None] + c
+    y_ok, x_ok = r < rows.count[i][:, None], c < cols.count[j][:, None]
+    return y.clamp(max=out_h - 1), x.clamp(max=out_w - 1), y_ok, x_ok
 
 
 def _combine(a, b, c, d, wx0, wx1, wy0, wy1):
