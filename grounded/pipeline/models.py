@@ -16,6 +16,7 @@ There is no module-level cache: a cache lives exactly as long as the object the 
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -55,16 +56,10 @@ def resolve_device(device: Any) -> str:
     return str(device)
 
 
-def _load_sam(cache: "ModelCache", name: str, device: str, dtype: Any):
+def _load_sam(cache: "ModelCache", name: str, device: str, dtype: Any, image_encoder_backend: str = "torch"):
     from ..sam import from_pretrained
 
-    return from_pretrained(name, device=device, dtype=dtype)
-
-
-def _load_sam_onnxruntime(cache: "ModelCache", name: str, device: str, dtype: Any):
-    from ..sam import from_pretrained
-
-    return from_pretrained(name, device=device, dtype=dtype, image_encoder_backend="onnxruntime")
+    return from_pretrained(name, device=device, dtype=dtype, image_encoder_backend=image_encoder_backend)
 
 
 def _load_sam_predictor(cache: "ModelCache", name: str, device: str, dtype: Any, model_kind: str = "sam"):
@@ -77,16 +72,12 @@ def _load_sam_predictor(cache: "ModelCache", name: str, device: str, dtype: Any,
     return SamPredictor(cache.get(model_kind, name, device, None), autocast_dtype=dtype)
 
 
-def _load_sam_predictor_onnxruntime(cache: "ModelCache", name: str, device: str, dtype: Any):
-    return _load_sam_predictor(cache, name, device, dtype, model_kind="sam_onnxruntime")
-
-
 DEFAULT_LOADERS: Mapping[str, Any] = {
     "sam": _load_sam,
     "sam_predictor": _load_sam_predictor,
     # The same models with the image encoder run by onnxruntime (CPU; sam/onnx_encoder.py).
-    "sam_onnxruntime": _load_sam_onnxruntime,
-    "sam_predictor_onnxruntime": _load_sam_predictor_onnxruntime,
+    "sam_onnxruntime": partial(_load_sam, image_encoder_backend="onnxruntime"),
+    "sam_predictor_onnxruntime": partial(_load_sam_predictor, model_kind="sam_onnxruntime"),
     # Other kinds by import path ("module:function"), imported only when a model of that kind is loaded.
     "blip": "grounded.nodes.caption:_load_blip",
     "grounding_dino": "grounded.nodes.detect:_load_grounding_dino",
