@@ -89,3 +89,26 @@ def test_training_takes_the_reference_structure():
     assert masks.requires_grad and iou.requires_grad
     masks.sum().backward()
     assert dec.transformer.layers[0].cross_attn_image_to_token.q_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_upscaling_with_and_without_the_fused_gelu_product(fused, monkeypatch):
+    """oneDNN's linear with a GELU epilogue (float32 inference on CPU) and the plain products give the
+    reference's masks; a 20x20 grid leaves a partial tile of token rows."""
+    from grounded.sam import fast_decoder
+
+    dec = decoder(seed=6)
+    image, pe, sparse, dense = inputs(32, 3, 4, grid=20)
+    if fused:
+        if not torch.backends.mkldnn.is_available():
+            pytest.skip("this torch build has no oneDNN")
+        with torch.no_grad():
+            assert fast_decoder._fused_linear_gelu(dec.output_upscaling[4], image) == "none"
+    else:
+        monkeypatch.setattr(fast_decoder, "_fused_linear_gelu", lambda act, like: None)
+    with torch.no_grad():
+        masks, iou = dec(image, pe, sparse, dense, True)
+        want_masks, want_iou = reference(dec, image, pe, sparse, dense, True)
+    assert masks.shape == (3, 3, 80, 80)
+    assert_close(masks, want_masks)
+    assert_close(iou, want_iou)

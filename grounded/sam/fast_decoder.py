@@ -145,19 +145,42 @@ def upscaling_weights(decoder) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return w1, conv1.bias.repeat(4), w2, conv2.bias.repeat(4)
 
 
+def _fused_linear_gelu(act: torch.nn.Module, like: torch.Tensor) -> Optional[str]:
+    """oneDNN's linear with a GELU epilogue applies when act is GELU on float32 CPU tensors without
+    autograd: the GELU's algorithm name, else None. It saves a pass over the largest intermediate
+    and gives the same values as F.gelu (tests/test_sam_decoder_fast.py)."""
+    if not (isinstance(act, torch.nn.GELU) and like.device.type == "cpu" and like.dtype == torch.float32):
+        return None
+    if torch.is_grad_enabled() or not torch.backends.mkldnn.is_available():
+        return None
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return None
+    return act.approximate
+
+
 def upscale_masks(decoder, keys: Optional[torch.Tensor], mask_tokens: torch.Tensor, grid: Tuple[int, int],
-                  first_product: Optional[Callable[[int, int, int], torch.Tensor]] = None) -> torch.Tensor:
+                  first_product: Optional[Callable[[int, int, int], torch.Tensor]] = None,
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Masks from image tokens N x HW x C and mask tokens N x M x C: N x M x 4H x 4W, the same as
     decoder.output_upscaling + hypernetwork product. The kernel-2 stride-2 transposed convolutions
     act on each token alone, so they run as matrix products on tiles of tokens; the first one's
     output is laid out spatially, and the second one's four sub-pixels are written to their strided
-    places in the masks."""
+    places in the masks (of `out` when given)."""
     conv1, norm, act1, conv2, act2 = decoder.output_upscaling
     n, m, _ = mask_tokens.shape
     gh, gw = grid
     c1, c2 = conv1.out_channels, conv2.out_channels
     w1, b1, w2, b2 = upscaling_weights(decoder)
-    masks = torch.empty(n, m, 2 * gh, 2, 2 * gw, 2, dtype=mask_tokens.dtype, device=mask_tokens.device)
+    if out is None:
+        out = mask_tokens.new_empty(n, m, 4 * gh, 4 * gw)
+    masks = out.view(n, m, 2 * gh, 2, 2 * gw, 2)
+    fused = _fused_linear_gelu(act2, mask_tokens)
+    if fused is not None:
+        # The second product as w2 @ y^T + b2 = [w2 | b2] @ [y | 1]^T, so oneDNN's linear (x @ W^T)
+        # gives it transposed with the bias on rows, GELU fused.
+        w2_with_bias = torch.cat([w2, b2[:, None]], dim=1)
+        tile = mask_tokens.new_empty(_UPSCALE_TILE_ROWS, 2, gw, 2, c1 + 1)
+        tile[..., c1] = 1.0
     for i in range(n):
         hyper = mask_tokens[i]  # M x c2
         for row in range(0, gh, _UPSCALE_TILE_ROWS):
@@ -166,12 +189,20 @@ def upscale_masks(decoder, keys: Optional[torch.Tensor], mask_tokens: torch.Tens
                 y = first_product(i, row * gw, (row + rows) * gw)  # (r, j) x (a, b, c1)
             else:
                 y = F.linear(keys[i, row * gw : (row + rows) * gw], w1, b1)
-            y = act1(F.layer_norm(y.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
-            y = y.view(rows, gw, 2, 2, c1).transpose(1, 2).reshape(-1, c1)  # rows (r, a, j, b): spatial
+            y = F.layer_norm(y.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps)
+            y = y.view(rows, gw, 2, 2, c1).transpose(1, 2)  # (r, a, j, b): spatial
             # Transposed, so the mask products have the long side last: (a2, b2) x c2 x (2r + a, 2j + b).
-            z = act2(torch.addmm(b2[:, None], w2, y.T)).view(4, c2, -1)
-            values = (hyper @ z).view(2, 2, m, 2 * rows, 2 * gw)
+            if fused is not None:
+                if isinstance(act1, torch.nn.GELU):  # written straight into the tile
+                    torch._C._nn.gelu(y, approximate=act1.approximate, out=tile[:rows, ..., :c1])
+                else:
+                    tile[:rows, ..., :c1] = act1(y)
+                z = torch.ops.mkldnn._linear_pointwise(w2_with_bias, tile[:rows].view(-1, c1 + 1), None, "gelu", [], fused)
+            else:
+                y = act1(y).reshape(-1, c1)
+                z = act2(torch.addmm(b2[:, None], w2, y.T))
+            values = (hyper @ z.view(4, c2, -1)).view(2, 2, m, 2 * rows, 2 * gw)
             for sub_row in range(2):
                 for sub_col in range(2):
                     masks[i, :, 2 * row : 2 * (row + rows), sub_row, :, sub_col] = values[sub_row, sub_col]
-    return masks.view(n, m, 4 * gh, 4 * gw)
+    return out

@@ -61,14 +61,15 @@ class Rows:
         _, h, t, _ = self.vectors.shape
         return torch.einsum("nhtd,hdc->nhtc", self.vectors, self.matrix).reshape(n, h * t, -1)
 
-    def times_shared(self, shared_t: torch.Tensor, n: int) -> torch.Tensor:
+    def times_shared(self, shared_t: torch.Tensor, n: int, out: torch.Tensor) -> torch.Tensor:
         """rows @ S^T for a prompt-independent S^T given per head (h x d x HW) for vector rows, or as
-        K x HW for fixed rows: N x K x HW."""
+        K x HW for fixed rows, written to out (N x K x HW)."""
         if self.vectors is None:
-            return shared_t.expand(n, -1, -1)
+            return out.copy_(shared_t.expand(n, -1, -1))
         _, h, t, d = self.vectors.shape
-        out = self.vectors.transpose(0, 1).reshape(h, n * t, d) @ shared_t  # h x NT x HW
-        return out.view(h, n, t, -1).transpose(0, 1).reshape(n, h * t, -1)
+        product = self.vectors.transpose(0, 1).reshape(h, n * t, d) @ shared_t  # h x NT x HW
+        out.view(n, h, t, -1).copy_(product.view(h, n, t, -1).transpose(0, 1))
+        return out
 
 
 @dataclass
@@ -97,15 +98,18 @@ class LowRankTokens:
         z = products.get((self.key, id(proj), "z"), lambda: (self.shared @ proj.weight.T).view(hw, h, d).permute(1, 2, 0).contiguous())
         e = products.get((self.key, id(proj), "e"), lambda: F.linear(pe + self.constant, proj.weight, proj.bias).view(hw, h, d).permute(1, 2, 0).contiguous())
         per_head = vectors.transpose(0, 1).reshape(h, n * t, d)
+        # The head-major products land prompt-major in `out` in one pass each; the rows' term adds in place.
+        out = vectors.new_empty(n, h, t, hw)
         if self.scale is None:
             both = products.get((self.key, id(proj), "z+e"), lambda: z + e)
-            out = (per_head @ both).view(h, n, t, hw).transpose(0, 1)
+            out.copy_((per_head @ both).view(h, n, t, hw).transpose(0, 1))
         else:
-            out = torch.addcmul((per_head @ e).view(h, n, t, hw).transpose(0, 1), (per_head @ z).view(h, n, t, hw).transpose(0, 1), self.scale[:, None])
+            torch.addcmul((per_head @ e).view(h, n, t, hw).transpose(0, 1), (per_head @ z).view(h, n, t, hw).transpose(0, 1),
+                          self.scale[:, None], out=out)
         if self.weights is not None:
             rw = self._rows_times(proj.weight).view(n, -1, h, d)  # N x K' x h x d
             rq = torch.einsum("nkhd,nhtd->nhtk", rw, vectors).reshape(n, h * t, -1)
-            out = torch.baddbmm(out.reshape(n, h * t, hw), rq, self.weights).view(n, h, t, hw)
+            out.view(n, h * t, hw).baddbmm_(rq, self.weights)
         return out
 
     def aggregate(self, products: SharedProducts, proj: nn.Linear, probs: torch.Tensor) -> torch.Tensor:
@@ -135,22 +139,27 @@ class LowRankTokens:
             else:
                 out = torch.addcmul(base, self.scale[i, 0, start:stop, None], z[start:stop])
             if weights is not None:
-                out = torch.addmm(out, weights[i, :, start:stop].T, rw[i])
+                out.addmm_(weights[i, :, start:stop].T, rw[i])
             return out
 
         return rows
 
     def normalized_update(self, products: SharedProducts, attn_map: torch.Tensor, values: torch.Tensor,
-                          out_proj: nn.Linear, norm: nn.LayerNorm, name: str) -> "LowRankTokens":
-        """LayerNorm(tokens + out_proj(attn_map^T @ values)): attn_map N x (h*T) x HW, values N x h x T x d."""
+                          out_proj: nn.Linear, norm: nn.LayerNorm, name: str, buffer: torch.Tensor) -> "LowRankTokens":
+        """LayerNorm(tokens + out_proj(attn_map^T @ values)): attn_map N x (h*T) x HW, values N x h x T x d.
+        buffer (N x rows x HW) holds the weights B of every layer: this one's rows follow the present ones."""
         n, h, t, d = values.shape
         c = self.shared.shape[1]
         key = f"{self.key}/{name}"
         out_matrix = products.get((name, "out"), lambda: out_proj.weight.T.reshape(h, d, c))
         constant = self.constant + out_proj.bias
         rows = self.rows + [Rows(values, out_matrix, f"{name}/U"), Rows(None, constant[None], f"{key}/const")]
-        parts = [attn_map, attn_map.new_ones(n, 1, attn_map.shape[2])]
-        weights = torch.cat(parts if self.weights is None else [self.weights] + parts, dim=1)  # N x K'' x HW
+        present = 0 if self.weights is None else self.weights.shape[1]
+        if present and self.weights.data_ptr() != buffer.data_ptr():
+            buffer[:, :present] = self.weights
+        weights = buffer[:, : present + h * t + 1]  # N x K'' x HW
+        weights[:, present : present + h * t] = attn_map
+        weights[:, -1] = 1.0
 
         # Centre every part over the channels (linear), then the variance from the form.
         zc = products.get((key, "zc"), lambda: self.shared - self.shared.mean(1, keepdim=True))
@@ -158,14 +167,21 @@ class LowRankTokens:
         centred = [Rows(r.vectors, products.get((r.key, "c"), lambda r=r: r.matrix - r.matrix.mean(-1, keepdim=True)),
                         r.key + "/c") for r in rows]
         explicit = torch.cat([r.explicit(n) for r in centred], dim=1)  # N x K'' x C
-        # rows . Zc (Zc is centred, so the uncentred matrices give the same): shared per matrix.
-        cross = torch.cat([r.times_shared(products.get((r.key, key, "zc^T"), lambda r=r: r.matrix @ zc.T), n)
-                           for r in rows], dim=1)  # N x K'' x HW
+        # cross = rows . Zc (Zc is centred, so the uncentred matrices give the same): shared per matrix.
+        cross = weights.new_empty(weights.shape)
+        start = 0
+        for r in rows:
+            stop = start + r.matrix.shape[0] if r.vectors is None else start + r.vectors.shape[1] * r.vectors.shape[2]
+            r.times_shared(products.get((r.key, key, "zc^T"), lambda r=r: r.matrix @ zc.T), n, out=cross[:, start:stop])
+            start = stop
         s = self.scale
         gram = explicit @ explicit.transpose(1, 2)  # N x K'' x K''
-        # sum_k B_k (G B + 2 s cross)_k = B^T G B + 2 s B . cross
-        both = torch.baddbmm(cross, gram, weights, beta=2.0) if s is None else torch.baddbmm(cross * (2 * s), gram, weights)
-        sum_sq = (weights * both).sum(1, keepdim=True)  # N x 1 x HW
+        # sum_k B_k (G B + 2 s cross)_k = B^T G B + 2 s B . cross, all in place in `cross`
+        if s is None:
+            cross.baddbmm_(gram, weights, beta=2.0)
+        else:
+            cross.mul_(2 * s).baddbmm_(gram, weights)
+        sum_sq = cross.mul_(weights).sum(1, keepdim=True)  # N x 1 x HW
         sum_sq += zc_sq if s is None else s * s * zc_sq
         rstd = torch.rsqrt(sum_sq / c + norm.eps)  # N x 1 x HW
         gamma = norm.weight
@@ -175,7 +191,7 @@ class LowRankTokens:
             shared=products.get((new_key, "z"), lambda: zc * gamma),
             key=new_key,
             rows=[Rows(r.vectors, products.get((r.key, "g"), lambda r=r: r.matrix * gamma), r.key + "/g") for r in centred],
-            weights=weights * rstd,
+            weights=weights.mul_(rstd),
             constant=norm.bias,
         )
 
@@ -193,6 +209,10 @@ def run_transformer(transformer, products: SharedProducts, image_tokens: torch.T
     pe = image_pe[0]
     keys = LowRankTokens(None, image_tokens[0], "k0", [], None, image_tokens.new_zeros(image_tokens.shape[2]))
     queries, query_pe = tokens, tokens
+    n, t, _ = tokens.shape
+    # Every layer adds h*T attention rows and a constant row to the weights B; one buffer holds them all.
+    rows = sum(layer.cross_attn_image_to_token.num_heads * t + 1 for layer in transformer.layers)
+    buffer = tokens.new_empty(n, rows, image_tokens.shape[1])
     for index, layer in enumerate(transformer.layers):
         queries = layer.token_self_attention(queries, query_pe)
         queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, products, keys, pe, queries + query_pe))
@@ -201,14 +221,14 @@ def run_transformer(transformer, products: SharedProducts, image_tokens: torch.T
         h = attn.num_heads
         k = split_heads(attn.k_proj(queries + query_pe), h)
         v = split_heads(attn.v_proj(queries), h)
-        scores = keys.scores(products, attn.q_proj, pe, k) * k.shape[-1] ** -0.5
+        scores = keys.scores(products, attn.q_proj, pe, k * k.shape[-1] ** -0.5)
         attn_map = torch.softmax(scores, dim=2).reshape(k.shape[0], -1, scores.shape[-1])  # over the T tokens
-        keys = keys.normalized_update(products, attn_map, v, attn.out_proj, layer.norm4, f"layer{index}")
+        keys = keys.normalized_update(products, attn_map, v, attn.out_proj, layer.norm4, f"layer{index}", buffer)
     out = _tokens_to_image(transformer.final_attn_token_to_image, products, keys, pe, queries + query_pe)
     return transformer.norm_final_attn(queries + out), keys
 
 
 def _tokens_to_image(attn, products: SharedProducts, keys: LowRankTokens, pe: torch.Tensor, q_in: torch.Tensor) -> torch.Tensor:
     q = split_heads(attn.q_proj(q_in), attn.num_heads)
-    probs = torch.softmax(keys.scores(products, attn.k_proj, pe, q) * q.shape[-1] ** -0.5, dim=-1)
+    probs = torch.softmax(keys.scores(products, attn.k_proj, pe, q * q.shape[-1] ** -0.5), dim=-1)
     return attn.out_proj(_merge_heads(keys.aggregate(products, attn.v_proj, probs)))

@@ -92,7 +92,8 @@ class MaskDecoder(nn.Module):
             w1, b1, _, _ = upscaling_weights(self)
         elif image_tokens.shape[0] == 1 and len(self.transformer.layers):
             first_layer = share_first_layer(self.transformer, image_tokens, pe)
-        masks, ious = [], []
+        masks = tokens.new_empty(n, len(wanted), 4 * h, 4 * w)
+        ious = []
         for start in range(0, n, self.prompt_chunk_size):
             chunk = slice(start, start + self.prompt_chunk_size)
             if low_rank:
@@ -108,11 +109,11 @@ class MaskDecoder(nn.Module):
             hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in wanted], dim=1)
             if autocast and self.iou_token.weight.dtype == torch.float32:
                 with torch.autocast(device_type=keys.device.type, enabled=False):
-                    masks.append(upscale_masks(self, keys.float(), hyper_in.float(), (h, w)))
+                    masks[chunk] = upscale_masks(self, keys.float(), hyper_in.float(), (h, w))
             else:
-                masks.append(upscale_masks(self, keys, hyper_in, (h, w), first_product))
+                upscale_masks(self, keys, hyper_in, (h, w), first_product, out=masks[chunk])
             ious.append(self.iou_prediction_head(hs[:, 0])[:, mask_slice])
-        return torch.cat(masks), torch.cat(ious)
+        return masks, torch.cat(ious)
 
     def predict_masks(
         self,
