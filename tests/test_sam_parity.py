@@ -170,8 +170,9 @@ def test_state_dict_names_equal_reference_for_every_variant():
 
 
 def test_vit_global_attention_cpu_blocked_path_matches_reference():
-    """At 32x32 tokens and more, global attention on the CPU runs query-blocked; ask for small blocks
-    so that several heads and row blocks are exercised."""
+    """CPU inference runs attention query-blocked: global attention one head at a time through
+    oneDNN's linear, windows several at a time through bmm. Ask for small blocks so that several
+    heads and row blocks are exercised; with autograd on, the SDPA-with-bias path runs instead."""
     import grounded.sam.image_encoder as image_encoder
 
     ours, ref = _pair("vit", seed=4, image_size=512)
@@ -185,3 +186,6 @@ def test_vit_global_attention_cpu_blocked_path_matches_reference():
     finally:
         image_encoder._BLOCK_LOGITS = budget
     assert _rel_err(a, b) < 1e-5
+    with torch.enable_grad():
+        c = ours.image_encoder(ours.preprocess(x))
+    assert _rel_err(c.detach(), b) < 1e-5

@@ -24,6 +24,7 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .common import onednn_fusion_applies
 from .transformer import Attention
 
 
@@ -146,16 +147,8 @@ def upscaling_weights(decoder) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def _fused_linear_gelu(act: torch.nn.Module, like: torch.Tensor) -> Optional[str]:
-    """oneDNN's linear with a GELU epilogue applies when act is GELU on float32 CPU tensors without
-    autograd: the GELU's algorithm name, else None. It saves a pass over the largest intermediate
-    and gives the same values as F.gelu (tests/test_sam_decoder_fast.py)."""
-    if not (isinstance(act, torch.nn.GELU) and like.device.type == "cpu" and like.dtype == torch.float32):
-        return None
-    if torch.is_grad_enabled() or not torch.backends.mkldnn.is_available():
-        return None
-    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        return None
-    return act.approximate
+    """The GELU's algorithm name when oneDNN's linear with a GELU epilogue applies (common.py), else None."""
+    return act.approximate if isinstance(act, torch.nn.GELU) and onednn_fusion_applies(like) else None
 
 
 def upscale_masks(decoder, keys: Optional[torch.Tensor], mask_tokens: torch.Tensor, grid: Tuple[int, int],
