@@ -145,6 +145,8 @@ class Attention(nn.Module):
         """Attention before the output projection: global, or in windows when window_size > 0."""
         B, H, W, C = x.shape
         qkv = linear(x, self.qkv)
+        if self.use_rel_pos and x.device.type == "cpu" and not torch.is_grad_enabled() and not tracing():
+            return self._attend_blocked(qkv, window_size)
         if window_size == 0:
             return self._attend(qkv, H, W)
         # The projections run on the real tokens only: a padded token is zero after the reference's
@@ -152,13 +154,38 @@ class Attention(nn.Module):
         pad_h = (window_size - H % window_size) % window_size
         pad_w = (window_size - W % window_size) % window_size
         if pad_h or pad_w:
-            fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(qkv.shape[-1])
-            padded = fill.to(qkv.dtype).expand(B, H + pad_h, W + pad_w, qkv.shape[-1]).clone()
+            padded = self._qkv_bias(qkv).expand(B, H + pad_h, W + pad_w, qkv.shape[-1]).clone()
             padded[:, :H, :W] = qkv
             qkv = padded
         windows, pad_hw = window_partition(qkv, window_size)
         out = self._attend(windows, window_size, window_size)
         return window_unpartition(out, window_size, pad_hw, (H, W))
+
+    def _qkv_bias(self, qkv: torch.Tensor) -> torch.Tensor:
+        return self.qkv.bias.to(qkv.dtype) if self.qkv.bias is not None else qkv.new_zeros(qkv.shape[-1])
+
+    def _attend_blocked(self, qkv: torch.Tensor, window_size: int) -> torch.Tensor:
+        """CPU inference: q, k and v gathered per window and head in one copy (padding filled with
+        the qkv bias), attention query-blocked, the output scattered back in one copy."""
+        B, H, W, _ = qkv.shape
+        heads = self.num_heads
+        d = qkv.shape[-1] // (3 * heads)
+        wh, ww = (window_size, window_size) if window_size else (H, W)
+        nh, nw = -(-H // wh), -(-W // ww)
+        parts = qkv.new_empty(3, B, nh, nw, heads, wh, ww, d)
+        windows = parts.permute(0, 1, 4, 2, 5, 3, 6, 7)  # 3 x B x heads x nh x wh x nw x ww x d
+        copy_grid_windows(qkv.view(B, H, W, 3, heads, d).permute(3, 0, 4, 1, 2, 5), windows, to_windows=True)
+        fill = self._qkv_bias(qkv).view(3, 1, heads, 1, 1, 1, d)
+        if H % wh:
+            windows[..., nh - 1, H % wh :, :, :, :] = fill
+        if W % ww:
+            windows[..., :, :, nw - 1, W % ww :, :] = fill
+        q, k, v = parts.view(3, B * nh * nw, heads, wh * ww, d).unbind(0)
+        out = rel_pos_attention_blocked(q, k, v, self.rel_pos_h, self.rel_pos_w, (wh, ww))
+        result = qkv.new_empty(B, H, W, heads, d)
+        out_windows = out.view(B, nh, nw, heads, wh, ww, d).permute(0, 3, 1, 4, 2, 5, 6)
+        copy_grid_windows(result.permute(0, 3, 1, 2, 4), out_windows, to_windows=False)
+        return result.view(B, H, W, heads * d)
 
     def _attend(self, qkv: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """qkv: B x H x W x 3C -> attention output B x H x W x C (before the output projection)."""
@@ -181,6 +208,25 @@ class Attention(nn.Module):
                 outs.append(F.scaled_dot_product_attention(q[:, hs], k[:, hs], v[:, hs], attn_mask=bias))
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         return x.permute(0, 2, 1, 3).reshape(B, H, W, -1)
+
+
+def copy_grid_windows(grid: torch.Tensor, windows: torch.Tensor, to_windows: bool) -> None:
+    """Copies between a grid (... x H x W x d) and its windows (... x nh x wh x nw x ww x d, the
+    windows' padding beyond H and W untouched): at most four strided copies, full and partial windows."""
+    H, W = grid.shape[-3:-1]
+    nh, wh, nw, ww = windows.shape[-5:-1]
+    for i0, i1, rows in _window_spans(H, wh):
+        for j0, j1, cols in _window_spans(W, ww):
+            win = windows[..., i0:i1, :rows, j0:j1, :cols, :]
+            part = grid[..., i0 * wh : i0 * wh + (i1 - i0) * rows, j0 * ww : j0 * ww + (j1 - j0) * cols, :]
+            part = part.unflatten(-3, (i1 - i0, rows)).unflatten(-2, (j1 - j0, cols))
+            win.copy_(part) if to_windows else part.copy_(win)
+
+
+def _window_spans(size: int, window: int):
+    """(first window, last window + 1, rows used per window) for the full windows and the partial one."""
+    full, rest = divmod(size, window)
+    return ([(0, full, window)] if full else []) + ([(full, full + 1, rest)] if rest else [])
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
