@@ -3,7 +3,7 @@
     bin/python bench/bench_sam.py [--only encoder_vit_b,encoder_vit_t,decoder] [--repeats N]
 
 Prints one line per case with both timings and the ratio reference/grounded (above 1: grounded is
-faster). ViT-B uses random weights (no official ViT-B checkpoint exists offline here; speed does not
+faster). The sides run alternately, --repeats rounds, and each timing is its median. ViT-B uses random weights (no official ViT-B checkpoint exists offline here; speed does not
 depend on the values); MobileSAM uses the real `mobile_sam.pt`.
 """
 
@@ -23,15 +23,19 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # timm deprecations i
 warnings.filterwarnings("ignore", message="Overwriting tiny_vit")
 
 
-def timed(fn, repeats, warmup=1):
+def timed_alternated(fns, repeats, warmup=1):
+    """Median seconds of each function, run in alternating rounds so that every side sees the same
+    machine state (back-to-back runs here drift by 10-30% over minutes)."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(runs) for name, runs in times.items()}
 
 
 def report(name, ref_s, ours_s, extra=""):
@@ -50,65 +54,64 @@ def bench_encoder_vit_b(args):
     with torch.no_grad():
         a, b = ours.image_encoder(x), ref.image_encoder(x)
         err = ((a - b).norm() / b.norm()).item()
-        t_ref = timed(lambda: ref.image_encoder(x), args.repeats, warmup=0)
-        t_ours = timed(lambda: ours.image_encoder(x), args.repeats, warmup=0)
-    report("ViT-B image encoder, 1x3x1024x1024, fp32", t_ref, t_ours, f"(embedding rel. error {err:.1e})")
+        t = timed_alternated({"ref": lambda: ref.image_encoder(x), "ours": lambda: ours.image_encoder(x)}, args.repeats, warmup=0)
+    report("ViT-B image encoder, 1x3x1024x1024, fp32", t["ref"], t["ours"], f"(embedding rel. error {err:.1e})")
 
 
 def _mobile_sam_pair():
     import mobile_sam
 
-    from grounded import weights
     from grounded.sam import from_pretrained
 
-    path = weights.fetch("mobile_sam")
+    path = _mobile_sam_path()
     return from_pretrained(path), mobile_sam.sam_model_registry["vit_t"](checkpoint=str(path)).eval()
 
 
+def _mobile_sam_path():
+    from grounded import weights
+
+    return weights.fetch("mobile_sam")
+
+
 def bench_encoder_vit_t(args):
+    import tempfile
+
+    from grounded.sam import from_pretrained
+    from grounded.sam.onnx_encoder import use_onnxruntime_encoder
+
     ours, ref = _mobile_sam_pair()
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
-        t_ref = timed(lambda: ref.image_encoder(x), args.repeats)
-        t_ours = timed(lambda: ours.image_encoder(x), args.repeats)
-    report("MobileSAM image encoder, 1x3x1024x1024", t_ref, t_ours)
-    expected = ours.image_encoder(x).detach()
-    t_ort, err = _onnxruntime_time(ref.image_encoder, x, expected, args.repeats)
-    report("MobileSAM image encoder: onnxruntime (same weights)", t_ort, t_ours, f"(ORT output rel. error {err:.1e})")
+        expected = ours.image_encoder(x)
     # grounded's own onnxruntime backend (image_encoder_backend="onnxruntime"), the same call.
-    import tempfile
-
-    from grounded.sam.onnx_encoder import use_onnxruntime_encoder
-
-    with tempfile.TemporaryDirectory() as tmp:
-        use_onnxruntime_encoder(ours, cache_dir=tmp)
-        with torch.no_grad():
-            got = ours.image_encoder(x)
-            err = ((got - expected).norm() / expected.norm()).item()
-            t_backend = timed(lambda: ours.image_encoder(x), args.repeats)
+    backend = from_pretrained(_mobile_sam_path())
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        use_onnxruntime_encoder(backend, cache_dir=tmp)
+        backend_err = ((backend.image_encoder(x) - expected).norm() / expected.norm()).item()
+        ort_run, ort_err = _onnxruntime_session(ref.image_encoder, x, expected, tmp)
+        t = timed_alternated({"ref": lambda: ref.image_encoder(x), "ours": lambda: ours.image_encoder(x),
+                              "ort": ort_run, "backend": lambda: backend.image_encoder(x)}, args.repeats)
+    report("MobileSAM image encoder, 1x3x1024x1024", t["ref"], t["ours"])
+    report("MobileSAM image encoder: onnxruntime (same weights)", t["ort"], t["ours"], f"(ORT output rel. error {ort_err:.1e})")
     report("MobileSAM image encoder: onnxruntime export of the reference vs grounded's onnxruntime backend",
-           t_ort, t_backend, f"(backend rel. error {err:.1e})")
+           t["ort"], t["backend"], f"(backend rel. error {backend_err:.1e})")
 
 
-def _onnxruntime_time(module, x, expected, repeats):
+def _onnxruntime_session(module, x, expected, tmp):
     """The same module exported to ONNX (opset 17) and run by onnxruntime on the CPU: what a CPU user
-    picks today. Returns its median time and its output's relative error against `expected`."""
-    import tempfile
-
+    picks today. Returns a function that runs it on x, and its output's relative error against `expected`."""
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/encoder.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        feed = {"x": x.numpy()}
-        out = torch.from_numpy(session.run(None, feed)[0])
-        err = ((out - expected).norm() / expected.norm()).item()
-        return timed(lambda: session.run(None, feed), repeats), err
+    path = f"{tmp}/encoder.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    out = torch.from_numpy(session.run(None, feed)[0])
+    return (lambda: session.run(None, feed)), ((out - expected).norm() / expected.norm()).item()
 
 
 def bench_decoder(args):
@@ -135,11 +138,10 @@ def bench_decoder(args):
             tb = p_ref.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), image.shape[:2])
             p_ref.predict_torch(None, None, boxes=tb, multimask_output=True)
 
-    t_loop = timed(ref_loop, args.repeats)
-    t_batched = timed(ref_batched, args.repeats)
-    t_ours = timed(lambda: p_ours.predict_many(boxes=boxes, multimask_output=True), args.repeats)
-    report("decoder, 64 boxes: reference loop of predict", t_loop, t_ours)
-    report("decoder, 64 boxes: reference predict_torch", t_batched, t_ours)
+    t = timed_alternated({"loop": ref_loop, "batched": ref_batched,
+                          "ours": lambda: p_ours.predict_many(boxes=boxes, multimask_output=True)}, args.repeats)
+    report("decoder, 64 boxes: reference loop of predict", t["loop"], t["ours"])
+    report("decoder, 64 boxes: reference predict_torch", t["batched"], t["ours"])
 
 
 CASES = {"encoder_vit_b": bench_encoder_vit_b, "encoder_vit_t": bench_encoder_vit_t, "decoder": bench_decoder}
