@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, linear
 
 
 class Conv2d_BN(nn.Sequential):
@@ -133,10 +133,12 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.act = act_layer()
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """fc2(act(fc1(norm(x)))), plus residual when given (fused into fc2 where common.linear can)."""
         if torch.onnx.is_in_onnx_export():
-            return self._forward_for_export(x)
-        return self.fc2(self.act(self.fc1(self.norm(x))))
+            out = self._forward_for_export(x)
+            return out if residual is None else residual + out
+        return linear(linear(self.norm(x), self.fc1, self.act), self.fc2, residual=residual)
 
     def _forward_for_export(self, x):
         # The same MLP as two 1x1 convolutions over the tokens laid out as a channels-last column:
@@ -185,7 +187,7 @@ class Attention(nn.Module):
         if torch.onnx.is_in_onnx_export():  # see Mlp._forward_for_export
             qkv = _from_column(_pointwise(_as_column(self.norm(x)), self.qkv), x.shape[:-1])
         else:
-            qkv = self.qkv(self.norm(x))
+            qkv = linear(self.norm(x), self.qkv)
         qkv = qkv.view(B, N, self.num_heads, -1)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # B x nH x N x d
@@ -195,7 +197,7 @@ class Attention(nn.Module):
             x = torch.softmax((q * self.key_dim**-0.5) @ k.transpose(-2, -1) + bias, dim=-1) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(x.transpose(1, 2).reshape(B, N, self.dh))
+        return linear(x.transpose(1, 2).reshape(B, N, self.dh), self.proj)
 
 
 class TinyViTBlock(nn.Module):
@@ -242,6 +244,8 @@ class TinyViTBlock(nn.Module):
         else:
             x = self.local_conv(x.transpose(1, 2).reshape(B, C, H, W))
             x = x.view(B, C, L).transpose(1, 2)
+        if not self.training or isinstance(self.drop_path, nn.Identity):  # DropPath is the identity in eval
+            return self.mlp(x, residual=x)
         return x + self.drop_path(self.mlp(x))
 
 
