@@ -118,8 +118,13 @@ class LowRankTokens:
         d = proj.weight.shape[0] // h
         z = products.get((self.key, id(proj), "zv"), lambda: (self.shared @ proj.weight.T).view(hw, h, d).transpose(0, 1).contiguous())
         constant = F.linear(self.constant, proj.weight, proj.bias).view(1, h, 1, d)
-        weighted = probs if self.scale is None else probs * self.scale[:, None]
-        out = (weighted.transpose(0, 1).reshape(h, n * t, hw) @ z).view(h, n, t, d).transpose(0, 1)
+        # Head-major for the shared product, the scale applied in the same pass.
+        weighted = probs.new_empty(h, n, t, hw)
+        if self.scale is None:
+            weighted.copy_(probs.transpose(0, 1))
+        else:
+            torch.mul(probs.transpose(0, 1), self.scale[None], out=weighted)
+        out = (weighted.view(h, n * t, hw) @ z).view(h, n, t, d).transpose(0, 1)
         if self.weights is not None:
             pb = probs.reshape(n, h * t, hw) @ self.weights.transpose(1, 2)  # N x hT x K'
             rw = self._rows_times(proj.weight).view(n, -1, h, d)
