@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grounded.sam.training.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
+from grounded.sam.training.losses import dice_loss, locator_loss, mask_iou, sam_loss, sigmoid_focal_loss
 
 
 def sig(x):
@@ -81,3 +81,20 @@ def test_single_output_and_weights():
     assert out.ious.item() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="do not fit"):
         sam_loss(logits, iou, torch.zeros(1, 3, 3))
+
+
+def test_locator_loss_by_hand():
+    # a 1 x 2 x 2 heat map against a 4 x 4 mask: each cell's target is the fraction of its 2 x 2 pixels in the mask
+    heat = torch.tensor([[[2.0, -1.0], [0.0, -3.0]]])
+    mask = torch.zeros(1, 4, 4)
+    mask[0, :2, :2] = 1  # cell (0, 0) full
+    mask[0, 2, 0] = 1  # cell (1, 0) a quarter
+    expected = []
+    for x, t in [(2.0, 1.0), (-1.0, 0.0), (0.0, 0.25), (-3.0, 0.0)]:
+        expected.append(-(10 * t * math.log(sig(x)) + (1 - t) * math.log(1 - sig(x))))
+    assert locator_loss(heat, mask).item() == pytest.approx(sum(expected) / 4, rel=1e-6)
+    # pos_weight 1: plain binary cross-entropy; targets already on the heat grid are used as they are
+    cells = torch.tensor([[[1.0, 0.0], [0.25, 0.0]]])
+    plain = sum(-(t * math.log(sig(x)) + (1 - t) * math.log(1 - sig(x)))
+                for x, t in [(2.0, 1.0), (-1.0, 0.0), (0.0, 0.25), (-3.0, 0.0)]) / 4
+    assert locator_loss(heat, cells, pos_weight=1.0).item() == pytest.approx(plain, rel=1e-6)

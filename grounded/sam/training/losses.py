@@ -6,6 +6,9 @@ back-propagated, so each output token is free to specialise on one reading of an
 The IoU head is trained with mean-squared error against each output's true IoU with the target, for
 *every* output, not only the chosen one: otherwise it never learns to rank the outputs, and both
 "take the top-scoring mask" and the mask generator's IoU threshold depend on that ranking.
+
+`locator_loss` trains the text prompt's locator (`grounded.sam.text_prompt`): its heat map over the
+image-embedding grid against the target mask, per cell.
 """
 
 from dataclasses import dataclass
@@ -48,7 +51,7 @@ def mask_iou(logits: torch.Tensor, targets: torch.Tensor, threshold: float = 0.0
 class SamLoss:
     """The combined loss for one decoder call, with what it chose."""
 
-    loss: torch.Tensor  # scalar to back-propagate: mask loss + iou_weight * IoU loss
+    loss: torch.Tensor  # scalar to back-propagate: mask loss + iou_weight * IoU loss (+ the locator's, text.py)
     mask_loss: torch.Tensor  # scalar: mean over prompts of the chosen output's focal*20 + dice
     iou_loss: torch.Tensor  # scalar: mean squared error of the IoU head over all outputs
     chosen: torch.Tensor  # N: index of the output whose mask loss was back-propagated
@@ -71,3 +74,15 @@ def sam_loss(logits: torch.Tensor, iou_predictions: torch.Tensor, targets: torch
     ious = mask_iou(logits, targets)
     iou_loss = F.mse_loss(iou_predictions.float(), ious)
     return SamLoss(mask_loss + iou_weight * iou_loss, mask_loss, iou_loss, chosen, ious)
+
+
+def locator_loss(heat_logits: torch.Tensor, targets: torch.Tensor, pos_weight: float = 10.0) -> torch.Tensor:
+    """Binary cross-entropy of a locator's heat map (N x h x w logits) against the targets (N x H x W,
+    0/1, H and W multiples of h and w), each target cell the fraction of its pixels in the mask.
+    Cells inside the mask weigh `pos_weight` times more: a shape covers a few percent of the grid,
+    and unweighted the map learns "nowhere" first. Mean over cells and masks."""
+    targets = targets.float()
+    if targets.shape[-2:] != heat_logits.shape[-2:]:
+        targets = F.adaptive_avg_pool2d(targets, heat_logits.shape[-2:])
+    weight = torch.as_tensor(pos_weight, dtype=heat_logits.dtype, device=heat_logits.device)
+    return F.binary_cross_entropy_with_logits(heat_logits.float(), targets, pos_weight=weight)

@@ -7,7 +7,15 @@ inference. The crop, as in the paper: the mask's box expanded by a random factor
 squared, and half the time every pixel outside the mask replaced by CLIP's mean colour (zero after
 CLIP's normalisation, so "zeroed" in the space the encoder sees). The decoder's lowest-loss output
 and the IoU head are trained as in the interactive loop (`losses.sam_loss`).
+
+With a locator (`TextPromptProjection(locator=True)`), its heat map is trained against each mask
+(`losses.locator_loss`), and the decoder sees, next to the token, a positive point drawn uniformly
+from the mask: where the locator's peak will be at inference once it is trained. The locator's own
+early guesses are not used as the point: prompted on the wrong shape but scored against the named
+one, the decoder would learn to ignore the point, which is the failure the locator exists to fix.
 """
+
+from dataclasses import replace
 
 from typing import Sequence, Tuple
 
@@ -15,7 +23,7 @@ import numpy as np
 import torch
 
 from ..text_prompt import decode_with_tokens
-from .losses import sam_loss
+from .losses import locator_loss, sam_loss
 
 CLIP_MEAN_RGB = (122, 116, 104)  # OpenAI CLIP's normalisation mean in 0..255 (as grounded.clip.crops)
 
@@ -46,15 +54,36 @@ def text_training_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Gener
     return out
 
 
+def random_points_in(targets: torch.Tensor, img_size: int, rng: np.random.Generator) -> torch.Tensor:
+    """One point per target mask (N x h x w, covering the img_size square frame), uniform over its
+    pixels, at the pixel's centre: N x 1 x 2 (x, y) in the model's resized frame."""
+    n, h, w = targets.shape
+    points = []
+    for t in targets:
+        ys, xs = np.nonzero(t.detach().cpu().numpy() > 0.5)
+        i = int(rng.integers(len(ys)))
+        points.append(((xs[i] + 0.5) * img_size / w, (ys[i] + 0.5) * img_size / h))
+    return torch.tensor(points, dtype=torch.float, device=targets.device)[:, None]
+
+
 def text_prompt_step(sam, projection, clip, image: np.ndarray, masks: np.ndarray, embedding: torch.Tensor,
                      targets: torch.Tensor, rng: np.random.Generator, expand=(1.0, 2.0), zero_outside: float = 0.5,
-                     iou_weight: float = 1.0):
+                     iou_weight: float = 1.0, locator_weight: float = 1.0):
     """Loss of one image's masks prompted by their crops' CLIP image embeddings (multimask output,
-    the lowest-loss mask back-propagated). masks N x H x W (original size, for the crops);
-    targets N x 256 x 256 (the low-res frame); embedding 1 x C x h x w. Returns `SamLoss`."""
+    the lowest-loss mask back-propagated), plus locator_weight x the locator's loss when the
+    projection has one. masks N x H x W (original size, for the crops); targets N x 256 x 256 (the
+    low-res frame, non-empty); embedding 1 x C x h x w. Returns `SamLoss` (its loss the total)."""
     crops = [text_training_crop(image, m, rng, expand, zero_outside) for m in masks]
     with torch.no_grad():
-        clip_embeddings = clip.encode_images(crops).float()
-    tokens = projection(clip_embeddings.to(embedding.device))
-    logits, iou = decode_with_tokens(sam, embedding, tokens, None, multimask_output=True)
-    return sam_loss(logits, iou, targets, iou_weight=iou_weight)
+        clip_embeddings = clip.encode_images(crops).float().to(embedding.device)
+    tokens = projection(clip_embeddings)
+    points = None
+    if projection.locator:
+        point = random_points_in(targets, sam.image_encoder.img_size, rng)
+        points = (point, torch.ones(point.shape[:2], dtype=torch.int, device=point.device))
+    logits, iou = decode_with_tokens(sam, embedding, tokens, points, multimask_output=True)
+    out = sam_loss(logits, iou, targets, iou_weight=iou_weight)
+    if projection.locator:
+        out = replace(out, loss=out.loss + locator_weight * locator_loss(projection.heat_map(clip_embeddings, embedding),
+                                                                          targets))
+    return out

@@ -151,7 +151,8 @@ class Trainer:
             self.clip = clip
             torch.manual_seed(config.seed)
             self.projection = TextPromptProjection(clip.embed_dim, self.model.prompt_encoder.embed_dim,
-                                                   clip_model=config.clip or clip.name).to(self.device)
+                                                   clip_model=config.clip or clip.name,
+                                                   locator=config.text_locator).to(self.device)
         self._set_trainable()
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -183,8 +184,12 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         groups: Dict[float, list] = {}
         for name, p in self.trainable:
-            scale = self.config.text_lr_scale if name.startswith("text_prompt.") else \
-                layer_scale(name, self.model, self.config.layer_decay)
+            if name.startswith("text_prompt.locator_"):
+                scale = self.config.text_locator_lr_scale
+            elif name.startswith("text_prompt."):
+                scale = self.config.text_lr_scale
+            else:
+                scale = layer_scale(name, self.model, self.config.layer_decay)
             groups.setdefault(scale, []).append(p)
         param_groups = [{"params": ps, "lr": self.config.lr * s, "lr_scale": s} for s, ps in sorted(groups.items())]
         return torch.optim.AdamW(param_groups, lr=self.config.lr, betas=tuple(self.config.betas),
@@ -256,7 +261,7 @@ class Trainer:
                 with self._autocast():
                     out = text_prompt_step(self.model, self.projection, self.clip, item.image, prepared.masks,
                                            prepared.embedding, prepared.targets, rng, cfg.text_crop_expand,
-                                           cfg.text_zero_outside, cfg.interactive.iou_weight)
+                                           cfg.text_zero_outside, cfg.interactive.iou_weight, cfg.text_locator_weight)
                 (out.loss / cfg.grad_accum).backward()
                 iou = float(out.ious.gather(1, out.chosen[:, None]).mean())
                 losses.append(float(out.loss.detach()))
