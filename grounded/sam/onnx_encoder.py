@@ -1,6 +1,6 @@
 """An image encoder run by onnxruntime behind the `nn.Module` interface the model already uses.
 
-On a CPU, onnxruntime runs MobileSAM's TinyViT about 1.5-2x faster than eager PyTorch (its fused
+On a CPU, onnxruntime runs MobileSAM's TinyViT about 1.4-1.7x faster than eager PyTorch (its fused
 convolution, GELU and layer-norm kernels). `use_onnxruntime_encoder(sam)` exports the model's own
 encoder once (opset 17; the weights' sha256 names the file in the cache, so a later load reuses it)
 and swaps in `OnnxImageEncoder`; everything that calls `model.image_encoder(x)` (the predictor,
@@ -9,7 +9,7 @@ the mask generator, `Sam.forward`) is unchanged. Inference only: no gradients fl
 TinyViT exports in a layout chosen for onnxruntime (its `torch.onnx.is_in_onnx_export()` branches:
 MLPs and qkv as 1x1 convolutions in onnxruntime's blocked layout, 4-D permutes it folds into layout
 reorders, fused neck layer norms); the same function as the PyTorch encoder, and about 10% faster
-than the plain export of MobileSAM's own module on one thread (on par on two; bench/README.md).
+than the plain export of MobileSAM's own module on one thread (3-6% slower on two; bench/README.md).
 """
 
 from __future__ import annotations
