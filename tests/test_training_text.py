@@ -241,7 +241,7 @@ def found_rate(predictor, clip, projection_dir, scenes) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # 10.3 min on one thread of a 2-core machine shared with a benchmark
-def test_native_text_mode_finds_the_named_shape_after_text_prompt_training(tmp_path_factory, mobile_sam_checkpoint):
+def test_native_text_mode_finds_the_named_shape_after_text_prompt_training(tmp_path_factory, mobile_sam_checkpoint, request):
     """A tiny CLIP trained contrastively on coloured shapes (its image and text halves agree), then
     the projection (its token and its locator) and MobileSAM's decoder trained on CLIP *image*
     embeddings of mask crops only; on held-out scenes of three shapes the CLIP *text* embedding of a
@@ -275,6 +275,7 @@ def test_native_text_mode_finds_the_named_shape_after_text_prompt_training(tmp_p
     from grounded.testing.clip import tiny_trained_clip
     from grounded.testing.shapes import shapes_dataset
 
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
     torch.set_num_threads(1)
     folder = tiny_trained_clip(tmp_path_factory.getbasetemp() / "clip")
     clip = load_clip(str(folder))

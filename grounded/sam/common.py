@@ -13,10 +13,12 @@ def tracing() -> bool:
 
 def onednn_fusion_applies(x: torch.Tensor) -> bool:
     """oneDNN's linear with a fused epilogue (bias, GELU, a residual add) serves float32 inference on
-    the CPU. Besides saving a pass over the output per fused step, its GEMM ran 13-20% faster than
-    the default one on ViT-B's shapes here (bench/README.md). Exports and compilers get plain ops."""
+    the CPU (not under autocast, which picks its own precision). Besides saving a pass over the output
+    per fused step, its GEMM ran 13-20% faster than the default one on ViT-B's shapes here
+    (bench/README.md). Exports and compilers get plain ops."""
     return (
         x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and not tracing()
     )
@@ -27,7 +29,7 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: Optional[nn.Module] = 
     """residual + activation(layer(x)) (either optional), fused into one oneDNN call where
     `onednn_fusion_applies` and the activation is GELU; the same values up to float rounding."""
     fusable = activation is None or (isinstance(activation, nn.GELU) and residual is None)
-    if fusable and onednn_fusion_applies(x):
+    if fusable and layer.weight.dtype == x.dtype and onednn_fusion_applies(x):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
         if activation is not None:

@@ -167,7 +167,7 @@ def upscale_masks(decoder, keys: Optional[torch.Tensor], mask_tokens: torch.Tens
     if out is None:
         out = mask_tokens.new_empty(n, m, 4 * gh, 4 * gw)
     masks = out.view(n, m, 2 * gh, 2, 2 * gw, 2)
-    fused = _fused_linear_gelu(act2, mask_tokens)
+    fused = _fused_linear_gelu(act2, mask_tokens) if w2.dtype == mask_tokens.dtype else None
     if fused is not None:
         # The second product as w2 @ y^T + b2 = [w2 | b2] @ [y | 1]^T, so oneDNN's linear (x @ W^T)
         # gives it transposed with the bias on rows, GELU fused.
