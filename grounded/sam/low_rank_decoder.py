@@ -55,6 +55,10 @@ class Rows:
     matrix: torch.Tensor  # h x d x C, or K x C fixed rows
     key: str  # names `matrix` for shared products
 
+    @property
+    def count(self) -> int:  # K
+        return self.matrix.shape[0] if self.vectors is None else self.vectors.shape[1] * self.vectors.shape[2]
+
     def explicit(self, n: int) -> torch.Tensor:  # N x K x C
         if self.vectors is None:
             return self.matrix.expand(n, -1, -1)
@@ -176,9 +180,8 @@ class LowRankTokens:
         cross = weights.new_empty(weights.shape)
         start = 0
         for r in rows:
-            stop = start + r.matrix.shape[0] if r.vectors is None else start + r.vectors.shape[1] * r.vectors.shape[2]
-            r.times_shared(products.get((r.key, key, "zc^T"), lambda r=r: r.matrix @ zc.T), n, out=cross[:, start:stop])
-            start = stop
+            r.times_shared(products.get((r.key, key, "zc^T"), lambda r=r: r.matrix @ zc.T), n, out=cross[:, start : start + r.count])
+            start += r.count
         s = self.scale
         gram = explicit @ explicit.transpose(1, 2)  # N x K'' x K''
         # sum_k B_k (G B + 2 s cross)_k = B^T G B + 2 s B . cross, all in place in `cross`
