@@ -9,7 +9,8 @@ the mask generator, `Sam.forward`) is unchanged. Inference only: no gradients fl
 TinyViT exports in a layout chosen for onnxruntime (its `torch.onnx.is_in_onnx_export()` branches:
 MLPs and qkv as 1x1 convolutions in onnxruntime's blocked layout, 4-D permutes it folds into layout
 reorders, fused neck layer norms); the same function as the PyTorch encoder, and about 10% faster
-than the plain export of MobileSAM's own module on one thread (3-6% slower on two; bench/README.md).
+than the plain export of MobileSAM's own module on one thread (level within noise on two, 0.94-1.03x;
+bench/README.md).
 """
 
 from __future__ import annotations
