@@ -16,7 +16,6 @@ one, the decoder would learn to ignore the point, which is the failure the locat
 """
 
 from dataclasses import replace
-
 from typing import Sequence, Tuple
 
 import numpy as np
