@@ -30,8 +30,10 @@ def timed_alternated(fns, repeats, warmup=1):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for round_ in range(repeats):
+        # Every other round runs the sides in reverse order (ABBA), so that no side always follows the
+        # same one: a session's worker threads can still be spinning when the next side starts.
+        for name, fn in (list(fns.items()) if round_ % 2 == 0 else list(fns.items())[::-1]):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -77,24 +79,28 @@ def bench_encoder_vit_t(args):
     import tempfile
 
     from grounded.sam import from_pretrained
-    from grounded.sam.onnx_encoder import use_onnxruntime_encoder
+    from grounded.sam.onnx_encoder import use_onnxruntime_encoder, use_openvino_encoder
 
     ours, ref = _mobile_sam_pair()
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
         expected = ours.image_encoder(x)
-    # grounded's own onnxruntime backend (image_encoder_backend="onnxruntime"), the same call.
-    backend = from_pretrained(_mobile_sam_path())
+    # grounded's own backends (image_encoder_backend="onnxruntime" / "openvino"), the same call.
+    ort_backend, ov_backend = from_pretrained(_mobile_sam_path()), from_pretrained(_mobile_sam_path())
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        use_onnxruntime_encoder(backend, cache_dir=tmp)
-        backend_err = ((backend.image_encoder(x) - expected).norm() / expected.norm()).item()
+        use_onnxruntime_encoder(ort_backend, cache_dir=tmp)
+        use_openvino_encoder(ov_backend, cache_dir=tmp)
+        errors = {name: ((model.image_encoder(x) - expected).norm() / expected.norm()).item()
+                  for name, model in (("onnxruntime", ort_backend), ("openvino", ov_backend))}
         ort_run, ort_err = _onnxruntime_session(ref.image_encoder, x, expected, tmp)
         t = timed_alternated({"ref": lambda: ref.image_encoder(x), "ours": lambda: ours.image_encoder(x),
-                              "ort": ort_run, "backend": lambda: backend.image_encoder(x)}, args.repeats)
+                              "ort": ort_run, "onnxruntime": lambda: ort_backend.image_encoder(x),
+                              "openvino": lambda: ov_backend.image_encoder(x)}, args.repeats)
     report("MobileSAM image encoder, 1x3x1024x1024", t["ref"], t["ours"])
     report("MobileSAM image encoder: onnxruntime (same weights)", t["ort"], t["ours"], f"(ORT output rel. error {ort_err:.1e})")
-    report("MobileSAM image encoder: onnxruntime export of the reference vs grounded's onnxruntime backend",
-           t["ort"], t["backend"], f"(backend rel. error {backend_err:.1e})")
+    for name in ("onnxruntime", "openvino"):
+        report(f"MobileSAM image encoder: onnxruntime export of the reference vs grounded's {name} backend",
+               t["ort"], t[name], f"(backend rel. error {errors[name]:.1e})")
 
 
 def _onnxruntime_session(module, x, expected, tmp):

@@ -238,25 +238,26 @@ def test_retry_errors_after_fixing_a_file(tmp_path, tiny_model_dir):
     assert read_jsonl(tmp_path / "out" / "errors.jsonl") == []
 
 
-def test_encoder_backend_onnxruntime_gives_the_same_masks(tmp_path, tiny_model_dir, monkeypatch):
-    """`encoder_backend=onnxruntime` on a SAM node: the image encoder runs in onnxruntime (exported
-    once into $GROUNDED_CACHE/onnx) and the masks equal the torch encoder's."""
-    from grounded.sam.onnx_encoder import OnnxImageEncoder
+def test_encoder_backends_give_the_same_masks(tmp_path, tiny_model_dir, monkeypatch):
+    """`encoder_backend=onnxruntime` or `openvino` on a SAM node: the image encoder runs from its
+    export (made once into $GROUNDED_CACHE/onnx) and the masks equal the torch encoder's."""
+    from grounded.sam.onnx_encoder import OnnxImageEncoder, OpenVinoImageEncoder
 
     monkeypatch.setenv("GROUNDED_CACHE", str(tmp_path / "cache"))
     Image.fromarray(picture(40, 30)).save(tmp_path / "a.png")
     outputs = {}
-    for backend in ("torch", "onnxruntime"):
+    for backend in ("torch", "onnxruntime", "openvino"):
         report = auto_masks(tiny_model_dir, **{"segment_auto.encoder_backend": backend}).run([tmp_path / "a.png"], tmp_path / backend,
                                                                           progress=False)
         assert report.ok == 1
         outputs[backend] = read_jsonl(tmp_path / backend / "manifest.jsonl")[0]["detections"]
-    assert outputs["torch"] == outputs["onnxruntime"] > 0
-    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert outputs["torch"] == outputs["onnxruntime"] == outputs["openvino"] > 0
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1  # one export serves both runtimes
     with ModelCache() as models:
         predictor = models.sam_predictor(tiny_model_dir, "cpu", None, "onnxruntime")
         assert isinstance(predictor.model.image_encoder, OnnxImageEncoder)
         assert models.sam_predictor(tiny_model_dir, "cpu", None, "onnxruntime") is predictor
+        assert isinstance(models.sam_predictor(tiny_model_dir, "cpu", None, "openvino").model.image_encoder, OpenVinoImageEncoder)
         assert not isinstance(models.sam_predictor(tiny_model_dir, "cpu").model.image_encoder, OnnxImageEncoder)
         with pytest.raises(ValueError, match="encoder_backend 'tensorrt'"):
             models.sam_predictor(tiny_model_dir, "cpu", None, "tensorrt")

@@ -1,22 +1,27 @@
-"""The onnxruntime image encoder (`use_onnxruntime_encoder`) against the PyTorch encoder it was
-exported from, on the same random weights, and through the predictor."""
+"""The exported image encoder run by onnxruntime and by OpenVINO (`use_exported_encoder`) against the
+PyTorch encoder it was exported from, on the same random weights, and through the predictor."""
 
 import numpy as np
 import pytest
 import torch
 
 from grounded.sam import SamPredictor
-from grounded.sam.onnx_encoder import OnnxImageEncoder, use_onnxruntime_encoder
+from grounded.sam.onnx_encoder import (OnnxImageEncoder, OpenVinoImageEncoder, use_exported_encoder,
+                                       use_onnxruntime_encoder, use_openvino_encoder)
 from grounded.testing import tiny_sam
 
 pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+ENCODER_CLASSES = {"onnxruntime": OnnxImageEncoder, "openvino": OpenVinoImageEncoder}
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("encoder", ["vit", "tiny_vit"])
-def test_embeddings_and_masks_equal_the_pytorch_encoder(encoder, tmp_path):
+def test_embeddings_and_masks_equal_the_pytorch_encoder(encoder, backend, tmp_path):
     torch_model, ort_model = tiny_sam(encoder), tiny_sam(encoder)
-    use_onnxruntime_encoder(ort_model, cache_dir=tmp_path)
-    assert isinstance(ort_model.image_encoder, OnnxImageEncoder)
+    use_exported_encoder(ort_model, backend, cache_dir=tmp_path)
+    assert isinstance(ort_model.image_encoder, ENCODER_CLASSES[backend])
     size = torch_model.image_encoder.img_size
     x = torch.randn(2, 3, size, size)  # a batch: run one image at a time
     with torch.no_grad():
@@ -50,14 +55,53 @@ def test_export_is_cached_by_weights(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
-def test_real_mobile_sam_encoder_on_onnxruntime(mobile_sam_checkpoint, tmp_path):
+def test_switching_backend_reuses_the_export(tmp_path):
+    model = use_onnxruntime_encoder(tiny_sam("vit", seed=1), cache_dir=tmp_path)
+    path = model.image_encoder.onnx_path
+    use_openvino_encoder(model, cache_dir=tmp_path)
+    assert isinstance(model.image_encoder, OpenVinoImageEncoder) and model.image_encoder.onnx_path == path
+    assert use_openvino_encoder(model).image_encoder.onnx_path == path  # already that backend: unchanged
+    assert list(tmp_path.glob("*.onnx")) == [path]
+
+
+def test_unknown_backend_and_gpu_input_are_refused(tmp_path):
+    model = tiny_sam("vit")
+    with pytest.raises(ValueError, match="unknown image encoder backend 'tensorrt'"):
+        use_exported_encoder(model, "tensorrt", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown image_encoder_backend 'tensorrt'"):
+        from grounded.sam import from_pretrained
+
+        from_pretrained(tmp_path / "missing", image_encoder_backend="tensorrt")
+    use_openvino_encoder(model, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="openvino image encoder runs on the CPU"):
+        model.image_encoder(torch.zeros(1, 3, 8, 8, device="meta"))
+
+
+def test_a_missing_runtime_names_the_package(tmp_path, monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def without_openvino(name, *args):
+        if name == "openvino":
+            raise ImportError("No module named 'openvino'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_openvino)
+    with pytest.raises(ImportError, match="needs the 'openvino' package: pip install 'grounded\\[onnx\\]'"):
+        use_openvino_encoder(tiny_sam("vit"), cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_real_mobile_sam_encoder_on_each_backend(backend, mobile_sam_checkpoint, tmp_path):
     from grounded.sam import from_pretrained
 
     torch_model = from_pretrained(mobile_sam_checkpoint)
-    ort_model = use_onnxruntime_encoder(from_pretrained(mobile_sam_checkpoint), cache_dir=tmp_path)
+    exported = use_exported_encoder(from_pretrained(mobile_sam_checkpoint), backend, cache_dir=tmp_path)
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
-        expected, got = torch_model.image_encoder(x), ort_model.image_encoder(x)
+        expected, got = torch_model.image_encoder(x), exported.image_encoder(x)
+    # float32 all the way: OpenVINO's bf16 default on bf16-capable CPUs would be near 1e-2.
     assert ((got - expected).norm() / expected.norm()).item() < 1e-4
 
 

@@ -44,7 +44,7 @@ def parse_dtype(dtype: Any):
     return None if name is None else getattr(torch, name)
 
 
-ENCODER_BACKENDS = ("torch", "onnxruntime")
+ENCODER_BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 def resolve_device(device: Any) -> str:
@@ -75,9 +75,11 @@ def _load_sam_predictor(cache: "ModelCache", name: str, device: str, dtype: Any,
 DEFAULT_LOADERS: Mapping[str, Any] = {
     "sam": _load_sam,
     "sam_predictor": _load_sam_predictor,
-    # The same models with the image encoder run by onnxruntime (CPU; sam/onnx_encoder.py).
+    # The same models with the image encoder run by onnxruntime or OpenVINO (CPU; sam/onnx_encoder.py).
     "sam_onnxruntime": partial(_load_sam, image_encoder_backend="onnxruntime"),
     "sam_predictor_onnxruntime": partial(_load_sam_predictor, model_kind="sam_onnxruntime"),
+    "sam_openvino": partial(_load_sam, image_encoder_backend="openvino"),
+    "sam_predictor_openvino": partial(_load_sam_predictor, model_kind="sam_openvino"),
     # Other kinds by import path ("module:function"), imported only when a model of that kind is loaded.
     "blip": "grounded.nodes.caption:_load_blip",
     "grounding_dino": "grounded.nodes.detect:_load_grounding_dino",
@@ -132,10 +134,10 @@ class ModelCache:
     def sam_predictor(self, name_or_path: Any, device: Any = "auto", dtype: Any = None, encoder_backend: str = "torch"):
         """The shared `SamPredictor` of that model (one embedding cache for every node using it);
         `dtype` bf16/fp16 runs it under autocast over the float32 model; `encoder_backend`
-        "onnxruntime" runs its image encoder in onnxruntime (CPU)."""
+        "onnxruntime" or "openvino" runs its image encoder in that runtime (CPU)."""
         if encoder_backend not in ENCODER_BACKENDS:
             raise ValueError(f"unknown encoder_backend {encoder_backend!r}; use one of {list(ENCODER_BACKENDS)}")
-        kind = "sam_predictor" if encoder_backend == "torch" else "sam_predictor_onnxruntime"
+        kind = "sam_predictor" if encoder_backend == "torch" else f"sam_predictor_{encoder_backend}"
         return self.get(kind, name_or_path, device, dtype)
 
     def loaded(self) -> List[Tuple[str, str, str, str]]:

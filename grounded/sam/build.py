@@ -280,11 +280,12 @@ def from_pretrained(
 
     model_type ('vit_h', 'vit_l', 'vit_b', 'vit_t') checks the checkpoint is that variant; by default the
     dimensions come from the checkpoint itself. Raises FileNotFoundError naming every place tried.
-    image_encoder_backend="onnxruntime" runs the image encoder in onnxruntime (CPU, float32; see
-    `onnx_encoder.py`), the rest in PyTorch.
+    image_encoder_backend="onnxruntime" or "openvino" runs the image encoder in that runtime (CPU,
+    float32; see `onnx_encoder.py`), the rest in PyTorch.
     """
-    if image_encoder_backend not in ("torch", "onnxruntime"):
-        raise ValueError(f"unknown image_encoder_backend {image_encoder_backend!r}; use 'torch' or 'onnxruntime'")
+    if image_encoder_backend not in ("torch", "onnxruntime", "openvino"):
+        raise ValueError(f"unknown image_encoder_backend {image_encoder_backend!r}; "
+                         "use 'torch', 'onnxruntime' or 'openvino'")
     tried: List[str] = []
     state_dict, config = _resolve(str(name_or_path), tried, cache_dir, revision)
     if state_dict is None:
@@ -301,10 +302,10 @@ def from_pretrained(
         model = build_sam(config)
     load_state_dict_strict(model, state_dict, str(name_or_path))
     model = model.to(device=device, dtype=dtype).eval()
-    if image_encoder_backend == "onnxruntime":
-        from .onnx_encoder import use_onnxruntime_encoder
+    if image_encoder_backend != "torch":
+        from .onnx_encoder import use_exported_encoder
 
-        use_onnxruntime_encoder(model)
+        use_exported_encoder(model, image_encoder_backend)
     return model
 
 

@@ -49,25 +49,30 @@ class SharedProducts:
 @dataclass
 class Rows:
     """Rows of W: an attention's values through its output projection (row (h, t) =
-    vectors[:, h, t] @ matrix[h]), or fixed rows that every prompt shares."""
+    vectors[:, h, t] @ matrix[h]), or fixed rows: shared by every prompt (K x C) or one set per
+    prompt (N x K x C)."""
 
     vectors: Optional[torch.Tensor]  # N x h x T x d; None for fixed rows
-    matrix: torch.Tensor  # h x d x C, or K x C fixed rows
+    matrix: torch.Tensor  # h x d x C, or K x C / N x K x C fixed rows
     key: str  # names `matrix` for shared products
 
     @property
+    def per_prompt(self) -> bool:  # fixed rows of each prompt's own: nothing about them is shared
+        return self.vectors is None and self.matrix.dim() == 3
+
+    @property
     def count(self) -> int:  # K
-        return self.matrix.shape[0] if self.vectors is None else self.vectors.shape[1] * self.vectors.shape[2]
+        return self.matrix.shape[-2] if self.vectors is None else self.vectors.shape[1] * self.vectors.shape[2]
 
     def explicit(self, n: int) -> torch.Tensor:  # N x K x C
         if self.vectors is None:
-            return self.matrix.expand(n, -1, -1)
+            return self.matrix if self.per_prompt else self.matrix.expand(n, -1, -1)
         _, h, t, _ = self.vectors.shape
         return torch.einsum("nhtd,hdc->nhtc", self.vectors, self.matrix).reshape(n, h * t, -1)
 
     def times_shared(self, shared_t: torch.Tensor, n: int, out: torch.Tensor) -> torch.Tensor:
         """rows @ S^T for a prompt-independent S^T given per head (h x d x HW) for vector rows, or as
-        K x HW for fixed rows, written to out (N x K x HW)."""
+        K x HW (N x K x HW per prompt) for fixed rows, written to out (N x K x HW)."""
         if self.vectors is None:
             return out.copy_(shared_t.expand(n, -1, -1))
         _, h, t, d = self.vectors.shape
@@ -158,29 +163,38 @@ class LowRankTokens:
         """LayerNorm(tokens + out_proj(attn_map^T @ values)): attn_map N x (h*T) x HW, values N x h x T x d.
         buffer (N x rows x HW) holds the weights B of every layer: this one's rows follow the present ones."""
         n, h, t, d = values.shape
-        c = self.shared.shape[1]
+        c, hw = self.shared.shape[1], self.shared.shape[0]
         key = f"{self.key}/{name}"
         out_matrix = products.get((name, "out"), lambda: out_proj.weight.T.reshape(h, d, c))
-        constant = self.constant + out_proj.bias
-        rows = self.rows + [Rows(values, out_matrix, f"{name}/U"), Rows(None, constant[None], f"{key}/const")]
+        # Each head's attention over the T tokens sums to one, so the last token's weight is one minus
+        # the others': sum_t a_t u_t = sum_{t<T} a_t (u_t - u_T) + u_T. The last tokens' rows join the
+        # constant row, which becomes each prompt's own: h - 1 fewer rows per layer.
+        last = torch.einsum("nhd,hdc->nc", values[:, :, -1], out_matrix)
+        constant = (self.constant + out_proj.bias + last)[:, None]  # N x 1 x C
+        rows = self.rows + [Rows(values[:, :, :-1] - values[:, :, -1:], out_matrix, f"{name}/U"),
+                            Rows(None, constant, f"{key}/const")]
         present = 0 if self.weights is None else self.weights.shape[1]
         if present and self.weights.data_ptr() != buffer.data_ptr():
             buffer[:, :present] = self.weights
-        weights = buffer[:, : present + h * t + 1]  # N x K'' x HW
-        weights[:, present : present + h * t] = attn_map
+        added = h * (t - 1)
+        weights = buffer[:, : present + added + 1]  # N x K'' x HW
+        weights[:, present : present + added].view(n, h, t - 1, hw).copy_(attn_map.view(n, h, t, hw)[:, :, :-1])
         weights[:, -1] = 1.0
+
+        def shared(r: Rows, tag: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+            return compute() if r.per_prompt else products.get((r.key, key, tag), compute)
 
         # Centre every part over the channels (linear), then the variance from the form.
         zc = products.get((key, "zc"), lambda: self.shared - self.shared.mean(1, keepdim=True))
         zc_sq = products.get((key, "zc2"), lambda: (zc * zc).sum(1))
-        centred = [Rows(r.vectors, products.get((r.key, "c"), lambda r=r: r.matrix - r.matrix.mean(-1, keepdim=True)),
-                        r.key + "/c") for r in rows]
+        centred = [Rows(r.vectors, shared(r, "c", lambda r=r: r.matrix - r.matrix.mean(-1, keepdim=True)), r.key + "/c")
+                   for r in rows]
         explicit = torch.cat([r.explicit(n) for r in centred], dim=1)  # N x K'' x C
         # cross = rows . Zc (Zc is centred, so the uncentred matrices give the same): shared per matrix.
         cross = weights.new_empty(weights.shape)
         start = 0
         for r in rows:
-            r.times_shared(products.get((r.key, key, "zc^T"), lambda r=r: r.matrix @ zc.T), n, out=cross[:, start : start + r.count])
+            r.times_shared(shared(r, "zc^T", lambda r=r: r.matrix @ zc.T), n, out=cross[:, start : start + r.count])
             start += r.count
         s = self.scale
         gram = explicit @ explicit.transpose(1, 2)  # N x K'' x K''
@@ -198,7 +212,7 @@ class LowRankTokens:
             scale=rstd if s is None else rstd * s,
             shared=products.get((new_key, "z"), lambda: zc * gamma),
             key=new_key,
-            rows=[Rows(r.vectors, products.get((r.key, "g"), lambda r=r: r.matrix * gamma), r.key + "/g") for r in centred],
+            rows=[Rows(r.vectors, shared(r, "g", lambda r=r: r.matrix * gamma), r.key + "/g") for r in centred],
             weights=weights.mul_(rstd),
             constant=norm.bias,
         )
@@ -218,8 +232,8 @@ def run_transformer(transformer, products: SharedProducts, image_tokens: torch.T
     keys = LowRankTokens(None, image_tokens[0], "k0", [], None, image_tokens.new_zeros(image_tokens.shape[2]))
     queries, query_pe = tokens, tokens
     n, t, _ = tokens.shape
-    # Every layer adds h*T attention rows and a constant row to the weights B; one buffer holds them all.
-    rows = sum(layer.cross_attn_image_to_token.num_heads * t + 1 for layer in transformer.layers)
+    # Every layer adds h*(T-1) attention rows and a constant row to the weights B; one buffer holds them all.
+    rows = sum(layer.cross_attn_image_to_token.num_heads * (t - 1) + 1 for layer in transformer.layers)
     buffer = tokens.new_empty(n, rows, image_tokens.shape[1])
     for index, layer in enumerate(transformer.layers):
         queries = layer.token_self_attention(queries, query_pe)

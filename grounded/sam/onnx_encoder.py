@@ -1,16 +1,18 @@
-"""An image encoder run by onnxruntime behind the `nn.Module` interface the model already uses.
+"""The image encoder exported to ONNX and run by onnxruntime or OpenVINO behind the `nn.Module`
+interface the model already uses.
 
-On a CPU, onnxruntime runs MobileSAM's TinyViT about 1.4-1.7x faster than eager PyTorch (its fused
-convolution, GELU and layer-norm kernels). `use_onnxruntime_encoder(sam)` exports the model's own
-encoder once (opset 17; the weights' sha256 names the file in the cache, so a later load reuses it)
-and swaps in `OnnxImageEncoder`; everything that calls `model.image_encoder(x)` (the predictor,
-the mask generator, `Sam.forward`) is unchanged. Inference only: no gradients flow through it.
+On a CPU both run MobileSAM's TinyViT well ahead of eager PyTorch (fused convolution, GELU and
+layer-norm kernels). `use_exported_encoder(sam, backend)` exports the model's own encoder once
+(opset 17; the weights' sha256 names the file in the cache, so a later load reuses it) and swaps in
+`OnnxImageEncoder` or `OpenVinoImageEncoder`; everything that calls `model.image_encoder(x)` (the
+predictor, the mask generator, `Sam.forward`) is unchanged. Inference only: no gradients flow through it.
 
 TinyViT exports in a layout chosen for onnxruntime (its `torch.onnx.is_in_onnx_export()` branches:
 MLPs and qkv as 1x1 convolutions in onnxruntime's blocked layout, 4-D permutes it folds into layout
-reorders, fused neck layer norms); the same function as the PyTorch encoder, and about 10% faster
-than the plain export of MobileSAM's own module on one thread (level within noise on two, 0.94-1.03x;
-bench/README.md).
+reorders, fused neck layer norms); the same function as the PyTorch encoder. On this project's 2-core
+machine (bench/README.md), against the reference module exported to onnxruntime: onnxruntime runs
+this export level with it (0.94-1.04x over runs, 1.07-1.10x on one thread), OpenVINO runs it
+1.14-1.22x faster, in float32 (its precision hint is pinned: it would pick bf16 where the CPU has it).
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+import threading
 from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+
+BACKENDS = ("onnxruntime", "openvino")
 
 # Part of the cache file's name: bump it whenever the exported graph changes (not only the weights),
 # so a cache written by older code is not reused. 2: TinyViT's export-only layout (fewer Transposes,
@@ -68,45 +73,114 @@ def export_encoder(encoder: nn.Module, path: Union[str, Path]) -> Path:
     return path
 
 
-class OnnxImageEncoder(nn.Module):
-    """`model.image_encoder` run by an onnxruntime session: Bx3xSxS float32 -> Bx256x(S/16)x(S/16)."""
+class ExportedImageEncoder(nn.Module):
+    """`model.image_encoder` run from its ONNX export: Bx3xSxS float32 -> Bx256x(S/16)x(S/16), one
+    image at a time (TinyViT's traced reshapes fix the batch size). Subclasses run one 1x3xSxS array."""
 
-    def __init__(self, onnx_path: Union[str, Path], img_size: int, threads: Optional[int] = None):
+    backend = ""
+
+    def __init__(self, onnx_path: Union[str, Path], img_size: int):
         super().__init__()
-        import onnxruntime as ort
-
         self.onnx_path = Path(onnx_path)
         self.img_size = img_size
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
-            raise ValueError("the onnxruntime image encoder runs on the CPU; keep the model on the CPU "
+            raise ValueError(f"the {self.backend} image encoder runs on the CPU; keep the model on the CPU "
                              "or use the PyTorch encoder on a GPU")
         images = x.detach().float().contiguous().numpy()
-        embeddings = [self.session.run(None, {"image": image[None]})[0] for image in images]
+        embeddings = [self._run(image[None]) for image in images]
         return torch.from_numpy(np.concatenate(embeddings)).to(x.dtype)
+
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"onnx_path={str(self.onnx_path)!r}, img_size={self.img_size}"
 
 
-def use_onnxruntime_encoder(sam, cache_dir: Optional[Union[str, Path]] = None, threads: Optional[int] = None):
-    """Swap `sam.image_encoder` for an onnxruntime session of the same weights (exported on first
-    use into `cache_dir`, default `~/.cache/grounded/onnx`). Returns `sam`."""
+class OnnxImageEncoder(ExportedImageEncoder):
+    """The export run by an onnxruntime session."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, onnx_path: Union[str, Path], img_size: int, threads: Optional[int] = None):
+        super().__init__(onnx_path, img_size)
+        ort = _import_backend("onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": image})[0]
+
+
+class OpenVinoImageEncoder(ExportedImageEncoder):
+    """The export compiled by OpenVINO for the CPU: float32 (never its bf16 default on CPUs that have
+    bf16), latency mode, and without pinning threads to cores (this runs inside the caller's process)."""
+
+    backend = "openvino"
+
+    def __init__(self, onnx_path: Union[str, Path], img_size: int, threads: Optional[int] = None):
+        super().__init__(onnx_path, img_size)
+        ov = _import_backend("openvino")
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False,
+        }
+        self.compiled = core.compile_model(core.read_model(str(self.onnx_path)), "CPU", config)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request, whose output buffer the next call reuses
+
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._request.infer({0: image})
+            return self._request.get_output_tensor(0).data.copy()
+
+
+_ENCODERS = {"onnxruntime": OnnxImageEncoder, "openvino": OpenVinoImageEncoder}
+
+
+def _import_backend(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ImportError(f"the {name} image encoder needs the {name!r} package: pip install 'grounded[onnx]'") from error
+
+
+def use_exported_encoder(sam, backend: str, cache_dir: Optional[Union[str, Path]] = None, threads: Optional[int] = None):
+    """Swap `sam.image_encoder` for its ONNX export run by `backend` ("onnxruntime" or "openvino"),
+    exported on first use into `cache_dir` (default `~/.cache/grounded/onnx`). Returns `sam`."""
+    if backend not in _ENCODERS:
+        raise ValueError(f"unknown image encoder backend {backend!r}; use one of {', '.join(BACKENDS)}")
     encoder = sam.image_encoder
-    if isinstance(encoder, OnnxImageEncoder):
+    if isinstance(encoder, ExportedImageEncoder):
+        if encoder.backend != backend:  # the export is already there; only the runtime changes
+            sam.image_encoder = _ENCODERS[backend](encoder.onnx_path, encoder.img_size, threads)
         return sam
     if next(encoder.parameters()).device.type != "cpu":
-        raise ValueError("the onnxruntime image encoder is for CPU models; this model is on "
+        raise ValueError(f"the {backend} image encoder is for CPU models; this model is on "
                          f"{next(encoder.parameters()).device}")
     encoder = encoder.float()
     name = f"{type(encoder).__name__}-v{EXPORT_VERSION}-{_weights_digest(encoder)}.onnx"
     path = Path(cache_dir or default_cache_dir()) / name
     if not path.exists():
         export_encoder(encoder, path)
-    sam.image_encoder = OnnxImageEncoder(path, encoder.img_size, threads)
+    sam.image_encoder = _ENCODERS[backend](path, encoder.img_size, threads)
     return sam
+
+
+def use_onnxruntime_encoder(sam, cache_dir: Optional[Union[str, Path]] = None, threads: Optional[int] = None):
+    """`use_exported_encoder(sam, "onnxruntime", ...)`."""
+    return use_exported_encoder(sam, "onnxruntime", cache_dir, threads)
+
+
+def use_openvino_encoder(sam, cache_dir: Optional[Union[str, Path]] = None, threads: Optional[int] = None):
+    """`use_exported_encoder(sam, "openvino", ...)`."""
+    return use_exported_encoder(sam, "openvino", cache_dir, threads)
