@@ -12,7 +12,7 @@ MLPs and qkv as 1x1 convolutions in onnxruntime's blocked layout, 4-D permutes i
 reorders, fused neck layer norms); the same function as the PyTorch encoder. On this project's 2-core
 machine (bench/README.md), against the reference module exported to onnxruntime: onnxruntime runs
 this export level with it (0.94-1.04x over runs, 1.07-1.10x on one thread), OpenVINO runs it
-1.14-1.22x faster, in float32 (its precision hint is pinned: it would pick bf16 where the CPU has it).
+1.14-1.21x faster (1.17x on one), in float32 (its precision hint is pinned: it would pick bf16 where the CPU has it).
 """
 
 from __future__ import annotations
