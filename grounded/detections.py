@@ -6,7 +6,8 @@ share. Masks are stored as COCO run-length encodings (pycocotools-compatible dic
 [H, W] and `counts` as a str, see `grounded.io.masks`) and decoded only when asked for: a hundred
 full-resolution boolean masks per image would otherwise dominate a pipeline's memory.
 
-Only numpy is imported here; torchvision (NMS) is imported by the method that needs it.
+The RLE codec lives in `grounded.io.masks` (numpy; importing `grounded.io` also loads Pillow); torchvision
+(NMS) is imported only by the method that needs it.
 """
 
 from __future__ import annotations
@@ -15,55 +16,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .io.masks import decode_masks, encode_masks, jsonable, normalize_rle, rle_areas, rle_boxes_xyxy
+
 RLE = Dict[str, Any]  # {"size": [H, W], "counts": str}
-
-
-# ---- run-length encoding (grounded.io.masks: numpy only, byte-compatible with pycocotools) -----
-
-def encode_masks(masks: np.ndarray) -> List[RLE]:
-    """NxHxW boolean masks -> N COCO RLE dicts with `counts` as a str (JSON-ready)."""
-    from .io.masks import compress_rle, encode_rle
-
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be NxHxW, got shape {masks.shape}")
-    return [compress_rle(encode_rle(m)) for m in masks]
-
-
-def decode_masks(rles: Sequence[RLE], size: Optional[Tuple[int, int]] = None) -> np.ndarray:
-    """N COCO RLE dicts (compressed or uncompressed counts) -> NxHxW bool."""
-    from .io.masks import decode_rle
-
-    if len(rles) == 0:
-        if size is None:
-            raise ValueError("decoding zero masks needs the image size")
-        return np.zeros((0, *size), dtype=bool)
-    return np.stack([decode_rle(r) for r in rles])
-
-
-def _normalize_rle(rle: Mapping) -> RLE:
-    """Any RLE dict (str, bytes or list counts) -> the compressed form with str counts."""
-    from .io.masks import compress_rle
-
-    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
-        raise ValueError(f"a mask RLE must be a dict with 'size' and 'counts', got {type(rle).__name__}")
-    return compress_rle(dict(rle))
-
-
-def rle_area(rles: Sequence[RLE]) -> np.ndarray:
-    """Pixel count of each RLE mask, without decoding it."""
-    from .io.masks import rle_area as area_of
-
-    return np.array([area_of(r) for r in rles], dtype=np.int64)
-
-
-def rle_to_xyxy(rles: Sequence[RLE]) -> np.ndarray:
-    """Tight boxes (x0, y0, x1, y1; x1/y1 exclusive) of RLE masks; an empty mask gives zeros."""
-    from .io.masks import rle_to_bbox
-
-    xywh = np.array([rle_to_bbox(r) for r in rles], dtype=np.float32).reshape(-1, 4)
-    xywh[:, 2:] += xywh[:, :2]
-    return xywh
 
 
 # ---- Detections -------------------------------------------------------------------------------
@@ -116,7 +71,7 @@ class Detections:
             image_size = _same_size(image_size, mask.shape[1:], "mask")
             rles = encode_masks(mask)
         elif rles is not None:
-            rles = [_normalize_rle(r) for r in rles]
+            rles = [normalize_rle(r) for r in rles]
             if len(rles) != n:
                 raise ValueError(f"{len(rles)} masks for {n} boxes")
             for r in rles:
@@ -149,7 +104,7 @@ class Detections:
         """Detections whose boxes are the tight boxes of their masks (NxHxW bool)."""
         mask = np.asarray(mask, dtype=bool)
         rles = encode_masks(mask)
-        return cls(rle_to_xyxy(rles), rles=rles, image_size=mask.shape[1:], **kwargs)
+        return cls(rle_boxes_xyxy(rles), rles=rles, image_size=mask.shape[1:], **kwargs)
 
     @classmethod
     def from_sam_records(cls, records: Sequence[Mapping], image_size: Optional[Tuple[int, int]] = None) -> "Detections":
@@ -163,7 +118,7 @@ class Detections:
         for r in records:
             seg = r["segmentation"]
             if isinstance(seg, Mapping):
-                rles.append(_normalize_rle(seg))
+                rles.append(normalize_rle(seg))
             else:
                 binary.append(np.asarray(seg, dtype=bool))
         if binary and rles:
@@ -172,7 +127,7 @@ class Detections:
             rles = encode_masks(np.stack(binary))
         # Boxes from the masks, as COCO counts them (a one-pixel mask is 1x1); the records' own
         # bbox follows SAM's convention, one pixel smaller.
-        xyxy = rle_to_xyxy(rles)
+        xyxy = rle_boxes_xyxy(rles)
         data: Dict[str, Any] = {}
         for key in ("stability_score", "point_coords", "crop_box"):
             if all(key in r for r in records):
@@ -219,7 +174,7 @@ class Detections:
     def area(self) -> np.ndarray:
         """Mask pixel counts when there are masks, otherwise box areas."""
         if self._rles is not None:
-            return rle_area(self._rles)
+            return rle_areas(self._rles)
         wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0, None)
         return wh[:, 0] * wh[:, 1]
 
@@ -371,7 +326,7 @@ class Detections:
             if self.labels is not None:
                 ann["label"] = self.labels[i]
             for key, values in self.data.items():
-                ann[key] = _jsonable(values[i])
+                ann[key] = jsonable(values[i])
             annotations.append(ann)
         return annotations
 
@@ -404,7 +359,7 @@ class Detections:
             if self.scores is not None:
                 record["predicted_iou"] = float(self.scores[i])
             for key, values in self.data.items():
-                record[key] = _jsonable(values[i])
+                record[key] = jsonable(values[i])
             records.append(record)
         return records
 
@@ -462,13 +417,3 @@ def _concat(columns: List[Any]):
     if all(isinstance(c, np.ndarray) for c in columns):
         return np.concatenate(columns)
     return [v for c in columns for v in c]
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -139,6 +139,42 @@ def rle_to_bbox(rle: dict) -> list[float]:
     return [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)]
 
 
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """NxHxW boolean masks -> N compressed RLE dicts with `counts` as a str (JSON-ready)."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be NxHxW, got shape {masks.shape}")
+    return [compress_rle(encode_rle(m)) for m in masks]
+
+
+def decode_masks(rles: Sequence[dict], size: tuple[int, int] | None = None) -> np.ndarray:
+    """N RLE dicts (compressed or uncompressed counts) -> NxHxW bool."""
+    if len(rles) == 0:
+        if size is None:
+            raise ValueError("decoding zero masks needs the image size")
+        return np.zeros((0, *size), dtype=bool)
+    return np.stack([decode_rle(r) for r in rles])
+
+
+def normalize_rle(rle: Any) -> dict:
+    """Any RLE dict (str, bytes or list counts) -> the compressed form with str counts."""
+    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+        raise ValueError(f"a mask RLE must be a dict with 'size' and 'counts', got {type(rle).__name__}")
+    return compress_rle(dict(rle))
+
+
+def rle_areas(rles: Sequence[dict]) -> np.ndarray:
+    """Pixel count of each RLE mask, without decoding it."""
+    return np.array([rle_area(r) for r in rles], dtype=np.int64)
+
+
+def rle_boxes_xyxy(rles: Sequence[dict]) -> np.ndarray:
+    """Tight boxes (x0, y0, x1, y1; x1/y1 exclusive) of RLE masks; an empty mask gives zeros."""
+    xywh = np.array([rle_to_bbox(r) for r in rles], dtype=np.float32).reshape(-1, 4)
+    xywh[:, 2:] += xywh[:, :2]
+    return xywh
+
+
 # ---- records -----------------------------------------------------------------------------------
 
 
@@ -182,7 +218,7 @@ def coco_annotations(records: Iterable, image_id: int = 1, category_id: int = 1,
                 ann["score"] = float(item["predicted_iou"])
             for key in ("predicted_iou", "stability_score", "point_coords", "crop_box"):
                 if key in item:
-                    ann[key] = _jsonable(item[key])
+                    ann[key] = jsonable(item[key])
         annotations.append(ann)
     return annotations
 
@@ -198,13 +234,14 @@ def coco_document(records: Iterable, file_name: str, height: int, width: int, im
     }
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """numpy arrays and scalars (also inside lists) as plain Python values for JSON."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (np.generic,)):
         return value.item()
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 

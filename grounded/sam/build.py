@@ -14,6 +14,7 @@ from .config import OFFICIAL_CONFIGS, SamConfig
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .model import Sam
+from .onnx_encoder import BACKENDS, use_exported_encoder
 from .prompt_encoder import PromptEncoder
 from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
@@ -283,9 +284,8 @@ def from_pretrained(
     image_encoder_backend="onnxruntime" or "openvino" runs the image encoder in that runtime (CPU,
     float32; see `onnx_encoder.py`), the rest in PyTorch.
     """
-    if image_encoder_backend not in ("torch", "onnxruntime", "openvino"):
-        raise ValueError(f"unknown image_encoder_backend {image_encoder_backend!r}; "
-                         "use 'torch', 'onnxruntime' or 'openvino'")
+    if image_encoder_backend not in ("torch", *BACKENDS):
+        raise ValueError(f"unknown image_encoder_backend {image_encoder_backend!r}; use one of torch, {', '.join(BACKENDS)}")
     tried: List[str] = []
     state_dict, config = _resolve(str(name_or_path), tried, cache_dir, revision)
     if state_dict is None:
@@ -303,8 +303,6 @@ def from_pretrained(
     load_state_dict_strict(model, state_dict, str(name_or_path))
     model = model.to(device=device, dtype=dtype).eval()
     if image_encoder_backend != "torch":
-        from .onnx_encoder import use_exported_encoder
-
         use_exported_encoder(model, image_encoder_backend)
     return model
 

@@ -12,24 +12,23 @@ MLPs and qkv as 1x1 convolutions in onnxruntime's blocked layout, 4-D permutes i
 reorders, fused neck layer norms); the same function as the PyTorch encoder. On this project's 2-core
 machine (bench/README.md), against the reference module exported to onnxruntime: onnxruntime runs
 this export level with it (0.94-1.04x over runs, 1.07-1.10x on one thread), OpenVINO runs it
-1.14-1.21x faster (1.17x on one), in float32 (its precision hint is pinned: it would pick bf16 where the CPU has it).
+1.14-1.21x faster (1.17x on one), in float32 (its precision hint is pinned: it would pick bf16 on a
+CPU that has it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import warnings
 from pathlib import Path
-import threading
 from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-
-BACKENDS = ("onnxruntime", "openvino")
 
 # Part of the cache file's name: bump it whenever the exported graph changes (not only the weights),
 # so a cache written by older code is not reused. 2: TinyViT's export-only layout (fewer Transposes,
@@ -143,6 +142,7 @@ class OpenVinoImageEncoder(ExportedImageEncoder):
 
 
 _ENCODERS = {"onnxruntime": OnnxImageEncoder, "openvino": OpenVinoImageEncoder}
+BACKENDS = tuple(_ENCODERS)
 
 
 def _import_backend(name: str):
@@ -151,10 +151,12 @@ def _import_backend(name: str):
     try:
         return importlib.import_module(name)
     except ImportError as error:
-        raise ImportError(f"the {name} image encoder needs the {name!r} package: pip install 'grounded[onnx]'") from error
+        raise ImportError(f"the {name} image encoder needs the {name!r} package: "
+                          "pip install 'grounded[onnx]'") from error
 
 
-def use_exported_encoder(sam, backend: str, cache_dir: Optional[Union[str, Path]] = None, threads: Optional[int] = None):
+def use_exported_encoder(sam, backend: str, cache_dir: Optional[Union[str, Path]] = None,
+                         threads: Optional[int] = None):
     """Swap `sam.image_encoder` for its ONNX export run by `backend` ("onnxruntime" or "openvino"),
     exported on first use into `cache_dir` (default `~/.cache/grounded/onnx`). Returns `sam`."""
     if backend not in _ENCODERS:
