@@ -64,6 +64,13 @@ def test_switching_backend_reuses_the_export(tmp_path):
     assert list(tmp_path.glob("*.onnx")) == [path]
 
 
+def test_pipeline_backend_names_follow_the_module():
+    from grounded.pipeline.models import ENCODER_BACKENDS
+    from grounded.sam.onnx_encoder import BACKENDS
+
+    assert ENCODER_BACKENDS == ("torch", *BACKENDS)
+
+
 def test_unknown_backend_and_gpu_input_are_refused(tmp_path):
     model = tiny_sam("vit")
     with pytest.raises(ValueError, match="unknown image encoder backend 'tensorrt'"):

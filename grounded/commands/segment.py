@@ -40,7 +40,8 @@ def add_cli(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
     p.add_argument("--encoder-backend", choices=["torch", "onnxruntime", "openvino"], default="torch",
-                   help="image encoder runtime: onnxruntime and openvino (fastest) run MobileSAM faster on a CPU (default torch)")
+                   help="image encoder runtime (default torch); onnxruntime and openvino, the fastest, run "
+                        "MobileSAM's encoder faster on a CPU")
     p.set_defaults(func=run)
 
 

@@ -20,7 +20,7 @@ MODEL_PARAMS = {
     "model": Param("mobile_sam", str, "SAM checkpoint: known name (see `grounded weights`), file, folder or hub id"),
     "device": Param("auto", str, "cpu, cuda, cuda:1, ... or auto (a GPU when there is one)", fingerprint=False),
     "dtype": Param("fp32", str, "precision: bf16/fp16 run under autocast (mask logits stay fp32)", choices=DTYPE_CHOICES),
-    "encoder_backend": Param("torch", str, "image encoder runtime: torch, or onnxruntime or openvino (CPU, float32)",
+    "encoder_backend": Param("torch", str, "image encoder runtime: torch, onnxruntime or openvino (the last two: CPU, float32)",
                              choices=ENCODER_BACKENDS, fingerprint=False),
 }
 

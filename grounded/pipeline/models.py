@@ -44,6 +44,7 @@ def parse_dtype(dtype: Any):
     return None if name is None else getattr(torch, name)
 
 
+# "torch" and sam/onnx_encoder.py's BACKENDS, spelled out so this module does not import torch.
 ENCODER_BACKENDS = ("torch", "onnxruntime", "openvino")
 
 

@@ -285,7 +285,8 @@ def from_pretrained(
     float32; see `onnx_encoder.py`), the rest in PyTorch.
     """
     if image_encoder_backend not in ("torch", *BACKENDS):
-        raise ValueError(f"unknown image_encoder_backend {image_encoder_backend!r}; use one of torch, {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown image_encoder_backend {image_encoder_backend!r}; "
+                         f"use one of torch, {', '.join(BACKENDS)}")
     tried: List[str] = []
     state_dict, config = _resolve(str(name_or_path), tried, cache_dir, revision)
     if state_dict is None:
