@@ -194,8 +194,6 @@ def upscale_masks(decoder, keys: Optional[torch.Tensor], mask_tokens: torch.Tens
             else:
                 y = act1(y).reshape(-1, c1)
                 z = act2(torch.addmm(b2[:, None], w2, y.T))
-            values = (hyper @ z.view(4, c2, -1)).view(2, 2, m, 2 * rows, 2 * gw)
-            for sub_row in range(2):
-                for sub_col in range(2):
-                    masks[i, :, 2 * row : 2 * (row + rows), sub_row, :, sub_col] = values[sub_row, sub_col]
+            values = (hyper @ z.view(4, c2, -1)).view(2, 2, m, 2 * rows, 2 * gw)  # (a2, b2) x M x rows x cols
+            masks[i, :, 2 * row : 2 * (row + rows)].permute(2, 4, 0, 1, 3).copy_(values)
     return out
