@@ -252,7 +252,7 @@ def test_encoder_backends_give_the_same_masks(tmp_path, tiny_model_dir, monkeypa
         assert report.ok == 1
         outputs[backend] = read_jsonl(tmp_path / backend / "manifest.jsonl")[0]["detections"]
     assert outputs["torch"] == outputs["onnxruntime"] == outputs["openvino"] > 0
-    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1  # one export serves both runtimes
+    assert len(list((tmp_path / "cache" / "onnx").glob("*/*.onnx"))) == 1  # one export serves both runtimes
     with ModelCache() as models:
         predictor = models.sam_predictor(tiny_model_dir, "cpu", None, "onnxruntime")
         assert isinstance(predictor.model.image_encoder, OnnxImageEncoder)

@@ -44,15 +44,16 @@ def test_embeddings_and_masks_equal_the_pytorch_encoder(encoder, backend, tmp_pa
 
 def test_export_is_cached_by_weights(tmp_path):
     model = use_onnxruntime_encoder(tiny_sam("vit", seed=1), cache_dir=tmp_path)
-    files = list(tmp_path.glob("*.onnx"))
+    files = list(tmp_path.glob("*/*.onnx"))
     assert len(files) == 1 and model.image_encoder.onnx_path == files[0]
     stamp = files[0].stat().st_mtime_ns
     again = use_onnxruntime_encoder(tiny_sam("vit", seed=1), cache_dir=tmp_path)
     assert again.image_encoder.onnx_path == files[0] and files[0].stat().st_mtime_ns == stamp
-    # Other weights, another file.
-    use_onnxruntime_encoder(tiny_sam("vit", seed=2), cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("*.onnx"))) == 2
-    assert not list(tmp_path.glob("*.tmp*"))
+    # Other weights, another folder: an export over 2 GB keeps a file per parameter beside its .onnx,
+    # named after the parameter, so two exports never share a folder.
+    other = use_onnxruntime_encoder(tiny_sam("vit", seed=2), cache_dir=tmp_path).image_encoder.onnx_path
+    assert len(list(tmp_path.glob("*/*.onnx"))) == 2 and other.parent != files[0].parent
+    assert not list(tmp_path.glob("*/*.tmp*"))
 
 
 def test_switching_backend_reuses_the_export(tmp_path):
@@ -61,7 +62,7 @@ def test_switching_backend_reuses_the_export(tmp_path):
     use_openvino_encoder(model, cache_dir=tmp_path)
     assert isinstance(model.image_encoder, OpenVinoImageEncoder) and model.image_encoder.onnx_path == path
     assert use_openvino_encoder(model).image_encoder.onnx_path == path  # already that backend: unchanged
-    assert list(tmp_path.glob("*.onnx")) == [path]
+    assert list(tmp_path.glob("*/*.onnx")) == [path]
 
 
 def test_pipeline_backend_names_follow_the_module():

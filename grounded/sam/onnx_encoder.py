@@ -3,7 +3,7 @@ interface the model already uses.
 
 On a CPU both run MobileSAM's TinyViT well ahead of eager PyTorch (fused convolution, GELU and
 layer-norm kernels). `use_exported_encoder(sam, backend)` exports the model's own encoder once
-(opset 17; the weights' sha256 names the file in the cache, so a later load reuses it) and swaps in
+(opset 17; the weights' sha256 names its folder in the cache, so a later load reuses it) and swaps in
 `OnnxImageEncoder` or `OpenVinoImageEncoder`; everything that calls `model.image_encoder(x)` (the
 predictor, the mask generator, `Sam.forward`) is unchanged. Inference only: no gradients flow through it.
 
@@ -170,8 +170,10 @@ def use_exported_encoder(sam, backend: str, cache_dir: Optional[Union[str, Path]
         raise ValueError(f"the {backend} image encoder is for CPU models; this model is on "
                          f"{next(encoder.parameters()).device}")
     encoder = encoder.float()
-    name = f"{type(encoder).__name__}-v{EXPORT_VERSION}-{_weights_digest(encoder)}.onnx"
-    path = Path(cache_dir or default_cache_dir()) / name
+    # One folder per export: an encoder over 2 GB (ViT-H) is saved as the .onnx plus a file per
+    # parameter, named after it, which another export in a shared folder would overwrite.
+    folder = f"{type(encoder).__name__}-v{EXPORT_VERSION}-{_weights_digest(encoder)}"
+    path = Path(cache_dir or default_cache_dir()) / folder / "encoder.onnx"
     if not path.exists():
         export_encoder(encoder, path)
     sam.image_encoder = _ENCODERS[backend](path, encoder.img_size, threads)
