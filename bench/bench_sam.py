@@ -3,8 +3,9 @@
     bin/python bench/bench_sam.py [--only encoder_vit_b,encoder_vit_t,decoder] [--repeats N]
 
 Prints one line per case with both timings and the ratio reference/grounded (above 1: grounded is
-faster). The sides run alternately, --repeats rounds, and each timing is its median. ViT-B uses random weights (no official ViT-B checkpoint exists offline here; speed does not
-depend on the values); MobileSAM uses the real `mobile_sam.pt`.
+faster). The sides run alternately, --repeats rounds, and each timing is its median. ViT-B uses
+random weights (no official ViT-B checkpoint exists offline here; speed does not depend on the
+values); MobileSAM uses the real `mobile_sam.pt`.
 """
 
 import argparse

@@ -163,7 +163,7 @@ class LowRankTokens:
         """LayerNorm(tokens + out_proj(attn_map^T @ values)): attn_map N x (h*T) x HW, values N x h x T x d.
         buffer (N x rows x HW) holds the weights B of every layer: this one's rows follow the present ones."""
         n, h, t, d = values.shape
-        c, hw = self.shared.shape[1], self.shared.shape[0]
+        hw, c = self.shared.shape
         key = f"{self.key}/{name}"
         out_matrix = products.get((name, "out"), lambda: out_proj.weight.T.reshape(h, d, c))
         # Each head's attention over the T tokens sums to one, so the last token's weight is one minus

@@ -74,14 +74,16 @@ def export_encoder(encoder: nn.Module, path: Union[str, Path]) -> Path:
 
 class ExportedImageEncoder(nn.Module):
     """`model.image_encoder` run from its ONNX export: Bx3xSxS float32 -> Bx256x(S/16)x(S/16), one
-    image at a time (TinyViT's traced reshapes fix the batch size). Subclasses run one 1x3xSxS array."""
+    image at a time (TinyViT's traced reshapes fix the batch size), on `threads` CPU threads (default:
+    torch's count). Subclasses run one 1x3xSxS array."""
 
     backend = ""
 
-    def __init__(self, onnx_path: Union[str, Path], img_size: int):
+    def __init__(self, onnx_path: Union[str, Path], img_size: int, threads: Optional[int] = None):
         super().__init__()
         self.onnx_path = Path(onnx_path)
         self.img_size = img_size
+        self.threads = threads or torch.get_num_threads()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
@@ -104,10 +106,10 @@ class OnnxImageEncoder(ExportedImageEncoder):
     backend = "onnxruntime"
 
     def __init__(self, onnx_path: Union[str, Path], img_size: int, threads: Optional[int] = None):
-        super().__init__(onnx_path, img_size)
+        super().__init__(onnx_path, img_size, threads)
         ort = _import_backend("onnxruntime")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
 
@@ -122,11 +124,11 @@ class OpenVinoImageEncoder(ExportedImageEncoder):
     backend = "openvino"
 
     def __init__(self, onnx_path: Union[str, Path], img_size: int, threads: Optional[int] = None):
-        super().__init__(onnx_path, img_size)
+        super().__init__(onnx_path, img_size, threads)
         ov = _import_backend("openvino")
         core = ov.Core()
         config = {
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "INFERENCE_NUM_THREADS": self.threads,
             "INFERENCE_PRECISION_HINT": "f32",
             "PERFORMANCE_HINT": "LATENCY",
             "ENABLE_CPU_PINNING": False,
