@@ -145,10 +145,22 @@ def bench_decoder(args):
             tb = p_ref.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), image.shape[:2])
             p_ref.predict_torch(None, None, boxes=tb, multimask_output=True)
 
+    def ours_first_call():  # as on a newly set image: the decoder's per-image products built again
+        p_ours.clear_cache()
+        p_ours.predict_many(boxes=boxes, multimask_output=True)
+
+    def clicks(predictor):  # an annotator's clicks: one box at a time, 16 of them
+        for box in boxes[:16]:
+            predictor.predict(box=box, multimask_output=True)
+
     t = timed_alternated({"loop": ref_loop, "batched": ref_batched,
-                          "ours": lambda: p_ours.predict_many(boxes=boxes, multimask_output=True)}, args.repeats)
+                          "ours": lambda: p_ours.predict_many(boxes=boxes, multimask_output=True),
+                          "ours_first": ours_first_call,
+                          "ref_clicks": lambda: clicks(p_ref), "ours_clicks": lambda: clicks(p_ours)}, args.repeats)
     report("decoder, 64 boxes: reference loop of predict", t["loop"], t["ours"])
     report("decoder, 64 boxes: reference predict_torch", t["batched"], t["ours"])
+    report("decoder, 64 boxes, first call on the image: loop", t["loop"], t["ours_first"])
+    report("decoder, 16 single-box predict calls (clicks)", t["ref_clicks"], t["ours_clicks"])
 
 
 CASES = {"encoder_vit_b": bench_encoder_vit_b, "encoder_vit_t": bench_encoder_vit_t, "decoder": bench_decoder}

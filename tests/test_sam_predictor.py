@@ -89,6 +89,41 @@ def test_embedding_cache_never_reencodes_the_same_pixels(model, monkeypatch):
     assert calls == [1, 1, 1, 1]
 
 
+def test_decoder_products_are_kept_per_image_and_renewed_when_weights_change():
+    model = tiny_sam("vit", seed=12)  # its own: the test changes its weights
+    predictor = SamPredictor(model)
+    box = np.array([10.0, 20.0, 80.0, 70.0])
+    image = _image(seed=4)
+    predictor.set_image(image)
+    first = predictor.predict(box=box)
+    products = predictor.shared_decoder_products()
+    assert products.filled
+    many = predictor.predict_many(boxes=np.stack([box, box + 5]))
+    assert predictor.shared_decoder_products() is products
+    np.testing.assert_allclose(many[2][0], first[2], rtol=1e-5, atol=1e-5)
+    # One mask prompt: its dense embedding is not the no-mask one, so the kept products do not serve it.
+    refined = predictor.predict(box=box, mask_input=first[2][:1])
+    uncached = SamPredictor(model)
+    uncached.set_image(image)
+    np.testing.assert_allclose(refined[2], uncached.predict(box=box, mask_input=first[2][:1])[2], rtol=1e-5, atol=1e-5)
+    assert predictor.shared_decoder_products() is products
+
+    with torch.no_grad():  # in place, as an optimizer step: the upscaling's shared product changes
+        model.mask_decoder.output_upscaling[0].weight.mul_(1.5)
+    changed = predictor.predict(box=box)
+    assert predictor.shared_decoder_products() is not products
+    fresh = SamPredictor(model)
+    fresh.set_image(image)
+    np.testing.assert_array_equal(changed[2], fresh.predict(box=box)[2])
+    assert np.abs(changed[2] - first[2]).max() > 1e-3
+
+    kept = predictor.shared_decoder_products()
+    predictor.set_image(_image(seed=5))
+    assert predictor.shared_decoder_products() is not kept
+    predictor.set_image(image)  # from the embedding cache: its products are built again, the same
+    np.testing.assert_array_equal(predictor.predict(box=box)[2], changed[2])
+
+
 def test_set_images_encodes_in_batches_and_predict_batch_matches_single(model, monkeypatch):
     images = [_image(seed=s, h=96 + 8 * s) for s in range(3)]
     batched = SamPredictor(model)

@@ -197,17 +197,11 @@ def record_rle(record_or_mask: Any) -> dict:
     return compress_rle(encode_rle(record_mask(seg)))
 
 
-def _as_items(records: Any) -> list:
-    if isinstance(records, np.ndarray) and records.ndim == 3:
-        return list(records)
-    return list(records)
-
-
 def coco_annotations(records: Iterable, image_id: int = 1, category_id: int = 1, start_id: int = 1) -> list[dict]:
     """COCO annotations (RLE segmentation, area, bbox in COCO's convention, score) for generator
     records or masks. Generator fields (predicted_iou, stability_score, point_coords, crop_box) are kept."""
     annotations = []
-    for i, item in enumerate(_as_items(records)):
+    for i, item in enumerate(records):
         rle = record_rle(item)
         ann = {
             "id": start_id + i, "image_id": image_id, "category_id": category_id, "segmentation": rle,
@@ -266,7 +260,7 @@ def mask_to_polygons(mask: np.ndarray) -> tuple[list[list[float]], bool]:
 def label_map(records: Iterable, shape: tuple[int, int] | None = None) -> np.ndarray:
     """An HxW map with 0 for background and i + 1 where record i is; larger masks are painted first,
     so a mask lying on a bigger one stays visible. uint8 up to 255 instances, else uint16 (to 65535)."""
-    masks = [record_mask(r) for r in _as_items(records)]
+    masks = [record_mask(r) for r in records]
     if not masks and shape is None:
         raise ValueError("no masks and no shape for the label map")
     shape = masks[0].shape if masks else shape
@@ -303,7 +297,7 @@ def write_masks(records: Iterable, image: Any, out_dir: str | os.PathLike, forma
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown mask format(s) {unknown}; choose from {list(FORMATS)}")
-    items = _as_items(records)
+    items = list(records)
     is_path = isinstance(image, (str, os.PathLike))
     stem = stem or (Path(image).stem if is_path else "image")
     file_name = file_name or (Path(image).name if is_path else f"{stem}.png")

@@ -227,6 +227,7 @@ class SamAutomaticMaskGenerator:
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=True,
+                shared_products=predictor.shared_decoder_products(),
             )
         return low_res.float(), iou_preds.float()
 

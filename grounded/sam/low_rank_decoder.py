@@ -23,6 +23,7 @@ Inference only, float32, for a shared dense embedding; `MaskDecoder.predict_mask
 Equal to the reference up to float rounding (tests/test_sam_decoder_fast.py).
 """
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -34,15 +35,36 @@ from .fast_decoder import split_heads
 
 
 class SharedProducts:
-    """Prompt-independent products, computed on first use and kept for every chunk of one call."""
+    """Prompt-independent products, computed on first use and kept for every chunk of one call, or
+    for every call on one image (SamPredictor.shared_decoder_products). Chunks may run on several
+    threads (threads.py): a product is computed once, the others wait."""
 
     def __init__(self) -> None:
         self._values: Dict[tuple, torch.Tensor] = {}
+        self._lock = threading.RLock()  # reentrant: a product's computation may get another
+        self._sources: Optional[Tuple[torch.Tensor, ...]] = None
+
+    @property
+    def filled(self) -> bool:
+        return bool(self._values)
+
+    def serves(self, *sources: torch.Tensor) -> bool:
+        """Whether these products belong to these inputs (image embedding, dense embedding, positional
+        encoding): the first call binds them, later ones must equal them. A mask prompt's dense
+        embedding, say, is not the no-mask one the products were made with."""
+        if self._sources is None:
+            self._sources = sources
+            return True
+        return len(sources) == len(self._sources) and all(
+            a is b or (a.shape == b.shape and torch.equal(a, b)) for a, b in zip(sources, self._sources))
 
     def get(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         value = self._values.get(key)
         if value is None:
-            value = self._values[key] = compute()
+            with self._lock:
+                value = self._values.get(key)
+                if value is None:
+                    value = self._values[key] = compute()
         return value
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, tracing
 
 
 class MaskDecoder(nn.Module):
@@ -47,14 +47,20 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        shared_products=None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings: 1 x C x h x w (shared by every prompt) or N x C x h x w (one per prompt);
         sparse: N x T x C; dense: N x C x h x w. Returns low-res masks N x M x 4h x 4w and IoU
-        predictions N x M, where M is 3 with multimask_output, else 1."""
+        predictions N x M, where M is 3 with multimask_output, else 1.
+
+        shared_products: a `low_rank_decoder.SharedProducts` kept from earlier calls (SamPredictor
+        keeps one per image). It is used only while the image embedding, the dense embedding and
+        image_pe equal those it was made with (a mask prompt's dense embedding gets products of its
+        own); the caller renews it when the weights change."""
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         if self.use_fast_path and not torch.is_grad_enabled():
             return self.predict_masks_fast(
-                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, shared_products
             )
         masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         return masks[:, mask_slice], iou_pred[:, mask_slice]
@@ -65,9 +71,11 @@ class MaskDecoder(nn.Module):
     # so 8 prompts stay in a 32 MB L3; on 2 cores 8 was 1.0-1.1x faster than 4 (bench/README.md).
     prompt_chunk_size: int = 8
 
-    def predict_masks_fast(self, image_embeddings, image_pe, sparse, dense, mask_slice) -> Tuple[torch.Tensor, torch.Tensor]:
+    def predict_masks_fast(self, image_embeddings, image_pe, sparse, dense, mask_slice,
+                           shared_products=None) -> Tuple[torch.Tensor, torch.Tensor]:
         from . import low_rank_decoder
         from .fast_decoder import run_transformer, share_first_layer, upscale_masks, upscaling_weights
+        from .threads import map_chunks
 
         n = sparse.shape[0]
         if image_embeddings.shape[0] not in (1, n):
@@ -88,14 +96,15 @@ class MaskDecoder(nn.Module):
         low_rank = image_tokens.shape[0] == 1 and not autocast and image_tokens.dtype == torch.float32
         first_layer = None
         if low_rank:
-            products = low_rank_decoder.SharedProducts()
+            products = shared_products
+            if products is None or not products.serves(image_embeddings, dense[:1], image_pe):
+                products = low_rank_decoder.SharedProducts()
             w1, b1, _, _ = upscaling_weights(self)
         elif image_tokens.shape[0] == 1 and len(self.transformer.layers):
             first_layer = share_first_layer(self.transformer, image_tokens, pe)
         masks = tokens.new_empty(n, len(wanted), 4 * h, 4 * w)
-        ious = []
-        for start in range(0, n, self.prompt_chunk_size):
-            chunk = slice(start, start + self.prompt_chunk_size)
+
+        def decode(chunk: slice) -> torch.Tensor:  # one chunk of prompts: writes its masks, returns its IoUs
             if low_rank:
                 hs, tokens_low_rank = low_rank_decoder.run_transformer(self.transformer, products, image_tokens, pe, tokens[chunk])
                 first_product = tokens_low_rank.projector(products, w1, b1, "upscale")
@@ -112,7 +121,18 @@ class MaskDecoder(nn.Module):
                     masks[chunk] = upscale_masks(self, keys.float(), hyper_in.float(), (h, w))
             else:
                 upscale_masks(self, keys, hyper_in, (h, w), first_product, out=masks[chunk])
-            ious.append(self.iou_prediction_head(hs[:, 0])[:, mask_slice])
+            return self.iou_prediction_head(hs[:, 0])[:, mask_slice]
+
+        size = self.prompt_chunk_size
+        if autocast or tracing():  # autocast and tracing belong to this thread
+            ious = [decode(slice(start, start + size)) for start in range(0, n, size)]
+        else:
+            # One prompt first, on all of this thread's cores: it computes the products that every
+            # chunk shares, which the chunks side by side would otherwise wait for.
+            first = decode(slice(0, 1)) if low_rank and n > size and not products.filled else None
+            skip = 0 if first is None else 1
+            chunks = [slice(start, min(start + size, n)) for start in range(skip, n, size)]
+            ious = ([] if first is None else [first]) + map_chunks(decode, chunks, image_tokens.device)
         return masks, torch.cat(ious)
 
     def predict_masks(

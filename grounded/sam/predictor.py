@@ -39,6 +39,7 @@ class SamPredictor:
         self.autocast_dtype = autocast_dtype
         self._cache: "OrderedDict[str, ImageState]" = OrderedDict()
         self._batch: List[ImageState] = []
+        self._products: Optional[tuple] = None  # (source tensors, their versions, SharedProducts)
         self.reset_image()
 
     # ------------------------------------------------------------------ images
@@ -125,6 +126,8 @@ class SamPredictor:
             self._cache.popitem(last=False)
 
     def _use(self, state: ImageState) -> None:
+        if state.features is not self.features:
+            self._products = None  # about 57 MB for SAM's decoder: kept for the current image only
         self.features = state.features
         self.original_size = state.original_size
         self.input_size = state.input_size
@@ -229,6 +232,7 @@ class SamPredictor:
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
+                shared_products=self.shared_decoder_products(),
             )
         low_res = low_res.float()
         if return_logits:
@@ -276,6 +280,24 @@ class SamPredictor:
             raise PromptError(f"prompt counts differ: {sizes}")
         return coords_t, labels_t, boxes_t, mask_t
 
+    def shared_decoder_products(self):
+        """The mask decoder's products that depend on the image only (low_rank_decoder.py), filled by
+        the first prompt and kept while the image and the decoder's and prompt encoder's weights stay
+        the same: on 2 cores they cost about 50 ms, more than one prompt's own work."""
+        from .low_rank_decoder import SharedProducts
+
+        self._require_image()
+        # Identity, memory and in-place version of each tensor they derive from: an optimizer step or
+        # load_state_dict bumps a version, `.to()` moves the memory, an assigned parameter is another
+        # tensor. (Writes through `.data` escape all three: call clear_cache() after those.)
+        tensors = (self.features, *self.model.mask_decoder.parameters(), *self.model.prompt_encoder.parameters(),
+                   *self.model.prompt_encoder.buffers())
+        versions = [(t.data_ptr(), t._version) for t in tensors]
+        kept = self._products
+        if kept is None or len(kept[0]) != len(tensors) or any(a is not b for a, b in zip(kept[0], tensors)) or kept[1] != versions:
+            kept = self._products = (tensors, versions, SharedProducts())
+        return kept[2]
+
     # ------------------------------------------------------------------ state
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -289,12 +311,14 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features = None
+        self._products = None
         self.original_size = self.input_size = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
 
     def clear_cache(self) -> None:
         self._cache.clear()
         self._batch = []
+        self._products = None
 
     def _require_image(self) -> None:
         if not self.is_image_set:

@@ -20,9 +20,10 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from ..threads import map_chunks
 from .sparse_upsample import _combine, axis_map, cell_pixels
 
-_PIXELS_PER_CHUNK = 1 << 21
+_PIXELS_PER_CHUNK = 1 << 22  # 16 masks of 512x512: 1.08x faster than 8 here, temporaries still in L3
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ def threshold_upsampled(
     masks = torch.empty(n * m, out_h, out_w, dtype=torch.bool, device=device)
     # A few masks at a time keep every temporary in cache.
     chunk = max(1, _PIXELS_PER_CHUNK // (out_h * out_w))
-    for first in range(0, n * m, chunk):
+    row_words = next(t for t in (torch.int64, torch.int32, torch.int16, torch.uint8) if out_w % t.itemsize == 0)
+
+    def threshold_chunk(first: int) -> None:
         part = logits[first : first + chunk, 0]
         # Window extremes at each window start; replicate padding repeats the clamped last row/column.
         padded = F.pad(part[:, None], (0, cols.span - 1, 0, rows.span - 1), mode="replicate")[:, 0]
@@ -90,8 +93,9 @@ def threshold_upsampled(
         unsure = _window_reduce(padded, rows.span, cols.span, torch.maximum) >= threshold - margin
         unsure &= ~above
         out = masks[first : first + chunk]
-        # Columns first, on the small grid; rows then copy whole output rows.
-        torch.index_select(above.index_select(2, cols.first), 1, rows.first, out=out)
+        # Columns first, on the small grid; rows then copy whole output rows, as words of several bytes.
+        widened = torch.gather(above, 2, cols.first.expand(above.shape[0], above.shape[1], -1))
+        torch.index_select(widened.view(row_words), 1, rows.first, out=out.view(row_words))
         k, i, j = unsure.nonzero(as_tuple=True)
         if k.numel() * 8 > unsure.numel():  # contours everywhere (noise): the dense passes are cheaper
             torch.gt(two_pass_logits(part[:, None], padded_size, input_size, original_size)[:, 0], threshold, out=out)
@@ -102,6 +106,7 @@ def threshold_upsampled(
             y, x = y[:, :, None].expand_as(real)[real], x[:, None, :].expand_as(real)[real]
             values = _two_pass_values(part, k, y, x, steps, crop_h, crop_w)
             out.view(-1)[(k * out_h + y) * out_w + x] = values > threshold
+    map_chunks(threshold_chunk, range(0, n * m, chunk), device)
     return masks.view(n, m, out_h, out_w)
 
 
