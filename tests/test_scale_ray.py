@@ -58,9 +58,12 @@ def images(folder, n, bad=False):
     return folder
 
 
-def overrides(model_dir, batch_size=2):
+def overrides(model_dir):
+    # One image per batch: Ray Data may bundle rows into batches other than the local runner's (it
+    # depends on which read finishes first), and an encoder batch of two images rounds differently
+    # from two batches of one, so byte-equal outputs need the same batches.
     return [f"model={model_dir}", "device=cpu", "points_per_side=2", "segment_auto.pred_iou_thresh=0",
-            "segment_auto.stability_score_thresh=0", f"batch_size={batch_size}"]
+            "segment_auto.stability_score_thresh=0", "batch_size=1"]
 
 
 def without_timing(rows):
@@ -71,13 +74,9 @@ def test_ray_run_equals_local_run_and_reports_bad_files(tmp_path, ray_cluster, t
     from grounded.scale import run_on_ray
 
     inputs = images(tmp_path / "in", 5, bad=True)
-    # One image per batch: Ray Data may bundle rows into batches other than the local runner's (it
-    # depends on which read finishes first), and an encoder batch of two images rounds differently
-    # from two batches of one, so byte-equal outputs need the same batches.
-    local = load_pipeline("auto_masks", overrides(tiny_model_dir, batch_size=1)).run([str(inputs)], tmp_path / "local",
-                                                                                    progress=False)
-    on_ray = run_on_ray(load_pipeline("auto_masks", overrides(tiny_model_dir, batch_size=1)), [str(inputs)],
-                        tmp_path / "ray", progress=False)
+    local = load_pipeline("auto_masks", overrides(tiny_model_dir)).run([str(inputs)], tmp_path / "local", progress=False)
+    on_ray = run_on_ray(load_pipeline("auto_masks", overrides(tiny_model_dir)), [str(inputs)], tmp_path / "ray",
+                        progress=False)
     assert (on_ray.total, on_ray.ok, on_ray.errors) == (local.total, local.ok, local.errors) == (7, 5, 2)
 
     a, b = tmp_path / "local", tmp_path / "ray"
@@ -103,7 +102,7 @@ def test_ray_run_killed_half_way_resumes_losing_nothing(tmp_path, ray_cluster, t
     spec = tmp_path / "slow.yaml"
     spec.write_text((REPO / "pipelines" / "auto_masks.yaml").read_text().replace(
         "  - node: write_coco", "  - node: ray_helpers:Pause\n    params: {seconds: 0.4}\n  - node: write_coco"))
-    sets = [a for o in overrides(tiny_model_dir, batch_size=1) for a in ("--set", o)]
+    sets = [a for o in overrides(tiny_model_dir) for a in ("--set", o)]
     out = tmp_path / "ray"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "grounded", "run", str(spec), str(inputs), "--out", str(out), "--executor", "ray",
@@ -126,7 +125,7 @@ def test_ray_run_killed_half_way_resumes_losing_nothing(tmp_path, ray_cluster, t
     finished_before = len({json.loads(l)["id"] for l in journal.read_bytes().splitlines() if l.strip()})
     assert 3 <= finished_before < n, "the kill came too late to interrupt anything"
 
-    pipeline = load_pipeline(str(spec), overrides(tiny_model_dir, batch_size=1))
+    pipeline = load_pipeline(str(spec), overrides(tiny_model_dir))
     report = run_on_ray(pipeline, [str(inputs)], out, resume=True, progress=False)
     assert (report.total, report.ok, report.errors) == (n, n, 0)
     assert report.done_before >= finished_before and report.processed == n - report.done_before
@@ -138,7 +137,7 @@ def test_ray_run_killed_half_way_resumes_losing_nothing(tmp_path, ray_cluster, t
     assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
     assert not [p for p in out.rglob(".tmp-*")]
 
-    reference = load_pipeline("auto_masks", overrides(tiny_model_dir, batch_size=1)).run(
+    reference = load_pipeline("auto_masks", overrides(tiny_model_dir)).run(
         [str(inputs)], tmp_path / "local", progress=False)
     assert reference.ok == n
     assert coco == json.loads((tmp_path / "local" / "coco.json").read_text())
