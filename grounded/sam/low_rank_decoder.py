@@ -56,7 +56,7 @@ class SharedProducts:
             self._sources = sources
             return True
         return len(sources) == len(self._sources) and all(
-            a is b or (a.shape == b.shape and torch.equal(a, b)) for a, b in zip(sources, self._sources))
+            a is b or torch.equal(a, b) for a, b in zip(sources, self._sources))
 
     def get(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         value = self._values.get(key)

@@ -129,10 +129,9 @@ class MaskDecoder(nn.Module):
         else:
             # One prompt first, on all of this thread's cores: it computes the products that every
             # chunk shares, which the chunks side by side would otherwise wait for.
-            first = decode(slice(0, 1)) if low_rank and n > size and not products.filled else None
-            skip = 0 if first is None else 1
-            chunks = [slice(start, min(start + size, n)) for start in range(skip, n, size)]
-            ious = ([] if first is None else [first]) + map_chunks(decode, chunks, image_tokens.device)
+            ious = [decode(slice(0, 1))] if low_rank and n > size and not products.filled else []
+            chunks = [slice(start, min(start + size, n)) for start in range(len(ious), n, size)]
+            ious += map_chunks(decode, chunks, image_tokens.device)
         return masks, torch.cat(ious)
 
     def predict_masks(
