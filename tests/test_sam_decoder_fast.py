@@ -93,10 +93,12 @@ def test_training_takes_the_reference_structure():
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_upscaling_with_and_without_the_fused_gelu_product(fused, monkeypatch):
-    """oneDNN's linear with a GELU epilogue (float32 inference on CPU) and the plain products give the
+    """Without numba's loops (sam/cpu_kernels.py; tested against this path in test_sam_cpu_kernels.py):
+    oneDNN's linear with a GELU epilogue (float32 inference on CPU) and the plain products give the
     reference's masks; a 20x20 grid leaves a partial tile of token rows."""
     from grounded.sam import fast_decoder
 
+    monkeypatch.setattr(fast_decoder, "_upscaling_kernels", lambda *args: None)
     dec = decoder(seed=6)
     image, pe, sparse, dense = inputs(32, 3, 4, grid=20)
     if fused:

@@ -21,6 +21,7 @@ Inference only (no autograd). Results equal the reference's up to float rounding
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -167,6 +168,10 @@ def upscale_masks(decoder, keys: Optional[torch.Tensor], mask_tokens: torch.Tens
     if out is None:
         out = mask_tokens.new_empty(n, m, 4 * gh, 4 * gw)
     masks = out.view(n, m, 2 * gh, 2, 2 * gw, 2)
+    kernels = _upscaling_kernels(decoder, keys, mask_tokens)
+    if kernels is not None:
+        _upscale_fused(kernels, decoder, keys, mask_tokens, grid, first_product, masks)
+        return out
     fused = _fused_linear_gelu(act2, mask_tokens) if w2.dtype == mask_tokens.dtype else None
     if fused is not None:
         # The second product as w2 @ y^T + b2 = [w2 | b2] @ [y | 1]^T, so oneDNN's linear (x @ W^T)
@@ -197,3 +202,49 @@ def upscale_masks(decoder, keys: Optional[torch.Tensor], mask_tokens: torch.Tens
             values = (hyper @ z.view(4, c2, -1)).view(2, 2, m, 2 * rows, 2 * gw)  # (a2, b2) x M x rows x cols
             masks[i, :, 2 * row : 2 * (row + rows)].permute(2, 4, 0, 1, 3).copy_(values)
     return out
+
+
+def _upscaling_kernels(decoder, keys: Optional[torch.Tensor], mask_tokens: torch.Tensor):
+    """cpu_kernels' loops when they apply: float32 on the CPU, exact GELUs, nothing for autograd."""
+    _, _, act1, _, act2 = decoder.output_upscaling
+    if not all(isinstance(a, torch.nn.GELU) and a.approximate == "none" for a in (act1, act2)):
+        return None
+    tensors = [mask_tokens, *decoder.output_upscaling.parameters()] + ([] if keys is None else [keys])
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    from . import cpu_kernels
+
+    return cpu_kernels.load()
+
+
+def _upscale_fused(kernels, decoder, keys, mask_tokens, grid, first_product, masks) -> None:
+    """upscale_masks through cpu_kernels: per tile, LayerNorm and GELU in one loop, the second
+    product by torch, its bias, GELU and the hypernetwork product in one loop."""
+    conv1, norm, _, conv2, _ = decoder.output_upscaling
+    n, m, _ = mask_tokens.shape
+    gh, gw = grid
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    w1, b1, w2, b2 = (t.detach() for t in upscaling_weights(decoder))
+    weight, bias, b2_np = norm.weight.detach().numpy(), norm.bias.detach().numpy(), b2.numpy()
+    eps = np.float32(norm.eps)
+    points = 4 * _UPSCALE_TILE_ROWS * gw  # sub-pixels of a full tile
+    tile_buffer = mask_tokens.new_empty(points * c1)
+    product_buffer = mask_tokens.new_empty(4 * c2 * points)
+    values_buffer = mask_tokens.new_empty(4 * m * points)
+    for i in range(n):
+        hyper = mask_tokens[i].detach().contiguous().numpy()  # M x c2
+        for row in range(0, gh, _UPSCALE_TILE_ROWS):
+            rows = min(_UPSCALE_TILE_ROWS, gh - row)
+            if first_product is not None:
+                y = first_product(i, row * gw, (row + rows) * gw)
+            else:
+                y = F.linear(keys[i, row * gw : (row + rows) * gw], w1, b1)
+            size = 4 * rows * gw
+            tile = tile_buffer[: size * c1].view(rows, 2, gw, 2, c1)
+            kernels.layer_norm_gelu(y.contiguous().numpy(), weight, bias, eps, tile.numpy())
+            z = torch.mm(w2, tile.view(size, c1).T, out=product_buffer[: 4 * c2 * size].view(4 * c2, size))
+            values = values_buffer[: 4 * m * size].view(4, m, size)
+            kernels.gelu_hyper(z.numpy(), b2_np, hyper, values.numpy())
+            masks[i, :, 2 * row : 2 * (row + rows)].permute(2, 4, 0, 1, 3).copy_(values.view(2, 2, m, 2 * rows, 2 * gw))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -84,28 +85,44 @@ def threshold_upsampled(
     # A few masks at a time keep every temporary in cache.
     chunk = max(1, _PIXELS_PER_CHUNK // (out_h * out_w))
     row_words = next(t for t in (torch.int64, torch.int32, torch.int16, torch.uint8) if out_w % t.itemsize == 0)
+    kernels = _kernels(logits)
+    if kernels is not None:  # (cell, w0, w1) of rows, then columns, for each pass
+        exact_maps = tuple(getattr(m, name).numpy() for m in steps for name in ("cell", "w0", "w1"))
 
     def threshold_chunk(first: int) -> None:
         part = logits[first : first + chunk, 0]
-        # Window extremes at each window start; replicate padding repeats the clamped last row/column.
-        padded = F.pad(part[:, None], (0, cols.span - 1, 0, rows.span - 1), mode="replicate")[:, 0]
-        above = _window_reduce(padded, rows.span, cols.span, torch.minimum) > threshold + margin
-        unsure = _window_reduce(padded, rows.span, cols.span, torch.maximum) >= threshold - margin
-        unsure &= ~above
         out = masks[first : first + chunk]
-        # Columns first, on the small grid; rows then copy whole output rows, as words of several bytes.
-        widened = torch.gather(above, 2, cols.first.expand(above.shape[0], above.shape[1], -1))
-        torch.index_select(widened.view(row_words), 1, rows.first, out=out.view(row_words))
-        k, i, j = unsure.nonzero(as_tuple=True)
-        if k.numel() * 8 > unsure.numel():  # contours everywhere (noise): the dense passes are cheaper
+        if kernels is not None:  # the same decisions and values in compiled loops (cpu_kernels.py)
+            unsure = np.empty(part.shape, dtype=np.bool_)
+            # float32 bounds: torch compares a float32 tensor with a Python float in float32 too
+            n_unsure = kernels.threshold_clear(part.contiguous().numpy(), rows.first.numpy(), cols.first.numpy(),
+                                               rows.span, cols.span, np.float32(threshold + margin),
+                                               np.float32(threshold - margin), out.numpy(), unsure)
+        else:
+            # Window extremes at each window start; replicate padding repeats the clamped last row/column.
+            padded = F.pad(part[:, None], (0, cols.span - 1, 0, rows.span - 1), mode="replicate")[:, 0]
+            above = _window_reduce(padded, rows.span, cols.span, torch.minimum) > threshold + margin
+            unsure = _window_reduce(padded, rows.span, cols.span, torch.maximum) >= threshold - margin
+            unsure &= ~above
+            # Columns first, on the small grid; rows then copy whole output rows, as words of several bytes.
+            widened = torch.gather(above, 2, cols.first.expand(above.shape[0], above.shape[1], -1))
+            torch.index_select(widened.view(row_words), 1, rows.first, out=out.view(row_words))
+            k, i, j = unsure.nonzero(as_tuple=True)
+            n_unsure = k.numel()
+        if n_unsure * 8 > part.numel():  # contours everywhere (noise): the dense passes are cheaper
             torch.gt(two_pass_logits(part[:, None], padded_size, input_size, original_size)[:, 0], threshold, out=out)
-        elif k.numel():
+        elif n_unsure and kernels is not None:
+            kernels.threshold_contours(part.contiguous().numpy(), unsure, rows.start.numpy(), rows.count.numpy(),
+                                       cols.start.numpy(), cols.count.numpy(), exact_maps[:6], exact_maps[6:],
+                                       crop_h, crop_w, np.float32(threshold), out.numpy())
+        elif n_unsure:
             y, x, y_ok, x_ok = cell_pixels(rows, cols, i, j, out_h, out_w)
             real = y_ok[:, :, None] & x_ok[:, None, :]
             k = k[:, None, None].expand_as(real)[real]
             y, x = y[:, :, None].expand_as(real)[real], x[:, None, :].expand_as(real)[real]
             values = _two_pass_values(part, k, y, x, steps, crop_h, crop_w)
             out.view(-1)[(k * out_h + y) * out_w + x] = values > threshold
+
     map_chunks(threshold_chunk, range(0, n * m, chunk), device)
     return masks.view(n, m, out_h, out_w)
 
@@ -141,3 +158,12 @@ def _two_pass_values(logits, k, y, x, steps, crop_h, crop_w) -> torch.Tensor:
     r1, c1 = (r0 + 1).clamp(max=crop_h - 1), (c0 + 1).clamp(max=crop_w - 1)
     return _combine(padded_pixel(r0, c0), padded_pixel(r0, c1), padded_pixel(r1, c0), padded_pixel(r1, c1),
                     cols2.w0.take(x), cols2.w1.take(x), rows2.w0.take(y), rows2.w1.take(y))
+
+
+def _kernels(logits: torch.Tensor):
+    """cpu_kernels' loops for float32 logits on the CPU, when numba is installed."""
+    if logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.requires_grad:
+        return None
+    from .. import cpu_kernels
+
+    return cpu_kernels.load()
