@@ -180,6 +180,15 @@ def _compile() -> SimpleNamespace:
     def combine(a, b, c, d, wx0, wx1, wy0, wy1):  # F.interpolate's CPU order: along x in both rows, then y
         return (a * wx0 + b * wx1) * wy0 + (c * wx0 + d * wx1) * wy1
 
+    @njit(inline="always", **_EXACT)
+    def padded_pixel(logits, k, r, c, first_pass):  # the first pass's logit at (r, c)
+        rows_cell, rows_w0, rows_w1, cols_cell, cols_w0, cols_w1 = first_pass
+        h, w = logits.shape[1], logits.shape[2]
+        a0, b0 = rows_cell[r], cols_cell[c]
+        a1, b1 = min(a0 + 1, h - 1), min(b0 + 1, w - 1)
+        return combine(logits[k, a0, b0], logits[k, a0, b1], logits[k, a1, b0], logits[k, a1, b1],
+                       cols_w0[c], cols_w1[c], rows_w0[r], rows_w1[r])
+
     @njit(**_EXACT)
     def threshold_contours(logits, unsure, rows_start, rows_count, cols_start, cols_count, first_pass, second_pass,
                            crop_h, crop_w, threshold, out):
@@ -188,28 +197,23 @@ def _compile() -> SimpleNamespace:
         the rows' then the columns' axis map, for the upsampling to the padded size and for the resize
         to the image (sparse_upsample.axis_map)."""
         count, h, w = logits.shape
-        rc1, rw10, rw11, cc1, cw10, cw11 = first_pass
-        rc2, rw20, rw21, cc2, cw20, cw21 = second_pass
+        rows_cell, rows_w0, rows_w1, cols_cell, cols_w0, cols_w1 = second_pass
         for k in range(count):
             for i in range(h):
                 for j in range(w):
                     if not unsure[k, i, j]:
                         continue
                     for y in range(rows_start[i], rows_start[i] + rows_count[i]):
-                        r0 = rc2[y]
+                        r0 = rows_cell[y]
                         r1 = min(r0 + 1, crop_h - 1)
                         for x in range(cols_start[j], cols_start[j] + cols_count[j]):
-                            c0 = cc2[x]
+                            c0 = cols_cell[x]
                             c1 = min(c0 + 1, crop_w - 1)
-                            corners = np.empty(4, np.float32)
-                            for corner in range(4):
-                                r = r0 if corner < 2 else r1
-                                c = c0 if corner % 2 == 0 else c1
-                                a0, b0 = rc1[r], cc1[c]
-                                a1, b1 = min(a0 + 1, h - 1), min(b0 + 1, w - 1)
-                                corners[corner] = combine(logits[k, a0, b0], logits[k, a0, b1], logits[k, a1, b0],
-                                                          logits[k, a1, b1], cw10[c], cw11[c], rw10[r], rw11[r])
-                            value = combine(corners[0], corners[1], corners[2], corners[3], cw20[x], cw21[x], rw20[y], rw21[y])
+                            value = combine(padded_pixel(logits, k, r0, c0, first_pass),
+                                            padded_pixel(logits, k, r0, c1, first_pass),
+                                            padded_pixel(logits, k, r1, c0, first_pass),
+                                            padded_pixel(logits, k, r1, c1, first_pass),
+                                            cols_w0[x], cols_w1[x], rows_w0[y], rows_w1[y])
                             out[k, y, x] = value > threshold
 
     return SimpleNamespace(gelu=gelu, layer_norm_gelu=layer_norm_gelu, gelu_hyper=gelu_hyper,
