@@ -126,8 +126,10 @@ class LowRankTokens:
         """vectors (N x h x T x d) dotted with each head of proj(tokens + pe): N x h x T x HW."""
         n, h, t, d = vectors.shape
         hw = self.shared.shape[0]
-        z = products.get((self.key, id(proj), "z"), lambda: (self.shared @ proj.weight.T).view(hw, h, d).permute(1, 2, 0).contiguous())
-        e = products.get((self.key, id(proj), "e"), lambda: F.linear(pe + self.constant, proj.weight, proj.bias).view(hw, h, d).permute(1, 2, 0).contiguous())
+        # Per head, d x HW: the products come out in that layout when the weight is the left factor.
+        z = products.get((self.key, id(proj), "z"), lambda: (proj.weight @ self.shared.T).view(h, d, hw))
+        e = products.get((self.key, id(proj), "e"),
+                         lambda: torch.addmm(proj.bias[:, None], proj.weight, (pe + self.constant).T).view(h, d, hw))
         per_head = vectors.transpose(0, 1).reshape(h, n * t, d)
         # The head-major products land prompt-major in `out` in one pass each; the rows' term adds in place.
         out = vectors.new_empty(n, h, t, hw)
