@@ -10,7 +10,8 @@ over the 256x256 grid decides almost every pixel. Only pixels whose window strad
 a thin band along each contour, are evaluated: through the same two passes, with the reference's own
 indices and weights (`sparse_upsample.axis_map`, read off F.interpolate) combined in the CPU
 kernel's order. So a pixel can differ from the reference only when its logit lies within a float
-rounding of the threshold.
+rounding of the threshold. With numba installed, both steps run as compiled loops (cpu_kernels.py)
+that make the same decisions bit for bit.
 """
 
 from dataclasses import dataclass
@@ -93,9 +94,10 @@ def threshold_upsampled(
         part = logits[first : first + chunk, 0]
         out = masks[first : first + chunk]
         if kernels is not None:  # the same decisions and values in compiled loops (cpu_kernels.py)
+            part_array = part.contiguous().numpy()
             unsure = np.empty(part.shape, dtype=np.bool_)
             # float32 bounds: torch compares a float32 tensor with a Python float in float32 too
-            n_unsure = kernels.threshold_clear(part.contiguous().numpy(), rows.first.numpy(), cols.first.numpy(),
+            n_unsure = kernels.threshold_clear(part_array, rows.first.numpy(), cols.first.numpy(),
                                                rows.span, cols.span, np.float32(threshold + margin),
                                                np.float32(threshold - margin), out.numpy(), unsure)
         else:
@@ -112,7 +114,7 @@ def threshold_upsampled(
         if n_unsure * 8 > part.numel():  # contours everywhere (noise): the dense passes are cheaper
             torch.gt(two_pass_logits(part[:, None], padded_size, input_size, original_size)[:, 0], threshold, out=out)
         elif n_unsure and kernels is not None:
-            kernels.threshold_contours(part.contiguous().numpy(), unsure, rows.start.numpy(), rows.count.numpy(),
+            kernels.threshold_contours(part_array, unsure, rows.start.numpy(), rows.count.numpy(),
                                        cols.start.numpy(), cols.count.numpy(), exact_maps[:6], exact_maps[6:],
                                        crop_h, crop_w, np.float32(threshold), out.numpy())
         elif n_unsure:
@@ -122,7 +124,6 @@ def threshold_upsampled(
             y, x = y[:, :, None].expand_as(real)[real], x[:, None, :].expand_as(real)[real]
             values = _two_pass_values(part, k, y, x, steps, crop_h, crop_w)
             out.view(-1)[(k * out_h + y) * out_w + x] = values > threshold
-
     map_chunks(threshold_chunk, range(0, n * m, chunk), device)
     return masks.view(n, m, out_h, out_w)
 
