@@ -173,7 +173,7 @@ def upscale_masks(decoder, keys: Optional[torch.Tensor], mask_tokens: torch.Tens
     masks = out.view(n, m, 2 * gh, 2, 2 * gw, 2)
     kernels = _upscaling_kernels(decoder, keys, mask_tokens)
     if kernels is not None:
-        _upscale_fused(kernels, decoder, keys, mask_tokens, grid, first_product, masks)
+        _upscale_fused(kernels, decoder, keys, mask_tokens, grid, first_product, masks, (w1, b1, w2, b2))
         return out
     fused = _fused_linear_gelu(act2, mask_tokens) if w2.dtype == mask_tokens.dtype else None
     if fused is not None:
@@ -222,14 +222,14 @@ def _upscaling_kernels(decoder, keys: Optional[torch.Tensor], mask_tokens: torch
     return cpu_kernels.load()
 
 
-def _upscale_fused(kernels, decoder, keys, mask_tokens, grid, first_product, masks) -> None:
+def _upscale_fused(kernels, decoder, keys, mask_tokens, grid, first_product, masks, weights) -> None:
     """upscale_masks through cpu_kernels: per tile, LayerNorm and GELU in one loop, the second
-    product by torch, its bias, GELU and the hypernetwork product in one loop."""
+    product by torch, its bias, GELU and the hypernetwork product in one loop. weights: upscaling_weights."""
     conv1, norm, _, conv2, _ = decoder.output_upscaling
     n, m, _ = mask_tokens.shape
     gh, gw = grid
     c1, c2 = conv1.out_channels, conv2.out_channels
-    w1, b1, w2, b2 = (t.detach() for t in upscaling_weights(decoder))
+    w1, b1, w2, b2 = (t.detach() for t in weights)
     weight, bias, b2_np = norm.weight.detach().numpy(), norm.bias.detach().numpy(), b2.numpy()
     eps = np.float32(norm.eps)
     points = 4 * _FUSED_TILE_ROWS * gw  # sub-pixels of a full tile
