@@ -67,7 +67,10 @@ def _mobile_sam_pair():
     from grounded.sam import from_pretrained
 
     path = _mobile_sam_path()
-    return from_pretrained(path), mobile_sam.sam_model_registry["vit_t"](checkpoint=str(path)).eval()
+    # grounded's PyTorch encoder (the default, image_encoder_backend="auto", is OpenVINO's on a CPU:
+    # bench_encoder_vit_t times both)
+    return (from_pretrained(path, image_encoder_backend="torch"),
+            mobile_sam.sam_model_registry["vit_t"](checkpoint=str(path)).eval())
 
 
 def _mobile_sam_path():
@@ -87,7 +90,7 @@ def bench_encoder_vit_t(args):
     with torch.no_grad():
         expected = ours.image_encoder(x)
     # grounded's own backends (image_encoder_backend="onnxruntime" / "openvino"), the same call.
-    ort_backend, ov_backend = from_pretrained(_mobile_sam_path()), from_pretrained(_mobile_sam_path())
+    ort_backend, ov_backend = (from_pretrained(_mobile_sam_path(), image_encoder_backend="torch") for _ in range(2))
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         use_onnxruntime_encoder(ort_backend, cache_dir=tmp)
         use_openvino_encoder(ov_backend, cache_dir=tmp)
@@ -124,7 +127,7 @@ def _onnxruntime_session(module, x, expected, tmp):
 def bench_decoder(args):
     from mobile_sam import SamPredictor as RefPredictor
 
-    from grounded.sam import SamPredictor
+    from grounded.sam import SamPredictor, cpu
 
     ours, ref = _mobile_sam_pair()
     image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
@@ -146,7 +149,7 @@ def bench_decoder(args):
             p_ref.predict_torch(None, None, boxes=tb, multimask_output=True)
 
     def ours_first_call():  # as on a newly set image: the decoder's per-image products built again
-        p_ours.clear_cache()
+        cpu.clear_cache(ours)
         p_ours.predict_many(boxes=boxes, multimask_output=True)
 
     def clicks(predictor):  # an annotator's clicks: one box at a time, 16 of them

@@ -3,6 +3,7 @@ clear messages, pipelines opened once per app, and launching on a port."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -111,9 +112,26 @@ def open_pipeline(spec: str, overrides: List[str], models, keep_writers: bool = 
     return pipeline
 
 
+# Gradio copies a request's output files after the handler returns, so a request's folder must
+# outlive it: the newest few are kept, older ones are removed, and the rest go when the process exits.
+KEPT_RUN_FOLDERS = 8
+RUN_FOLDERS: List[Path] = []
+
+
+def remove_run_folders(keep: int = 0) -> None:
+    while len(RUN_FOLDERS) > keep:
+        shutil.rmtree(RUN_FOLDERS.pop(0), ignore_errors=True)
+
+
+atexit.register(remove_run_folders)
+
+
 def run_folder(pipeline, files: List[str], models) -> Any:
-    """Run a spec pipeline (with its writers) over uploaded files in a fresh folder: (report, out dir)."""
+    """Run a spec pipeline (with its writers) over uploaded files in a fresh folder: (report, out dir).
+    Only the newest KEPT_RUN_FOLDERS folders are kept."""
+    remove_run_folders(keep=KEPT_RUN_FOLDERS - 1)
     work = Path(tempfile.mkdtemp(prefix="grounded-demo-"))
+    RUN_FOLDERS.append(work)
     inputs = work / "in"
     inputs.mkdir()
     for i, path in enumerate(files):
@@ -151,14 +169,18 @@ def mask_overlay(image: np.ndarray, dets) -> np.ndarray:
 
 
 def parse_args(doc: str, argv: Optional[Sequence[str]], add_arguments: Callable[[Any], None] = lambda parser: None):
-    """A demo's command line: --sam, the demo's own arguments (`add_arguments(parser)`), --device and --port."""
+    """A demo's command line: --sam, the demo's own arguments (`add_arguments(parser)`), --device,
+    --port and --host."""
     import argparse
+
+    from grounded.device import AUTO_HELP
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--sam", help="SAM checkpoint (default: the real MobileSAM)")
     add_arguments(parser)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--port", type=int)
+    parser.add_argument("--device", default="auto", help=f"{AUTO_HELP} (default auto)")
+    parser.add_argument("--port", type=int, help="port (default: gradio's, 7860 or the next free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0: every interface)")
     return parser.parse_args(argv)
 
 

@@ -97,7 +97,7 @@ def main(argv=None) -> None:
         parser.add_argument("--detector", help=_shared.DETECTOR_HELP)
 
     args = _shared.parse_args(__doc__, argv, add_arguments)
-    _shared.launch(build_app(args.sam, args.captioner, args.detector, args.device), args.port)
+    _shared.launch(build_app(args.sam, args.captioner, args.detector, args.device), args.port, host=args.host)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def _model_name(sam: str) -> str:
 
 def main(argv=None) -> None:
     args = _shared.parse_args(__doc__, argv)
-    _shared.launch(build_app(args.sam, args.device), args.port)
+    _shared.launch(build_app(args.sam, args.device), args.port, host=args.host)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Text to mask: type what to segment, click on it, give a box as two clicks, or brush over it.
 A thin layer on the pipelines: pipelines/text_to_mask.yaml (Grounding DINO boxes -> SAM, clicks
-refine), text_to_mask_clip.yaml (SAM's automatic masks ranked by CLIP), point_masks.yaml (clicks),
-and `segment_boxes` for a box.
+refine), text_to_mask_clip.yaml (SAM's automatic masks ranked by CLIP), text_to_mask_sam3.yaml
+(SAM 3: every instance of each phrase, clicks correct through its tracker), point_masks.yaml
+(clicks), and `segment_boxes` for a box.
 
-    bin/grounded demo text_to_mask          # real MobileSAM; tiny random Grounding DINO and CLIP offline
+    bin/grounded demo text_to_mask          # real MobileSAM; tiny random Grounding DINO, CLIP and SAM 3 offline
+    bin/grounded demo text_to_mask --sam3 facebook/sam3     # the real SAM 3 (gated; from the HF cache offline)
 """
 
 
@@ -18,11 +20,12 @@ except ImportError:  # run as a script
     import _shared
 
 MODES = ["text (Grounding DINO + SAM)", "text (CLIP ranks SAM's masks)", "text (native: CLIP token prompts SAM)",
-         "clicks", "box (two clicks)", "brush (its box)"]
+         "text (SAM 3 concepts)", "clicks", "box (two clicks)", "brush (its box)"]
 
 
 def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: Optional[str] = None,
-              device: str = "cpu", clip_overrides: Sequence[str] = (), projection: Optional[str] = None):
+              device: str = "cpu", clip_overrides: Sequence[str] = (), projection: Optional[str] = None,
+              sam3: Optional[str] = None, sam3_overrides: Sequence[str] = ()):
     import gradio as gr
 
     from grounded.detections import Detections
@@ -34,6 +37,7 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
     sam = _shared.choose_sam(sam, real)
     detector = _shared.choose_model(detector, "Grounding DINO", _shared.tiny_detector, real, tiny)
     clip = _shared.choose_model(clip, "CLIP", _tiny_clip, real, tiny)
+    sam3 = _shared.choose_model(sam3, "SAM 3", _tiny_sam3, real, tiny)
 
     models = ModelCache()  # one SAM for every mode
     common = [f"sam={sam}", f"device={device}"]
@@ -45,6 +49,7 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
         native_text = _shared.open_pipeline("text_to_mask_native", common + [f"clip={clip}", f"projection={projection}"],
                                             models)
         real.append(f"native text projection: {projection}")
+    concepts = _shared.open_pipeline("text_to_mask_sam3", [f"sam3={sam3}", f"device={device}", *sam3_overrides], models)
     clicks_only = _shared.open_pipeline("point_masks", [f"model={sam}", f"device={device}"], models)
     box_only = Pipeline([SegmentBoxes(model=sam, device=device)], inputs=["image", "detections"], batch_size=1)
     box_only.open(models)
@@ -61,7 +66,8 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
             if "native" in mode and native_text is None:
                 raise gr.Error("The native mode needs text-prompt projection weights trained for this SAM and CLIP "
                                "(`grounded train`, then start the demo with --projection FOLDER); use another mode.")
-            pipeline = grounded_text if "Grounding" in mode else clip_text if "CLIP ranks" in mode else native_text
+            pipeline = (grounded_text if "Grounding" in mode else clip_text if "CLIP ranks" in mode
+                        else concepts if "SAM 3" in mode else native_text)
         elif mode == "clicks":
             if not clicks:
                 raise gr.Error("Click on the object (and, with 'background', on what is not the object).")
@@ -175,14 +181,25 @@ def _tiny_clip() -> str:
     return str(folder)
 
 
+def _tiny_sam3() -> str:
+    folder = _shared.tiny_models_dir() / "sam3"
+    if not (folder / "config.json").exists():
+        from grounded.testing.sam3 import tiny_sam3
+
+        tiny_sam3(folder)
+    return str(folder)
+
+
 def main(argv=None) -> None:
     def add_arguments(parser):
         parser.add_argument("--detector", help=_shared.DETECTOR_HELP)
         parser.add_argument("--clip", help="CLIP for the CLIP and native modes (default: a tiny random one)")
         parser.add_argument("--projection", help="text-prompt projection folder for the native mode (from `grounded train`)")
+        parser.add_argument("--sam3", help="SAM 3 for its mode: hub id or folder (default: a tiny random one)")
 
     args = _shared.parse_args(__doc__, argv, add_arguments)
-    _shared.launch(build_app(args.sam, args.detector, args.clip, args.device, projection=args.projection), args.port)
+    app = build_app(args.sam, args.detector, args.clip, args.device, projection=args.projection, sam3=args.sam3)
+    _shared.launch(app, args.port, host=args.host)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def main(argv=None) -> None:
         parser.add_argument("--whisper", default="tiny.en", help="Whisper model (default: the bundled tiny.en)")
 
     args = _shared.parse_args(__doc__, argv, add_arguments)
-    _shared.launch(build_app(args.sam, args.detector, args.whisper, args.device), args.port)
+    _shared.launch(build_app(args.sam, args.detector, args.whisper, args.device), args.port, host=args.host)
 
 
 if __name__ == "__main__":

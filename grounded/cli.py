@@ -5,7 +5,7 @@ import sys
 from typing import List, Optional
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grounded", description="Text-grounded image work around a complete, fast Segment Anything Model."
     )
@@ -15,16 +15,28 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     segment.add_cli(sub)
     run.add_cli(sub)
-    from .commands import train
+    from .commands import pretrain, train
 
     train.add_cli(sub)
+    pretrain.add_cli(sub)
     convert.add_cli(sub)
     label.add_cli(sub)
     demo.add_cli(sub)
     from .commands import edit
 
     edit.add_cli(sub)
+    from .commands import eval as eval_command
+
+    eval_command.add_cli(sub)
     weights.add_cli(sub)
+    from .commands import annotate
+
+    annotate.add_cli(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

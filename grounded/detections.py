@@ -1,13 +1,14 @@
 """`Detections`: the boxes, masks, scores and labels of one image, the container every node speaks.
 
-Written in the spirit of supervision's container (filtering, indexing, NMS, merging, COCO
-conversion) but kept here: the supervision pinned beside groundingdino-py (0.6.0) is too old to
-share. Masks are stored as COCO run-length encodings (pycocotools-compatible dicts with `size`
-[H, W] and `counts` as a str, see `grounded.io.masks`) and decoded only when asked for: a hundred
-full-resolution boolean masks per image would otherwise dominate a pipeline's memory.
+Written in the spirit of supervision's container (filtering, indexing, NMS, merging; `confidence`
+is supervision's name for `scores`) but kept here: the supervision pinned beside groundingdino-py
+(0.6.0) is too old to share. Masks are stored as COCO run-length encodings (pycocotools-compatible
+dicts with `size` [H, W] and `counts` as a str, see `grounded.rle`) and decoded only when asked
+for: a hundred full-resolution boolean masks per image would otherwise dominate a pipeline's memory.
 
-The RLE codec lives in `grounded.io.masks` (numpy; importing `grounded.io` also loads Pillow); torchvision
-(NMS) is imported only by the method that needs it.
+This module and `grounded.rle` (numpy only) are the floor of the output vocabulary: they import
+nothing from `grounded.io`. Conversion to files (COCO, YOLO, JSON) is `grounded.io.formats`;
+torchvision (NMS) is imported only by the method that needs it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .io.masks import decode_masks, encode_masks, jsonable, normalize_rle, rle_areas, rle_boxes_xyxy
+from .rle import decode_masks, encode_masks, normalize_rle, rle_areas, rle_boxes_xyxy
 
 RLE = Dict[str, Any]  # {"size": [H, W], "counts": str}
 
@@ -33,7 +34,8 @@ class Detections:
     - `xyxy`: float32 Nx4, pixels, (x0, y0, x1, y1).
     - `mask`: NxHxW bool, decoded on access from `rles` (the stored form). Pass either to the
       constructor: `mask=` a bool array (encoded once) or `rles=` a list of COCO RLE dicts.
-    - `scores`: float32 N; `class_id`: int64 N; `labels`: list of N str; each may be None.
+    - `scores` (also `confidence`, supervision's name): float32 N; `class_id`: int64 N; `labels`:
+      list of N str; each may be None.
     - `data`: dict of per-detection values (arrays or lists of length N), e.g. SAM's
       `stability_score`; they are indexed, filtered and merged along with everything else.
 
@@ -53,7 +55,12 @@ class Detections:
         labels: Optional[Sequence[str]] = None,
         data: Optional[Mapping[str, Any]] = None,
         image_size: Optional[Tuple[int, int]] = None,
+        confidence: Any = None,
     ) -> None:
+        if confidence is not None:
+            if scores is not None:
+                raise ValueError("give scores= or confidence= (the same thing by supervision's name), not both")
+            scores = confidence
         xyxy = np.asarray(xyxy, dtype=np.float32)
         if xyxy.size == 0:
             xyxy = xyxy.reshape(0, 4)
@@ -177,6 +184,15 @@ class Detections:
             return rle_areas(self._rles)
         wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0, None)
         return wh[:, 0] * wh[:, 1]
+
+    @property
+    def confidence(self) -> Optional[np.ndarray]:
+        """supervision's name for `scores`."""
+        return self.scores
+
+    @confidence.setter
+    def confidence(self, values: Any) -> None:
+        self.scores = _column(values, len(self), np.float32, "confidence")
 
     # ---- container --------------------------------------------------------------------------
 
@@ -302,66 +318,6 @@ class Detections:
             data={k: _concat([p.data[k] for p in filled]) for k in keys},
             image_size=image_size,
         )
-
-    # ---- export -----------------------------------------------------------------------------
-
-    def to_coco(self, image_id: int, category_ids: Union[None, Mapping[str, int], Sequence[int]] = None,
-                start_id: int = 1) -> List[Dict[str, Any]]:
-        """COCO annotation dicts (ids from `start_id`), segmentation as RLE with str counts.
-
-        Category: `category_ids[label]` when a mapping is given and there are labels,
-        `category_ids[class_id]` when a sequence is given, else class_id + 1, else 1."""
-        areas = self.area
-        annotations = []
-        for i in range(len(self)):
-            x0, y0, x1, y1 = (float(v) for v in self.xyxy[i])
-            ann: Dict[str, Any] = {
-                "id": start_id + i, "image_id": image_id, "category_id": self._category(i, category_ids),
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(areas[i]), "iscrowd": 0,
-            }
-            if self._rles is not None:
-                ann["segmentation"] = dict(self._rles[i])
-            if self.scores is not None:
-                ann["score"] = float(self.scores[i])
-            if self.labels is not None:
-                ann["label"] = self.labels[i]
-            for key, values in self.data.items():
-                ann[key] = jsonable(values[i])
-            annotations.append(ann)
-        return annotations
-
-    def _category(self, i: int, category_ids) -> int:
-        if isinstance(category_ids, Mapping):
-            if self.labels is None:
-                raise ValueError("category_ids maps labels, but these detections have no labels")
-            label = self.labels[i]
-            if label not in category_ids:
-                raise ValueError(f"label {label!r} has no category id in {dict(category_ids)}")
-            return int(category_ids[label])
-        if category_ids is not None:
-            if self.class_id is None:
-                raise ValueError("category_ids is indexed by class_id, but these detections have no class ids")
-            return int(category_ids[int(self.class_id[i])])
-        if self.class_id is not None:
-            return int(self.class_id[i]) + 1
-        return 1
-
-    def to_sam_records(self) -> List[Dict[str, Any]]:
-        """Mask-generator-style records (segmentation as RLE, bbox XYWH), for writers that take them."""
-        if self._rles is None:
-            raise ValueError("these detections have no masks")
-        areas = self.area
-        records = []
-        for i in range(len(self)):
-            x0, y0, x1, y1 = (float(v) for v in self.xyxy[i])
-            record: Dict[str, Any] = {"segmentation": dict(self._rles[i]), "area": int(areas[i]),
-                                      "bbox": [x0, y0, x1 - x0, y1 - y0]}
-            if self.scores is not None:
-                record["predicted_iou"] = float(self.scores[i])
-            for key, values in self.data.items():
-                record[key] = jsonable(values[i])
-            records.append(record)
-        return records
 
     # ---- comparison and display -------------------------------------------------------------
 

@@ -20,6 +20,13 @@ blue", "reddish", "bright green coloured", "a blue one"): then the target is rec
 keep their qualifiers ("the person on the left" -> "person on the left"); "it"/"them" refer to the
 previous target; "remove the cat and the dog" is two edits, and so is "change the dog to a monkey
 and the cat to a tiger" (the verb carries over).
+
+A remark is never an edit: a description ("the cup is red", "there is a dog", "the trees look
+orange") or a question asking for information ("is the cup red?", "what colour is the sky?") is
+left out, and an utterance of remarks only is refused. Requests phrased as questions ("could you
+remove the cup?", "can the sky be pink?", "why don't you ...", "is it possible to ...") and
+prescriptive forms ("the sky should be purple", "the cup has to go") are commands. What a remark
+names can be referred to: "there is a dog on the left, remove it".
 """
 
 from __future__ import annotations
@@ -63,6 +70,13 @@ class InstructionError(ValueError):
         super().__init__(f"cannot understand the edit instruction {utterance!r}"
                          + (f" ({detail})" if detail else "") + f"; the forms I know:\n  {lines}")
 
+
+# Openers of a request phrased as a question or a suggestion: "is it possible to remove the cup?".
+REQUEST_OPENERS = ("is it possible to", "would it be possible to", "is there any way to", "is there a way to",
+                   "is there any way you could", "is there a way you could", "any chance you could",
+                   "do you think you could", "do you think you can", "why don't you", "why not", "how about you",
+                   "how about", "what about")
+_OPENERS = sorted([*LEADING_FILLERS, *REQUEST_OPENERS], key=len, reverse=True)
 
 _DET = r"(?:the|a|an|this|that|these|those|my|our|your|his|her|their|its|some|any|both|every|each|all)"
 _BOUNDARY = re.compile(r"\s*(?:,|;|\.|!|\?|:)\s*|\s+(?:and then|and also|and|then|also|plus|after that)\s+")
@@ -112,7 +126,7 @@ def strip_fillers(clause: str) -> str:
     changed = True
     while changed and clause:
         changed = False
-        for filler in LEADING_FILLERS:
+        for filler in _OPENERS:
             if clause == filler or clause.startswith(filler + " "):
                 clause, changed = clause[len(filler):].strip(" ,"), True
                 break
@@ -148,9 +162,18 @@ def parse_edits(utterance: str) -> List[Edit]:
     edits: List[Edit] = []
     current = ""        # the clause being built; a chunk that is no clause of its own joins it
     verb = ""           # the previous clause's verb, for "change the dog to a monkey and the cat to a tiger"
+    remark = ""         # the first remark, for the error when nothing else is said
     for joiner, chunk in chunks:
         body = strip_fillers(chunk)
         if not body:
+            continue
+        subject = remark_subject(body) if current not in VERBS else None
+        if subject is not None:  # a description or a question: no edit, but "it" may refer to what it names
+            if current:
+                edits += _clause(current, utterance, edits)
+            if subject:
+                edits.append(Edit(_MENTION, subject))
+            current, verb, remark = "", "", remark or body
             continue
         if current in VERBS:  # "delete, uh, the lamp": the verb waits for its object
             current = f"{current} {body}"
@@ -170,9 +193,13 @@ def parse_edits(utterance: str) -> List[Edit]:
         verb = _verb_of(current) or verb
     if current:
         edits += _clause(current, utterance, edits)
-    said = [e for e in edits if e.action != _CHATTER]
-    if edits and not said:  # only sentences without an edit verb: say which one could not be read
-        raise InstructionError(utterance, f"cannot read {edits[0].target!r}")
+    said = [e for e in edits if e.action in ACTIONS]
+    if remark and not said:
+        raise InstructionError(utterance, f"{remark!r} describes or asks about the image, and a remark is no "
+                                          "edit; say what to change, e.g. 'make the sky purple'")
+    chatter = [e for e in edits if e.action == _CHATTER]
+    if chatter and not said:  # only sentences without an edit verb: say which one could not be read
+        raise InstructionError(utterance, f"cannot read {chatter[0].target!r}")
     edits = said
     if not edits:
         raise InstructionError(utterance, "it asks for no edit")
@@ -216,7 +243,7 @@ def _clause(clause: str, utterance: str, before: Sequence[Edit]) -> List[Edit]:
     out = []
     for edit in edits:
         target = edit.target
-        earlier = [e for e in (out or list(before)) if e.action != _CHATTER]
+        earlier = [e for e in (out or list(before)) if e.action != _CHATTER]  # mentions count: "there is a dog, remove it"
         if target in PRONOUNS or not target:
             if not earlier:
                 raise InstructionError(utterance, f"{target or 'the object'!r} refers to nothing said before")
@@ -228,6 +255,39 @@ def _clause(clause: str, utterance: str, before: Sequence[Edit]) -> List[Edit]:
 
 
 _CHATTER = "chatter"  # the action of a sentence that is no command (dropped when others are)
+_MENTION = "mention"  # what a remark names, for a later "it" (never an edit)
+
+_STATE = (r"(?:is|are|was|were|isn't|aren't|wasn't|weren't|has been|have been|had been|looks?|seems?|appears?|"
+          r"has|have|had|contains?|shows?|holds?|sits?|stands?|lies?|hangs?|wears?|remains?|stays?)")
+_PRESCRIPTIVE = (r"\b(?:should|shall|must|ought|needs?|has to|have to|had better|has got to|is to|are to|"
+                 r"(?:is|are) going to|will|would|could|can|may|might|want|wants|wish|i'd|we'd|prefer|let|please)\b")
+_WH = r"(?:what|what's|whats|where|where's|which|who|who's|whom|whose|why|when|how|how's)"
+_ASKING = r"(?:is|are|was|were|isn't|aren't|wasn't|weren't|am|does|doesn't|did|didn't|do you|has|hasn't|have|haven't)"
+
+
+def remark_subject(clause: str) -> Optional[str]:
+    """What a remark names ("" for a question), or None when the clause is no remark. A remark
+    describes the image ("the cup is red", "there are two dogs", "the trees look orange") or asks
+    about it ("is the cup red", "what colour is the sky"); a clause that starts with a verb of the
+    grammar, or says what should be ("should", "has to", "want", "can", ...), is none."""
+    c = clause.strip(" ,")
+    if not c or _verb_of(c):
+        return None
+    if re.match(rf"{_WH}\b", c) or re.match(rf"{_ASKING}\b", c) and not _verb_of(c.split(" ", 1)[-1]):
+        m = re.fullmatch(r"(?:what(?: color| size| shape)?|where) (?:is|are|was|were) (.+)", c)
+        return clean_target(m.group(1)) if m else ""
+    if re.search(_PRESCRIPTIVE, c):
+        return None
+    m = re.match(rf"(?:there|here) (?:{_STATE}|seems? to be|appears? to be) (.+)", c) \
+        or re.match(r"(?:there's|here's|i see|i like|i love|i notice) (.+)", c)
+    if m:
+        return clean_target(m.group(1))
+    if re.match(r"(?:it's|that's|this's|he's|she's|they're|we're|i think)\b", c):
+        return ""
+    m = re.fullmatch(rf"((?:\S+ ){{0,6}}?\S+) {_STATE}\b.*", c)
+    if m and not re.search(r"\b(?:to|into|with|instead|become|becomes|turns?)\b", m.group(1)):
+        return clean_target(re.sub(r"\s+(?:that|which|who)$", "", m.group(1)))
+    return None
 
 
 def head_noun(target: str) -> str:
@@ -309,14 +369,14 @@ def _command(clause: str) -> List[Edit]:
     if m and color_phrase(m.group(2).split()):
         return _many("recolor", m.group(1), color_phrase(m.group(2).split()))
     # ---- removing --------------------------------------------------------------------------
-    m = re.fullmatch(rf"(?:make|let) (.+?) (?:disappear|vanish|go away|go|be gone|invisible)", c) \
+    m = re.fullmatch(r"(?:make|let) (.+?) (?:disappear|vanish|go away|go|be gone|invisible)", c) \
         or re.fullmatch(rf"(?:{_REMOVE}) (.+?)(?: (?:out|away|off|out of (?:the|this) {SCENE_WORDS}))?", c) \
-        or re.fullmatch(rf"(?:i )?(?:do not|don't|dont) (?:want|need|like) (?:to see )?(.+?)(?: (?:in|there|here).*)?", c) \
-        or re.fullmatch(rf"(.+?) (?:should|must|needs to|has to|can|could) (?:be )?(?:go|gone|removed|deleted|erased|disappear|vanish)", c) \
+        or re.fullmatch(r"(?:i )?(?:do not|don't|dont) (?:want|need|like) (?:to see )?(.+?)(?: (?:in|there|here).*)?", c) \
+        or re.fullmatch(r"(.+?) (?:should|must|needs to|has to|can|could) (?:be )?(?:go|gone|removed|deleted|erased|disappear|vanish)", c) \
         or re.fullmatch(rf"(?:get|take) (.+?) (?:out|away|off)(?: of (?:the|this) {SCENE_WORDS})?", c) \
         or re.fullmatch(r"(?:i want|i'd like|i would like|i need|i'd prefer|have|get) (.+?) (?:to be )?(?:gone|removed|"
                         r"deleted|erased|out|out of here|out of the way)", c) \
-        or re.fullmatch(rf"(?:no more|without|lose) (.+)", c)
+        or re.fullmatch(r"(?:no more|without|lose) (.+)", c)
     if m:
         return _many("remove", m.group(1))
     # ---- replacing: new thing after "with"/"by"/"for" ------------------------------------------
@@ -346,9 +406,9 @@ def _command(clause: str) -> List[Edit]:
         m = m if m and color_phrase(m.group(2).split()) else None
     if m and m.group(1) and m.group(2):
         return _thing("replace", m.group(1), m.group(2), painting=re.match(_PAINT + " ", c) is not None)
-    m = re.fullmatch(rf"(?:i want|i'd like|i would like|i need|let|make|have|get|want|i'd prefer|i would prefer|i prefer) "
-                     rf"(.+?) (?:to be|to become|be|become|to look like|look like|turned into|changed to|changed into|"
-                     rf"made into|painted|colored) (.+)", c) \
+    m = re.fullmatch(r"(?:i want|i'd like|i would like|i need|let|make|have|get|want|i'd prefer|i would prefer|i prefer) "
+                     r"(.+?) (?:to be|to become|be|become|to look like|look like|turned into|changed to|changed into|"
+                     r"made into|painted|colored) (.+)", c) \
         or re.fullmatch(r"(?:can|could|would|will|should|may|might|shall) (.+?) (?:be|become|turn into|look like|get) (.+)", c) \
         or re.fullmatch(rf"(.+?) (?:{_BE}) (?:replaced|swapped|exchanged|substituted|traded) (?:with|by|for) (.+)", c) \
         or re.fullmatch(rf"(.+?) (?:{_BE}) (?:changed |turned |made |painted |colored |recolored |dyed |transformed |converted )?(?:into |to |in )?(.+)", c)

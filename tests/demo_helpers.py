@@ -3,6 +3,7 @@ a free localhost port, and headless Chromium (Debian's, through playwright) with
 
 import os
 import socket
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,9 +19,10 @@ CAPTION_PREFIX = "a dog on the beach with a stick on the"
 
 
 def tiny_models(root: Path) -> dict:
-    """Tiny random SAM, BLIP, Grounding DINO and open_clip under `root` (built on first use)."""
+    """Tiny random SAM, BLIP, Grounding DINO, open_clip and SAM 3 under `root` (built on first use)."""
     root.mkdir(parents=True, exist_ok=True)
-    paths = {"sam": root / "sam", "captioner": root / "blip", "detector": root / "dino", "clip": root / "clip"}
+    paths = {"sam": root / "sam", "captioner": root / "blip", "detector": root / "dino", "clip": root / "clip",
+             "sam3": root / "sam3"}
     if not (paths["sam"] / "done").exists():
         from grounded.sam import save_pretrained
         from grounded.testing import tiny_sam
@@ -39,6 +41,10 @@ def tiny_models(root: Path) -> dict:
         from grounded.testing.clip import random_tiny_open_clip
 
         random_tiny_open_clip(paths["clip"])
+    if not (paths["sam3"] / "config.json").exists():
+        from grounded.testing.sam3 import tiny_sam3
+
+        tiny_sam3(paths["sam3"])
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -56,6 +62,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def temporary_folder(folder: Path):
+    """The apps' work folders, gradio's uploads and cache and gradio_client's downloads go into
+    `folder` (one of pytest's, which it removes in time) instead of the system's temporary folder."""
+    old_tempdir, old_gradio = tempfile.tempdir, os.environ.get("GRADIO_TEMP_DIR")
+    tempfile.tempdir = str(folder)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = old_tempdir
+        if old_gradio is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = old_gradio
 
 
 @contextmanager

@@ -3,8 +3,8 @@
 Three levels:
 - helpers (RLE, boxes, grids, crops, stability) equal the reference's on random inputs;
 - the generator, run by the reference and by us on the *same* tiny random model, gives identical
-  records (every field), with crops, small-region removal and each output mode; and the cell-wise
-  upsampling used for large images gives the same masks as full-size logits;
+  records (every field), with crops, small-region removal and each output mode, for images smaller
+  and larger than the model's input; its Detections, progress and shared predictor;
 - on the real MobileSAM weights and real images, against the reference generator with the
   reference's own model: mask count within 1% and >= 99% of masks matched one to one at IoU >= 0.99.
 """
@@ -139,7 +139,7 @@ def test_same_model_gives_identical_records(tiny_model, settings):
     assert_same_records(ours, ref)
 
 
-@pytest.mark.parametrize("size", [(90, 120), (300, 400)], ids=["full-logits", "cells"])
+@pytest.mark.parametrize("size", [(90, 120), (300, 400)], ids=["small", "large"])
 def test_results_do_not_depend_on_chunking(tiny_model, size):
     """One mask per chunk, most chunks left empty by the stability filter: the same records."""
     from mobile_sam import SamAutomaticMaskGenerator as Reference
@@ -152,10 +152,7 @@ def test_results_do_not_depend_on_chunking(tiny_model, size):
     assert_same_records(one_at_a_time, SamAutomaticMaskGenerator(tiny_model, **kwargs).generate(image))
     ref = Reference(tiny_model, **kwargs).generate(image)
     assert 3 <= len(ref) < 3 * 16  # some masks kept, some dropped
-    if size == (90, 120):
-        assert_same_records(one_at_a_time, ref)
-    else:
-        assert [r["area"] for r in one_at_a_time] == [r["area"] for r in ref]
+    assert_same_records(one_at_a_time, ref)
 
 
 def test_batched_crop_encoding_matches_one_at_a_time(tiny_model):
@@ -174,8 +171,8 @@ def test_batched_crop_encoding_matches_one_at_a_time(tiny_model):
         assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=1e-4)
 
 
-def test_large_image_cell_path_gives_the_reference_masks(tiny_model):
-    """A 400x300 image for a 128-pixel model: masks come from cells, not full-size logits."""
+def test_large_image_gives_the_reference_masks(tiny_model):
+    """A 400x300 image for a 128-pixel model, with crops: upsampled masks larger than the input."""
     from mobile_sam import SamAutomaticMaskGenerator as Reference
 
     from grounded.sam import SamAutomaticMaskGenerator
@@ -183,7 +180,6 @@ def test_large_image_cell_path_gives_the_reference_masks(tiny_model):
     image = np.repeat(np.repeat(scene(75, 100, seed=3), 4, axis=0), 4, axis=1)
     kwargs = dict(LOOSE, crop_n_layers=1, output_mode="uncompressed_rle")
     gen = SamAutomaticMaskGenerator(tiny_model, encoder_batch_size=1, **kwargs)
-    assert gen._sparse_upsampler(image.shape[:2]) is not None
     ours, ref = gen.generate(image), Reference(tiny_model, **kwargs).generate(image)
     assert len(ours) == len(ref) > 5
     identical = sum(a == b for a, b in zip(ours, ref))
@@ -193,27 +189,32 @@ def test_large_image_cell_path_gives_the_reference_masks(tiny_model):
         assert mask_iou(a["segmentation"], b["segmentation"]) > 0.999
 
 
-def test_sparse_upsampler_equals_full_logits():
-    from grounded.sam.utils.amg import batched_mask_to_box, masks_to_rle_counts
-    from grounded.sam.utils.sparse_upsample import SparseUpsampler
+def test_detections_progress_and_a_shared_predictor(tiny_model):
+    """generate_detections gives generate's masks as Detections (boxes as COCO counts them), progress
+    reports every point batch of every crop, and predictor= prompts through the given predictor."""
+    from grounded.io.masks import record_rle
+    from grounded.rle import rle_boxes_xyxy
+    from grounded.sam import SamAutomaticMaskGenerator, SamPredictor
 
-    gen = torch.Generator().manual_seed(0)
-    low = F.avg_pool2d(torch.randn(6, 1, 24, 32, generator=gen) * 20, 5, 1, 2)
-    logits = F.interpolate(low, (48, 64), mode="bilinear", align_corners=False)[:, 0].contiguous()
-    for out, crop_box, orig in [((300, 401), [0, 0, 401, 300], (300, 401)), ((201, 260), [30, 0, 290, 201], (201, 500)),
-                                ((201, 260), [40, 25, 300, 226], (260, 300))]:
-        full = F.interpolate(logits[:, None], out, mode="bilinear", align_corners=False)[:, 0]
-        up = SparseUpsampler((48, 64), out, torch.device("cpu"))
-        counts = up.count_above(logits, [1.0, -1.0, 0.0])
-        expected = torch.stack([(full > t).sum((1, 2)) for t in (1.0, -1.0, 0.0)], dim=1)
-        assert (counts - expected).abs().max() <= 1  # a pixel on a threshold may round either way
-        rles, boxes = up.encode(logits, 0.0, crop_box, orig)
-        ref_rles = masks_to_rle_counts(full > 0, crop_box, *orig)
-        assert sum(np.array_equal(a, b) for a, b in zip(rles, ref_rles)) >= len(rles) - 1
-        assert torch.equal(boxes, batched_mask_to_box(full > 0))
-    nothing = logits[:0]
-    assert up.count_above(nothing, [1.0, -1.0]).shape == (0, 2)
-    assert up.encode(nothing, 0.0, crop_box, orig)[0] == []
+    image = scene(90, 120)
+    predictor = SamPredictor(tiny_model)
+    kwargs = dict(LOOSE, crop_n_layers=1, points_per_batch=10, output_mode="coco_rle")
+    gen = SamAutomaticMaskGenerator(tiny_model, predictor=predictor, **kwargs)
+    assert gen.predictor is predictor
+    calls = []
+    records = gen.generate(image, progress=lambda done, total: calls.append((done, total)))
+    # 36 points in batches of 10 on the whole image, 36 on each of 4 crops: 4 batches each, 20 in all
+    assert calls == [(i, 20) for i in range(21)]
+    detections = gen.generate_detections(image)
+    assert len(detections) == len(records) > 5 and detections.image_size == image.shape[:2]
+    assert [d["counts"] for d in detections.rles] == [record_rle(r)["counts"] for r in records]
+    np.testing.assert_array_equal(detections.xyxy, rle_boxes_xyxy(detections.rles))
+    np.testing.assert_allclose(detections.scores, [r["predicted_iou"] for r in records], rtol=1e-6)
+    assert detections.data["stability_score"].tolist() == pytest.approx([r["stability_score"] for r in records])
+    assert detections.data["crop_box"] == [r["crop_box"] for r in records]
+    assert detections.data["point_coords"] == [r["point_coords"] for r in records]
+    with pytest.raises(ValueError, match="same model"):
+        SamAutomaticMaskGenerator(tiny_sam("vit", image_size=128, seed=1), predictor=predictor)
 
 
 def test_generator_validates_arguments(tiny_model):
@@ -299,10 +300,10 @@ def compare_with_reference(pair, image, **settings):
     return ours, ref
 
 
-@pytest.mark.parametrize("size", [None, (1200, 1800)], ids=["full-logits", "cells"])
+@pytest.mark.parametrize("size", [None, (1200, 1800)], ids=["small", "large"])
 def test_real_weights_same_model_gives_identical_records(mobile_sam_pair, size):
-    """Our MobileSAM inside both generators: whatever differs is the generators'. At 1800x1200 our
-    generator works from cells, the reference from full-size logits."""
+    """Our MobileSAM inside both generators: whatever differs is the generators'. At 1800x1200 the
+    masks are upsampled beyond the model's input."""
     from mobile_sam import SamAutomaticMaskGenerator as Reference
     from PIL import Image
 
@@ -316,7 +317,6 @@ def test_real_weights_same_model_gives_identical_records(mobile_sam_pair, size):
     if size is None:  # (the crops of the large image are small enough for full-size logits: leave them out)
         settings.update(crop_n_layers=1, crop_n_points_downscale_factor=2)
     gen = SamAutomaticMaskGenerator(mobile_sam_pair[0], encoder_batch_size=1, **settings)
-    assert (gen._sparse_upsampler(image.shape[:2]) is not None) == (size is not None)
     ours, ref = gen.generate(image), Reference(mobile_sam_pair[0], **settings).generate(image)
     assert len(ref) > 5
     if size is None:
@@ -382,17 +382,5 @@ def test_no_masks_at_all(tiny_model):
 
     for settings in (dict(pred_iou_thresh=1.0), dict(crop_n_layers=1, pred_iou_thresh=1.0, min_mask_region_area=10),
                      dict(pred_iou_thresh=-1.0, stability_score_thresh=1.01)):
-        for size in ((40, 50), (300, 400)):  # full-size logits, and cells
+        for size in ((40, 50), (300, 400)):  # smaller and larger than the model's input
             assert SamAutomaticMaskGenerator(tiny_model, points_per_side=3, **settings).generate(scene(*size)) == []
-
-
-def test_sparse_upsampler_with_thresholds_closer_than_their_margins():
-    from grounded.sam.utils.sparse_upsample import SparseUpsampler
-
-    logits = F.interpolate(torch.randn(3, 1, 12, 16, generator=torch.Generator().manual_seed(1)) * 4, (40, 50),
-                           mode="bilinear", align_corners=False)[:, 0].contiguous()
-    full = F.interpolate(logits[:, None], (130, 170), mode="bilinear", align_corners=False)[:, 0]
-    thresholds = [0.5 - 1e-6, 0.5, 0.5 + 1e-6]
-    counts = SparseUpsampler((40, 50), (130, 170), torch.device("cpu")).count_above(logits, thresholds)
-    expected = torch.stack([(full > t).sum((1, 2)) for t in thresholds], dim=1)
-    assert (counts - expected).abs().max() <= 1

@@ -39,7 +39,7 @@ def photos(tmp_path):
 def model_sets(models, *more):
     args = []
     # Small detector inputs keep the tiny Swin backbone quick (the default resizes to 800 pixels).
-    fast = [("device", "cpu"), ("detect_tags.size", 96), ("detect_tags.max_size", 128)]
+    fast = [("device", "cpu"), ("detect.size", 96), ("detect.max_size", 128)]
     for key, value in list(models.items()) + fast + list(more):
         args += ["--set", f"{key}={value}"]
     return args
@@ -47,9 +47,10 @@ def model_sets(models, *more):
 
 def test_spec_has_grounded_sams_thresholds():
     pipe = load_pipeline("auto_label")
-    detect = pipe.node("detect_tags")
+    detect = pipe.node("detect")
     assert (detect.box_threshold, detect.text_threshold, detect.nms, detect.nms_class_agnostic) == (0.25, 0.2, 0.5, True)
-    assert [n["node"] for n in pipe.describe()] == ["caption", "tags", "detect_tags", "segment_boxes", "write_coco",
+    assert detect.empty_text == "none"  # a caption that names nothing: no labels, not an error
+    assert [n["node"] for n in pipe.describe()] == ["caption", "tags", "detect", "segment_boxes", "write_coco",
                                                     "write_yolo", "write_json", "write_overlays"]
     assert pipe.node("tags").write_text
 

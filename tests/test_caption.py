@@ -15,8 +15,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from grounded.nodes import Caption, node_class  # noqa: E402
-from grounded.nodes.caption import DEFAULT_MODEL, load_blip  # noqa: E402
+from grounded.caption import DEFAULT_MODEL, load_blip  # noqa: E402
 from grounded.pipeline import ModelCache, Pipeline  # noqa: E402
+from grounded.transformers_compat import pil_processor_kwargs  # noqa: E402
 from grounded.testing.blip import DEFAULT_CORPUS, tiny_blip  # noqa: E402
 from grounded.testing.hf_cache import install_in_hf_cache, point_hf_cache_at  # noqa: E402
 from grounded.testing.tokenizers import assert_no_unknown_tokens  # noqa: E402
@@ -38,7 +39,7 @@ def blip_dir(tmp_path_factory):
 def reference(blip_dir):
     """transformers' own model and processor, read from the same folder."""
     model = transformers.BlipForConditionalGeneration.from_pretrained(blip_dir).eval()
-    processor = transformers.BlipProcessor.from_pretrained(blip_dir, use_fast=False)
+    processor = transformers.BlipProcessor.from_pretrained(blip_dir, **pil_processor_kwargs())
     return model, processor
 
 
@@ -190,7 +191,8 @@ def test_folder_without_weights_lists_what_was_tried(blip_dir, tmp_path):
 
 
 def test_folder_without_tokenizer_or_image_processor(blip_dir, tmp_path):
-    folder = _copy(blip_dir, tmp_path, drop=("vocab.txt", "tokenizer.json", "preprocessor_config.json"))
+    folder = _copy(blip_dir, tmp_path, drop=("vocab.txt", "tokenizer.json", "preprocessor_config.json",
+                                             "processor_config.json"))
     with pytest.raises(FileNotFoundError, match="no image processor .*; no tokenizer"):
         load_blip(folder)
 
@@ -289,3 +291,13 @@ def test_weights_missing_a_tensor_are_refused_not_randomly_filled(blip_dir, tmp_
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=f"do not fit its config.json: missing \\['{dropped}'\\]"):
         load_blip(folder)
+
+
+def test_a_bfloat16_save_loads_in_float32_unless_asked(blip_dir, tmp_path):
+    """transformers 5 keeps a checkpoint's saved dtype; `load_blip` gives float32 unless asked."""
+    from grounded.testing.bf16 import bfloat16_copy
+
+    folder = bfloat16_copy(blip_dir, tmp_path / "bf16")
+    assert next(transformers.BlipForConditionalGeneration.from_pretrained(folder).parameters()).dtype == torch.bfloat16
+    assert {p.dtype for p in load_blip(folder).model.parameters()} == {torch.float32}
+    assert {p.dtype for p in load_blip(folder, dtype=torch.bfloat16).model.parameters()} == {torch.bfloat16}

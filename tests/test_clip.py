@@ -114,7 +114,7 @@ def test_open_clip_checkpoint_of_another_config_is_refused(open_clip_dir, monkey
 
 
 def test_missing_and_unknown_models_say_what_was_tried(tmp_path, open_clip_dir):
-    with pytest.raises(FileNotFoundError, match="not found: tried"):
+    with pytest.raises(FileNotFoundError, match="not found. Tried"):
         load_clip(str(tmp_path / "no_such_clip"))
     with pytest.raises(FileNotFoundError, match="neither open_clip_config.json"):
         load_clip(str(tmp_path))
@@ -131,6 +131,8 @@ def test_missing_and_unknown_models_say_what_was_tried(tmp_path, open_clip_dir):
 def test_transformers_clip_by_folder_and_hub_id(hf_clip_dir, scene, tmp_path, monkeypatch):
     from transformers import CLIPModel, CLIPTokenizerFast
 
+    from grounded.transformers_compat import pooled
+
     clip = load_clip(str(hf_clip_dir))
     assert clip.backend == "transformers" and clip.embed_dim == 16
     assert_no_unknown_tokens(clip.tokenizer, TEXTS)
@@ -141,7 +143,7 @@ def test_transformers_clip_by_folder_and_hub_id(hf_clip_dir, scene, tmp_path, mo
     ref = CLIPModel.from_pretrained(hf_clip_dir).eval()
     tok = CLIPTokenizerFast.from_pretrained(hf_clip_dir)
     with torch.no_grad():
-        feats = ref.get_text_features(**tok(TEXTS, padding=True, return_tensors="pt"))
+        feats = pooled(ref.get_text_features(**tok(TEXTS, padding=True, return_tensors="pt")))
     assert torch.allclose(text, feats / feats.norm(dim=-1, keepdim=True), atol=1e-5)
     assert not torch.allclose(text[0], text[1], atol=1e-3)
 
@@ -150,7 +152,7 @@ def test_transformers_clip_by_folder_and_hub_id(hf_clip_dir, scene, tmp_path, mo
     by_hub = load_clip("grounded-test/tiny-clip")
     t, i = _embeddings(by_hub, scene)
     assert torch.allclose(t, text, atol=1e-6) and torch.allclose(i, image, atol=1e-6)
-    with pytest.raises(FileNotFoundError, match="hub id in the local cache"):
+    with pytest.raises(FileNotFoundError, match=r"hub id 'grounded-test/not-cached' \(offline, cache .*hub"):
         load_clip("grounded-test/not-cached")
 
 
@@ -243,3 +245,17 @@ def test_clip_score_node_ranks_detections(trained_clip_dir):
         ClipScore()
     with pytest.raises(ValueError, match="only punctuation"):
         ClipScore(model=str(trained_clip_dir), text="...")
+
+
+def test_a_bfloat16_save_loads_in_float32_unless_asked(hf_clip_dir, scene, tmp_path):
+    """transformers 5 keeps a checkpoint's saved dtype; `load_clip` gives float32 unless asked."""
+    from transformers import CLIPModel
+
+    from grounded.testing.bf16 import bfloat16_copy
+
+    folder = bfloat16_copy(hf_clip_dir, tmp_path / "bf16")
+    assert CLIPModel.from_pretrained(folder).visual_projection.weight.dtype == torch.bfloat16
+    full = load_clip(str(folder))
+    assert {p.dtype for p in full.model.parameters()} == {torch.float32}
+    assert load_clip(str(folder), dtype=torch.float16).model.visual_projection.weight.dtype == torch.float16
+    assert full.encode_images([scene.image]).dtype == torch.float32

@@ -7,7 +7,6 @@ import copy
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from grounded.detections import decode_masks, encode_masks

@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo_helpers import CAPTION_PREFIX, client, picture, served, tiny_models
+from demo_helpers import CAPTION_PREFIX, client, picture, served, temporary_folder, tiny_models
 
 pytestmark = pytest.mark.timeout(300)
 TINY_AMG = ["segment_auto.pred_iou_thresh=0", "segment_auto.stability_score_thresh=0"]
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_temporary_folder(tmp_path_factory):
+    with temporary_folder(tmp_path_factory.mktemp("demo-tmp")):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,8 @@ def test_text_to_mask_every_mode(models, files, tmp_path):
 
     projection = TextPromptProjection(clip_dim=32, prompt_embed_dim=32).save_pretrained(tmp_path / "projection")
     app = build_app(models["sam"], models["detector"], models["clip"],
-                    clip_overrides=["points_per_side=4", *TINY_AMG], projection=str(projection))
+                    clip_overrides=["points_per_side=4", *TINY_AMG], projection=str(projection), sam3=models["sam3"],
+                    sam3_overrides=["threshold=0.24"])
     brush = np.zeros((120, 160, 4), np.uint8)
     brush[40:70, 30:90] = (255, 255, 255, 255)  # a stroke whose bounding box is x 30-90, y 40-70
     Image.fromarray(brush).save(tmp_path / "stroke.png")
@@ -71,6 +79,7 @@ def test_text_to_mask_every_mode(models, files, tmp_path):
             ("text (Grounding DINO + SAM)", "dog.", [[50, 60, 1], [120, 50, 0]], no_brush),  # clicks refine the text
             ("text (CLIP ranks SAM's masks)", "a red circle", [], no_brush),
             ("text (native: CLIP token prompts SAM)", "a red circle", [[50, 60, 1]], no_brush),
+            ("text (SAM 3 concepts)", "a red circle. a blue square.", [[50, 60, 0]], no_brush),  # a click corrects
             ("clicks", "", [[50, 60, 1], [120, 50, 0]], no_brush),
             ("box (two clicks)", "", [[20, 30, 1], [80, 90, 1]], no_brush),
             ("brush (its box)", "", [], stroke),
@@ -81,6 +90,7 @@ def test_text_to_mask_every_mode(models, files, tmp_path):
         assert results[("text (Grounding DINO + SAM)", "dog. cat.")].split()[1] == "found:"
         assert results[("text (CLIP ranks SAM's masks)", "a red circle")].startswith("1 found: a red circle")
         assert results[("text (native: CLIP token prompts SAM)", "a red circle")].startswith("1 found")
+        assert results[("text (SAM 3 concepts)", "a red circle. a blue square.")].split()[1] == "found:"
         for mode in ("clicks", "box (two clicks)", "brush (its box)"):
             assert results[(mode, "")].startswith("1 found"), mode
         with pytest.raises(Exception, match="Type what to segment"):
@@ -102,7 +112,7 @@ def test_auto_label_gallery_and_zip(models, files, tmp_path):
     Image.fromarray(np.asarray(Image.open(files["picture"]))[::-1].copy()).save(second)
     app = build_app(models["sam"], models["captioner"], models["detector"],
                     overrides=[f"caption.prompt={CAPTION_PREFIX}", "tags.max_tags=3", "box_threshold=0.05",
-                               "text_threshold=0.05", "detect_tags.size=96", "detect_tags.max_size=128"])
+                               "text_threshold=0.05", "detect.size=96", "detect.max_size=128"])
     with served(app) as url:
         api = client(url, tmp_path / "downloads")
         uploads = [handle_file(str(p)) for p in (files["picture"], second, files["bad"])]
@@ -167,7 +177,7 @@ def test_grounded_demo_starts_an_app(tmp_path, mobile_sam_checkpoint):
     assert wrong.returncode == 1 and "no demo 'auto_mask'" in wrong.stderr
 
     port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(repo))
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(repo), TMPDIR=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", "grounded", "demo", "auto_masks", "--port", str(port)], cwd=repo,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -182,3 +192,43 @@ def test_grounded_demo_starts_an_app(tmp_path, mobile_sam_checkpoint):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_grounded_demo_passes_the_apps_own_options(models, tmp_path, capsys):
+    """Issue 28: `grounded demo text_to_mask --projection FOLDER` (what the app asks for) reaches the
+    app; `grounded demo NAME --help` shows the app's own options."""
+    from grounded.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "text_to_mask", "--help"])
+    assert done.value.code == 0
+    usage = capsys.readouterr().out
+    assert "grounded demo text_to_mask" in usage
+    assert all(option in usage for option in ("--projection", "--clip", "--host", "--port")), usage
+    missing = tmp_path / "no-projection-here"
+    assert main(["demo", "text_to_mask", "--sam", models["sam"], "--clip", models["clip"],
+                 "--projection", str(missing)]) == 1  # the app opened the projection named: it is not there
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_run_folders_are_bounded_and_removed(tmp_path, monkeypatch):
+    """A long-running demo keeps only its newest request folders (gradio copies outputs after the
+    handler returns, so the newest must outlive it); the rest are removed."""
+    from demos import _shared
+
+    class Report:
+        ok = 1
+
+    class Pipeline:
+        def run(self, inputs, out, models=None, progress=False):
+            out.mkdir()
+            return Report()
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
+    monkeypatch.setattr(_shared, "RUN_FOLDERS", [])
+    outs = [_shared.run_folder(Pipeline(), [str(image)], None)[1] for _ in range(_shared.KEPT_RUN_FOLDERS + 3)]
+    alive = [out.parent for out in outs if out.parent.exists()]
+    assert alive == [out.parent for out in outs[-_shared.KEPT_RUN_FOLDERS:]]
+    _shared.remove_run_folders()
+    assert not any(out.parent.exists() for out in outs)

@@ -165,6 +165,18 @@ def test_node_bad_input(hf_folder):
             pipe.process([Sample(image=images()[0], text=" . ")], models=models)
 
 
+def test_empty_text_none_gives_no_detections_to_an_item_whose_text_names_nothing(hf_folder, detector):
+    imgs = images()[:2]
+    with ModelCache() as models:
+        pipe = Pipeline([Detect(model=str(hf_folder), device="cpu", box_threshold=0.3, empty_text="none", **SIZE)],
+                        inputs=["image", "text"], batch_size=3)
+        out = pipe.process([Sample(image=imgs[0], text=" . "), Sample(image=imgs[1], text=PROMPT),
+                            Sample(image=imgs[0])], models=models)
+    assert len(out[0].detections) == 0 and len(out[2].detections) == 0  # an image without tags: no labels
+    assert out[0].detections.image_size == imgs[0].shape[:2]
+    np.testing.assert_array_equal(out[1].detections.scores, detector.detect(imgs[1], PROMPT, box_threshold=0.3)[0].scores)
+
+
 def test_load_by_hub_id_from_the_cache(hf_folder, detector, tmp_path, monkeypatch):
     cache = install_in_hf_cache(hf_folder, tmp_path / "hub", "test-org/tiny-grounding-dino")
     point_hf_cache_at(monkeypatch, cache)
@@ -182,7 +194,7 @@ def test_weights_that_do_not_match_the_config(hf_folder, tmp_path):
     cfg = json.loads((bad / "config.json").read_text())
     cfg["decoder_layers"] += 1
     (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"missing keys.*model\.decoder\.layers\.2\."):
+    with pytest.raises(ValueError, match=r"do not fit its config.json: 36 missing \(model\.decoder\.layers\.2\."):
         load_detector(bad)
     cfg["decoder_layers"] -= 1
     cfg["num_queries"] += 5
@@ -234,3 +246,18 @@ nodes:
     np.testing.assert_array_equal(dets.xyxy, expected.xyxy)
     with pytest.raises(ValueError, match="text_encoder is for official checkpoints"):
         parse_pipeline(spec.replace("device: cpu", "device: cpu\n      text_encoder: somewhere"))
+
+
+def test_a_bfloat16_save_loads_in_float32_unless_asked(hf_folder, tmp_path):
+    """transformers 5 keeps a checkpoint's saved dtype; the detector asks for float32 (bf16 and fp16
+    run under autocast over it)."""
+    from transformers import GroundingDinoForObjectDetection
+
+    from grounded.testing.bf16 import bfloat16_copy
+
+    folder = bfloat16_copy(hf_folder, tmp_path / "bf16")
+    assert next(GroundingDinoForObjectDetection.from_pretrained(folder).parameters()).dtype == torch.bfloat16
+    for dtype in (None, torch.bfloat16):
+        det = load_detector(folder, dtype=dtype, **SIZE)
+        assert {p.dtype for p in det.model.parameters()} == {torch.float32}
+        assert len(det.detect(images()[0], PROMPT, box_threshold=0.0)[0]) == 30

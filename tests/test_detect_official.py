@@ -135,7 +135,8 @@ def test_converted_weights_give_the_same_logits_boxes_and_phrases(official, conv
 
 def test_converter_output_folder(converted):
     names = {p.name for p in converted.iterdir()}
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.txt"} <= names
+    # transformers 5 writes the processor as processor_config.json and the tokenizer as tokenizer.json only
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= names
 
 
 def test_every_official_key_has_a_rule(official_files):
@@ -168,7 +169,7 @@ def test_checkpoint_that_does_not_match_its_config(official_files, tmp_path, cha
 
 def test_text_encoder_must_be_a_local_folder(official_files, tmp_path):
     checkpoint, config, _ = official_files
-    with pytest.raises(FileNotFoundError, match="must be a local folder.*nowhere"):
+    with pytest.raises(FileNotFoundError, match="(?s)must be a local folder.*nowhere"):
         load_detector(checkpoint, config, text_encoder=tmp_path / "nowhere")
     cfg = read_config(config)
     cfg["text_encoder_type"] = "bert-base-uncased"  # the shipped configs' hub name
@@ -236,9 +237,9 @@ def test_shipped_swint_config_converts_to_transformers_grounding_dino_tiny(offic
     gives transformers' default GroundingDinoConfig, which is grounding-dino-tiny's architecture,
     and every weight of the full-size official model lands on a weight of the same shape."""
     import groundingdino
-    from transformers import BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection
+    from transformers import BertConfig, GroundingDinoConfig
 
-    from grounded.detect.convert import check_state_dict, hf_config_from_official
+    from grounded.detect.convert import check_converted, hf_config_from_official
     from grounded.detect.official import build_official_model
 
     bert = official_files[2]
@@ -256,10 +257,59 @@ def test_shipped_swint_config_converts_to_transformers_grounding_dino_tiny(offic
         assert list(np.atleast_1d(getattr(ours.backbone_config, field))) == \
             list(np.atleast_1d(getattr(default.backbone_config, field))), field
     state = build_official_model(cfg).state_dict()
-    with torch.device("meta"):
-        target = GroundingDinoForObjectDetection(ours)
-    check_state_dict(target, convert_state_dict(state))
+    check_converted(convert_state_dict(state), ours)
     # the shipped Swin-B config maps to Swin-B at 384 (window 12), as grounding-dino-base
     swin_b = read_config(Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinB_cfg.py")
     base = hf_config_from_official(swin_b, BertConfig.from_pretrained(bert).to_dict()).backbone_config
     assert (base.embed_dim, list(base.depths), base.window_size, list(base.out_indices)) == (128, [2, 2, 18, 2], 12, [2, 3, 4])
+
+
+def test_a_bfloat16_text_encoder_folder_still_runs_in_float32(official_files, official, tmp_path):
+    """transformers 5 builds the official model's BERT in its folder's saved dtype; the backend runs
+    float32 (the BERT's weights come from the checkpoint), so the detections do not change."""
+    from grounded.testing.bf16 import bfloat16_copy
+
+    checkpoint, config, bert = official_files
+    det = load_detector(checkpoint, config, text_encoder=bfloat16_copy(bert, tmp_path / "bert-bf16"), **SIZE)
+    assert {p.dtype for p in det.model.parameters()} == {torch.float32}
+    image = images()[0]
+    a, b = det.detect(image, PROMPT)[0], official.detect(image, PROMPT)[0]
+    np.testing.assert_array_equal(a.xyxy, b.xyxy)
+
+
+def test_bert_helpers_are_restored_only_when_the_official_backend_builds(official):
+    """groundingdino-py needs three BERT mask helpers transformers 5 removed: they are put back when
+    the official backend builds a model, and importing grounded (its detectors, nodes, pipelines)
+    does not touch transformers' classes."""
+    import subprocess
+    import sys
+
+    from transformers import BertModel
+
+    from grounded.detect.bert_compat import HELPERS, restore_bert_mask_helpers
+
+    code = ("import grounded, grounded.detect, grounded.detect.official, grounded.nodes, grounded.pipeline, "
+            "grounded.cli\nfrom transformers import BertModel\n"
+            f"print([hasattr(BertModel, name) for name in {HELPERS!r}])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[False, False, False]"  # transformers 5 has none of them
+    assert all(hasattr(BertModel, name) for name in HELPERS)  # this process built the official model
+    assert restore_bert_mask_helpers() == []  # once is enough
+
+
+def test_restored_bert_helpers_compute_what_transformers_4_did(official):
+    """transformers 4.57's arithmetic: ones attend (0 added), zeros are masked (the dtype's lowest
+    value added); no head mask is one None per layer."""
+    bert = official.model.bert
+    low = torch.finfo(torch.float32).min
+    padding = torch.tensor([[1, 1, 0]])
+    extended = bert.get_extended_attention_mask(padding, (1, 3), "cpu")
+    assert extended.shape == (1, 1, 1, 3) and extended.dtype == torch.float32
+    assert extended.flatten().tolist() == [0.0, 0.0, low]
+    square = torch.tensor([[[1, 0], [1, 1]]])
+    assert bert.get_extended_attention_mask(square, (1, 2))[0, 0].tolist() == [[0.0, low], [0.0, 0.0]]
+    assert bert.invert_attention_mask(padding).flatten().tolist() == [0.0, 0.0, low]
+    layers = bert.config.num_hidden_layers
+    assert bert.get_head_mask(None, layers) == [None] * layers
+    heads = torch.tensor([1.0, 0.0])
+    assert bert.get_head_mask(heads, layers).shape == (layers, 1, 2, 1, 1)

@@ -156,3 +156,22 @@ def test_inpaint_and_apply_edits_nodes_through_the_model_cache(sd_folder):
     no_model = Pipeline([ApplyEdits()], inputs=["image", "detections", "edits"])
     with pytest.raises(ValueError, match="needs a diffusion model"):
         no_model(Sample(image=image, detections=dets, edits=edits))
+
+
+def test_a_bfloat16_save_loads_in_float32_unless_asked(sd_folder, tmp_path):
+    """transformers 5 keeps a checkpoint's saved dtype (the pipeline's text encoder); the loader asks
+    for float32 unless given a dtype."""
+    import torch
+
+    from grounded.testing.bf16 import bfloat16_copy
+
+    from diffusers import StableDiffusionInpaintPipeline
+
+    folder = bfloat16_copy(sd_folder, tmp_path / "bf16")
+    plain = StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    assert next(plain.text_encoder.parameters()).dtype == torch.bfloat16  # what a loader without dtype gets
+    pipe = load_inpaint_pipeline(str(folder))
+    for part in (pipe.text_encoder, pipe.unet, pipe.vae):
+        assert {p.dtype for p in part.parameters()} == {torch.float32}, type(part).__name__
+    image, mask = picture()
+    assert inpaint(pipe, image, mask, "a cat", steps=1).shape == image.shape

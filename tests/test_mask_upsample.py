@@ -1,10 +1,13 @@
-"""`Sam.threshold_masks` (utils/mask_upsample.py) against the reference's two bilinear passes."""
+"""The wing's thresholding (grounded/sam/cpu/masks.py: `Sam.threshold_masks` without the
+full-resolution logits) against the reference's two bilinear passes, in torch operations and in
+the compiled loops."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from grounded.sam.utils.mask_upsample import composed_window, threshold_upsampled
+from grounded.sam.cpu import kernels
+from grounded.sam.cpu.masks import composed_window, threshold_upsampled
 
 
 def reference_logits(low_res, padded, input_size, original_size):
@@ -28,10 +31,11 @@ def smooth_logits(n, m, size=256, cells=12, seed=0):
     ((7, 1500), (5, 1024)),  # a sliver
 ])
 @pytest.mark.parametrize("threshold", [0.0, 1.5])
-def test_threshold_masks_equal_thresholded_reference(original_size, input_size, threshold):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_threshold_masks_equal_thresholded_reference(original_size, input_size, threshold, compiled):
     low = smooth_logits(2, 3, seed=sum(original_size))
     expected = reference_logits(low, 1024, input_size, original_size)
-    got = threshold_upsampled(low, 1024, input_size, original_size, threshold)
+    got = threshold_upsampled(low, 1024, input_size, original_size, threshold, kernels.load() if compiled else None)
     assert got.dtype == torch.bool and got.shape == expected.shape
     differ = got != (expected > threshold)
     # Only a pixel whose logit is within float rounding of the threshold may differ.
@@ -43,7 +47,8 @@ def test_noise_takes_the_dense_path_and_still_matches():
     g = torch.Generator().manual_seed(1)
     low = torch.randn(2, 2, 256, 256, generator=g)  # contours everywhere
     expected = reference_logits(low, 1024, (1024, 1024), (300, 300)) > 0
-    assert torch.equal(threshold_upsampled(low, 1024, (1024, 1024), (300, 300), 0.0), expected)
+    for compiled in (None, kernels.load()):
+        assert torch.equal(threshold_upsampled(low, 1024, (1024, 1024), (300, 300), 0.0, compiled), expected)
 
 
 def test_constant_masks_and_empty_batch():

@@ -1,12 +1,15 @@
-"""grounded.io.masks and grounded.io.overlay: RLE against pycocotools, COCO records, PNGs,
-polygons, overlays and the writer the CLI uses."""
+"""grounded.rle, grounded.io.masks and grounded.io.overlay: RLE against pycocotools, every mask
+form, polygons, label maps, overlays; and generator records into a COCO document."""
 
 import json
 
 import numpy as np
 import pytest
 
+from grounded import rle
+from grounded.detections import Detections
 from grounded.io import masks as mio
+from grounded.io.formats import image_document
 from grounded.io.overlay import instance_colors, mask_outline, overlay
 
 mask_utils = pytest.importorskip("pycocotools.mask")
@@ -31,17 +34,17 @@ EDGE_CASES = [np.zeros((5, 7), bool), np.ones((5, 7), bool), np.eye(6, 9, dtype=
 
 @pytest.mark.parametrize("mask", EDGE_CASES + random_masks(6, 37, 53) + random_masks(2, 300, 200, seed=1))
 def test_rle_round_trips_and_matches_pycocotools(mask):
-    ours = mio.encode_rle(mask)
+    ours = rle.encode_rle(mask)
     coco = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    assert mio.compress_rle(ours)["counts"] == coco["counts"].decode()  # byte for byte
-    assert mio.compress_rle(ours)["size"] == list(coco["size"])
-    assert np.array_equal(mio.decode_rle(ours), mask)
-    assert np.array_equal(mio.decode_rle(coco), mask)  # bytes counts from pycocotools
-    assert np.array_equal(mio.decode_rle(mio.compress_rle(ours)), mask)
-    assert mio.decompress_rle(mio.compress_rle(ours)) == ours
-    assert mio.rle_area(ours) == int(mask_utils.area(coco)) == int(mask.sum())
-    assert mio.rle_to_bbox(ours) == mask_utils.toBbox(coco).tolist()
-    assert mio.rle_to_bbox(mio.compress_rle(ours)) == mask_utils.toBbox(coco).tolist()
+    assert rle.compress_rle(ours)["counts"] == coco["counts"].decode()  # byte for byte
+    assert rle.compress_rle(ours)["size"] == list(coco["size"])
+    assert np.array_equal(rle.decode_rle(ours), mask)
+    assert np.array_equal(rle.decode_rle(coco), mask)  # bytes counts from pycocotools
+    assert np.array_equal(rle.decode_rle(rle.compress_rle(ours)), mask)
+    assert rle.decompress_rle(rle.compress_rle(ours)) == ours
+    assert rle.rle_area(ours) == int(mask_utils.area(coco)) == int(mask.sum())
+    assert rle.rle_to_bbox(ours) == mask_utils.toBbox(coco).tolist()
+    assert rle.rle_to_bbox(rle.compress_rle(ours)) == mask_utils.toBbox(coco).tolist()
 
 
 def test_counts_string_codec_matches_pycocotools_on_large_and_negative_deltas():
@@ -52,39 +55,40 @@ def test_counts_string_codec_matches_pycocotools_on_large_and_negative_deltas():
     assert runs[-1] > 0
     uncompressed = {"size": [h, w], "counts": runs.tolist()}
     coco = mask_utils.frPyObjects(uncompressed, h, w)
-    assert mio.counts_to_string(runs) == coco["counts"].decode()
-    assert mio.counts_from_string(coco["counts"]).tolist() == runs.tolist()
+    assert rle.counts_to_string(runs) == coco["counts"].decode()
+    assert rle.counts_from_string(coco["counts"]).tolist() == runs.tolist()
 
 
 def records_for(masks):
-    return [{"segmentation": mio.encode_rle(m), "area": int(m.sum()), "bbox": [0, 0, 1, 1], "predicted_iou": 0.9 - i / 100,
+    return [{"segmentation": rle.encode_rle(m), "area": int(m.sum()), "bbox": [0, 0, 1, 1], "predicted_iou": 0.9 - i / 100,
              "point_coords": [[1.0, 2.0]], "stability_score": np.float32(0.97), "crop_box": [0, 0, m.shape[1], m.shape[0]]}
             for i, m in enumerate(masks)]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' own numpy 2 notice
-def test_coco_document_loads_in_pycocotools(tmp_path):
+def test_an_image_document_loads_in_pycocotools(tmp_path):
     from pycocotools.coco import COCO
 
     masks = random_masks(4, 40, 60, seed=5)
+    dets = Detections.from_sam_records(records_for(masks), image_size=(40, 60))
     path = tmp_path / "doc.json"
-    path.write_text(json.dumps(mio.coco_document(records_for(masks), "x.png", 40, 60)))
+    path.write_text(json.dumps(image_document(dets, "x.png", 40, 60)))
     coco = COCO(str(path))
     anns = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
-    assert len(anns) == 4
+    assert len(anns) == 4 and coco.loadCats(coco.getCatIds()) == [{"id": 1, "name": "object"}]
     for ann, mask in zip(anns, masks):
         assert np.array_equal(coco.annToMask(ann).astype(bool), mask)
-        assert ann["area"] == int(mask.sum()) and ann["score"] == pytest.approx(ann["predicted_iou"])
+        assert ann["area"] == int(mask.sum()) and ann["score"] == pytest.approx(0.9, abs=0.05)
         assert ann["bbox"] == mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))).tolist()
 
 
 def test_every_segmentation_form_gives_the_same_mask():
     mask = random_masks(1, 30, 20, seed=7)[0]
-    forms = [mask, mask.astype(np.uint8), mio.encode_rle(mask), mio.compress_rle(mio.encode_rle(mask)),
-             {"segmentation": mask}, {"segmentation": mio.compress_rle(mio.encode_rle(mask))}]
+    forms = [mask, mask.astype(np.uint8), rle.encode_rle(mask), rle.compress_rle(rle.encode_rle(mask)),
+             {"segmentation": mask}, {"segmentation": rle.compress_rle(rle.encode_rle(mask))}]
     for form in forms:
         assert np.array_equal(mio.record_mask(form), mask)
-        assert mio.record_rle(form) == mio.compress_rle(mio.encode_rle(mask))
+        assert mio.record_rle(form) == rle.compress_rle(rle.encode_rle(mask))
 
 
 def test_polygons_trace_outer_contours_and_report_holes():
@@ -123,7 +127,7 @@ def test_overlay_colours_masks_and_outlines_and_leaves_the_rest():
     image = np.full((30, 40, 3), 100, np.uint8)
     mask = np.zeros((30, 40), bool)
     mask[5:20, 10:30] = True
-    out = overlay(image, [{"segmentation": mio.compress_rle(mio.encode_rle(mask))}], alpha=0.5, outline_width=1)
+    out = overlay(image, [{"segmentation": rle.compress_rle(rle.encode_rle(mask))}], alpha=0.5, outline_width=1)
     color = instance_colors(1)[0]
     assert out.shape == image.shape and out.dtype == np.uint8
     assert np.array_equal(out[~mask], image[~mask])
@@ -141,43 +145,6 @@ def test_instance_colors_are_distinct_and_stable():
     assert np.array_equal(colors, instance_colors(50))
 
 
-def test_write_masks_writes_every_format(tmp_path):
-    pytest.importorskip("cv2")
-    from PIL import Image
-
-    image = np.zeros((24, 32, 3), np.uint8)
-    masks = random_masks(3, 24, 32, seed=9)
-    records = records_for(masks)
-    paths = mio.write_masks(records, image, tmp_path, formats=("coco", "png", "polygons", "overlay"), stem="cat")
-    assert all(p.exists() for p in paths)
-    names = sorted(p.relative_to(tmp_path).as_posix() for p in paths)
-    assert names == sorted(["cat.coco.json", "cat_masks/cat_0000.png", "cat_masks/cat_0001.png", "cat_masks/cat_0002.png",
-                            "cat_labels.png", "cat.polygons.json", "cat_overlay.png"])
-    coco = json.loads((tmp_path / "cat.coco.json").read_text())
-    assert [mio.rle_area(a["segmentation"]) for a in coco["annotations"]] == [int(m.sum()) for m in masks]
-    for i, m in enumerate(masks):
-        assert np.array_equal(np.array(Image.open(tmp_path / "cat_masks" / f"cat_{i:04d}.png")) > 0, m)
-    labels = np.array(Image.open(tmp_path / "cat_labels.png"))
-    assert set(np.unique(labels)) <= {0, 1, 2, 3} and labels.shape == (24, 32)
-    polygons = json.loads((tmp_path / "cat.polygons.json").read_text())
-    assert len(polygons["instances"]) == 3 and "has_holes" in polygons["instances"][0]
-    assert np.array(Image.open(tmp_path / "cat_overlay.png")).shape == (24, 32, 3)
-    with pytest.raises(ValueError, match="unknown mask format"):
-        mio.write_masks(records, image, tmp_path, formats=("yolo",))
-
-
-def test_write_masks_with_no_masks_and_a_path(tmp_path):
-    from PIL import Image
-
-    path = tmp_path / "photo.png"
-    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(path)
-    written = mio.write_masks([], path, tmp_path / "out", formats=("coco", "png"))
-    doc = json.loads((tmp_path / "out" / "photo.coco.json").read_text())
-    assert doc["images"][0] == {"id": 1, "file_name": "photo.png", "height": 8, "width": 9} and doc["annotations"] == []
-    assert np.array(Image.open(tmp_path / "out" / "photo_labels.png")).shape == (8, 9)
-    assert len(written) == 2
-
-
 def test_generator_records_feed_the_writers(tmp_path):
     """Records straight from SamAutomaticMaskGenerator (each output mode) go to every writer."""
     from grounded.sam import SamAutomaticMaskGenerator
@@ -191,6 +158,6 @@ def test_generator_records_feed_the_writers(tmp_path):
                                         output_mode=mode)
         records = gen.generate(image)
         assert records
-        doc = mio.coco_document(records, "x.png", 40, 50)
+        doc = image_document(Detections.from_sam_records(records, image_size=(40, 50)), "x.png", 40, 50)
         assert [a["area"] for a in doc["annotations"]] == [r["area"] for r in records]
         assert overlay(image, records).shape == image.shape

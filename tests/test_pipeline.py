@@ -5,6 +5,7 @@ from typing import List
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from grounded.nodes import NodeNotFoundError, node_class, producers_of
 from grounded.pipeline import ModelCache, Node, Param, ParamError, Pipeline, PipelineError
@@ -217,6 +218,14 @@ def test_model_cache_loads_once_and_has_a_lifetime(tmp_path):
         other.get("nope", "x")
 
 
+def test_node_modules_register_the_model_kinds_they_use():
+    import grounded.nodes.caption  # noqa: F401
+    import grounded.nodes.segment  # noqa: F401
+    from grounded.pipeline.models import registered_kinds
+
+    assert {"blip", "sam", "sam_predictor", "sam_predictor_openvino"} <= set(registered_kinds())
+
+
 # ---- registry ---------------------------------------------------------------------------------
 
 def test_registry_short_names_import_paths_and_mistakes():
@@ -234,8 +243,8 @@ def test_registry_short_names_import_paths_and_mistakes():
         node_class(f"{__name__}:Captoin")
     with pytest.raises(NodeNotFoundError, match="not a Node class"):
         node_class("numpy:ndarray")
-    assert producers_of("detections") == ["clip_score", "detect", "detect_tags", "refine_points", "segment_auto",
-                                          "segment_boxes", "segment_points", "segment_text_native", "target_boxes"]
+    assert producers_of("detections") == ["clip_score", "detect", "refine_points", "segment_auto", "segment_boxes",
+                                          "segment_concepts", "segment_points", "segment_text_native", "target_boxes"]
     assert producers_of("transcript") == ["transcribe"] and producers_of("caption") == ["caption"]
 
 
@@ -274,7 +283,7 @@ def test_segment_auto_encodes_a_batch_at_once_and_writes_rle_detections(tiny_mod
     pipe = Pipeline([node], batch_size=3)
     with ModelCache() as models:
         pipe.open(models)
-        calls = count_encoder_calls(models.sam(tiny_model_dir, "cpu"))
+        calls = count_encoder_calls(models.get("sam", tiny_model_dir, "cpu"))
         out = pipe.process([photo(0), photo(1), photo(2, 40, 30)])
         pipe.close()
     assert calls == [3]  # one encoder call for the whole batch
@@ -285,7 +294,7 @@ def test_segment_auto_encodes_a_batch_at_once_and_writes_rle_detections(tiny_mod
 
 
 def test_sam_nodes_share_one_model_and_one_embedding(tiny_model_dir):
-    from grounded.nodes.segment import SegmentBoxes, SegmentPoints
+    from grounded.nodes.segment import SegmentBoxes, SegmentPoints, sam_predictor
 
     class Boxes(Node):
         name = "boxes"
@@ -301,7 +310,7 @@ def test_sam_nodes_share_one_model_and_one_embedding(tiny_model_dir):
                     batch_size=2)
     with ModelCache() as models:
         pipe.open(models)
-        predictor = models.sam_predictor(tiny_model_dir, "cpu")
+        predictor = sam_predictor(models, tiny_model_dir, "cpu")
         calls = count_encoder_calls(predictor.model)
         decoder_calls = []
         predict_many = predictor.predict_many
@@ -347,8 +356,25 @@ def test_segment_points_from_the_sample_field(tiny_model_dir):
     assert len(out.detections) == 2 and out.detections.scores.shape == (2,)
 
 
+def test_a_tiny_image_gives_each_mask_once_and_a_note_in_the_manifest(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    from grounded.io.results import read_jsonl
+    from grounded.nodes.segment import SegmentAuto
+
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(tmp_path / "dot.png")
+    # Every threshold off: all 32 x 32 x 3 of SAM's answers come back, and on one pixel they repeat.
+    node = SegmentAuto(model=tiny_model_dir, device="cpu", pred_iou_thresh=-100.0, stability_score_thresh=0.0)
+    report = Pipeline([node]).run([str(tmp_path / "dot.png")], tmp_path / "out", progress=False)
+    assert report.ok == 1
+    [row] = read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert 1 <= row["detections"] <= 2  # the pixel set, or not: each mask once
+    assert any("smaller than the 32x32 point grid" in note and "repeating another exactly were dropped" in note
+               for note in row["notes"])
+
+
 def test_reduced_precision_shares_the_float32_model(tiny_model_dir):
-    from grounded.nodes.segment import SegmentAuto, SegmentPoints
+    from grounded.nodes.segment import SegmentAuto, SegmentPoints, sam_predictor
 
     auto = SegmentAuto(model=tiny_model_dir, device="cpu", dtype="bf16", points_per_side=2, pred_iou_thresh=0.0,
                        stability_score_thresh=0.0)
@@ -356,6 +382,38 @@ def test_reduced_precision_shares_the_float32_model(tiny_model_dir):
     with ModelCache() as models, Pipeline([auto, points], batch_size=2) as pipe:
         pipe.open(models)
         out = pipe.process([photo(8), photo(9)])
-        assert models.sam_predictor(tiny_model_dir, "cpu", "bf16").autocast_dtype is not None
+        assert sam_predictor(models, tiny_model_dir, "cpu", "bf16").autocast_dtype is not None
         assert len([key for key in models.loaded() if key[0] == "sam"]) == 1  # one float32 model for both
     assert all(len(s.detections) == 1 for s in out)
+
+
+@pytest.mark.parametrize("param, said", [
+    (Param(3, "help"), "its type is 'help', which is no type (the arguments are Param(default=REQUIRED, type=None, "
+                       "help='', choices=None, fingerprint=True)); e.g. Param(3, int, 'help')"),
+    (Param(3, int, 7), "its help is 7, not text (the arguments are Param(default=REQUIRED, type=None, help='', "
+                       "choices=None, fingerprint=True))"),
+    (Param("a", str, "x", choices="abc"), "its choices are 'abc'; give a list of the allowed values"),
+    (Param("x", float, "radius"), "its default 'x' is no float"),
+    (Param("b", str, "mode", choices=["a", "c"]), "its default 'b' is not one of its choices ['a', 'c']"),
+])
+def test_a_param_written_wrongly_is_refused_when_its_node_is_defined(param, said):
+    """Issue 28: `Param(3, "help")` (the type left out) gave a raw TypeError at run time."""
+    with pytest.raises(TypeError) as err:
+        class Blur(Node):
+            params = {"radius": param}
+    assert str(err.value) == f"node Blur ({__name__}), parameter 'radius': {said}"
+
+
+def test_a_wrong_param_in_a_spec_node_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    from grounded.cli import main
+
+    (tmp_path / "my_wrong_nodes.py").write_text(
+        "from grounded.pipeline import Node, Param\n\n"
+        "class Blur(Node):\n    reads = {}\n    writes = {}\n    params = {'radius': Param(3, 'help')}\n\n"
+        "    def process(self, sample):\n        return sample\n")
+    (tmp_path / "spec.yaml").write_text("version: 1\nnodes:\n  - node: my_wrong_nodes:Blur\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["run", str(tmp_path / "spec.yaml"), str(tmp_path / "a.png"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "node Blur (my_wrong_nodes), parameter 'radius': its type is 'help'" in err and "Traceback" not in err

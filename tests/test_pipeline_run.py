@@ -149,8 +149,13 @@ def test_resume_redoes_only_unfinished_items_and_keeps_coco_whole(tmp_path, tiny
         os.remove(out / "coco.json")
         with pytest.raises(RuntimeError, match=r"already holds a run \(3 items finished\); pass --resume"):
             pipe.run([data], out, models=models, progress=False)
-        with pytest.raises(RuntimeError, match="the pipeline differs"):
-            auto_masks(tiny_model_dir, points_per_side=3).run([data], out, models=models, resume=True, progress=False)
+        with pytest.raises(RuntimeError, match="the pipeline differs") as changed:
+            auto_masks(tiny_model_dir, points_per_side=3, device="auto", **{"write_coco.items_dir": "per_item"}).run(
+                [data], out, models=models, resume=True, progress=False)
+        # issue 28: the changed parameters, old and new value (a device does not matter), not a JSON dump
+        said = str(changed.value)
+        assert "segment_auto.points_per_side was 2, now 3; write_coco.items_dir was \"coco\", now \"per_item\"; resume with" in said
+        assert "device" not in said and '"params"' not in said and len(said) < 400, said
         second = pipe.run([data], out, models=models, resume=True, progress=False)
         assert len(models) == 2  # one model (and its predictor) for all three runs
     assert (second.done_before, second.processed, second.ok) == (3, 2, 5)
@@ -253,11 +258,46 @@ def test_encoder_backends_give_the_same_masks(tmp_path, tiny_model_dir, monkeypa
         outputs[backend] = read_jsonl(tmp_path / backend / "manifest.jsonl")[0]["detections"]
     assert outputs["torch"] == outputs["onnxruntime"] == outputs["openvino"] > 0
     assert len(list((tmp_path / "cache" / "onnx").glob("*/*.onnx"))) == 1  # one export serves both runtimes
+    from grounded.nodes.segment import sam_predictor
+
     with ModelCache() as models:
-        predictor = models.sam_predictor(tiny_model_dir, "cpu", None, "onnxruntime")
+        predictor = sam_predictor(models, tiny_model_dir, "cpu", None, "onnxruntime")
         assert isinstance(predictor.model.image_encoder, OnnxImageEncoder)
-        assert models.sam_predictor(tiny_model_dir, "cpu", None, "onnxruntime") is predictor
-        assert isinstance(models.sam_predictor(tiny_model_dir, "cpu", None, "openvino").model.image_encoder, OpenVinoImageEncoder)
-        assert not isinstance(models.sam_predictor(tiny_model_dir, "cpu").model.image_encoder, OnnxImageEncoder)
+        assert sam_predictor(models, tiny_model_dir, "cpu", None, "onnxruntime") is predictor
+        assert isinstance(sam_predictor(models, tiny_model_dir, "cpu", None, "openvino").model.image_encoder, OpenVinoImageEncoder)
+        assert not isinstance(sam_predictor(models, tiny_model_dir, "cpu").model.image_encoder, OnnxImageEncoder)
         with pytest.raises(ValueError, match="encoder_backend 'tensorrt'"):
-            models.sam_predictor(tiny_model_dir, "cpu", None, "tensorrt")
+            sam_predictor(models, tiny_model_dir, "cpu", None, "tensorrt")
+
+
+def test_progress_moves_per_image_and_within_each_image(tmp_path, tiny_model_dir):
+    """Issue 19: a batch of 2 images through automatic masks (4 decoder batches per image) moves
+    the progress forward within every image, not once per batch."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(2):
+        Image.fromarray(picture(48, 32, seed=i)).save(inputs / f"p{i}.png")
+    positions = []
+    report = auto_masks(tiny_model_dir, points_per_side=4, **{"segment_auto.points_per_batch": 4}).run(
+        [str(inputs)], tmp_path / "out", progress=lambda done, total: positions.append((done, total)))
+    assert report.ok == 2 and {total for _, total in positions} == {2}
+    done = [d for d, _ in positions]
+    assert done == sorted(done) and len(set(done)) == len(done) and done[-1] == 2
+    for image in range(2):  # every image's decoder batches move it: 1/4, 2/4, 3/4 of the image at least
+        within = [d for d in done if image < d < image + 1]
+        assert len(within) >= 3, (image, done)
+
+
+def test_progress_bar_counts_images_with_fractions_and_only_forward(capsys):
+    from grounded.pipeline.runner import RunProgress
+
+    shown = RunProgress(8, 1, "auto_masks", True)
+    shown.batch_started(4)
+    shown.within_batch(0.6)
+    shown._bar.refresh()
+    shown.within_batch(0.2)  # another node starting its own share of the batch does not move it back
+    assert shown.position == 1 + 0.6 * 4
+    shown.finished(4, failed=1)
+    shown.close()
+    err = capsys.readouterr().err
+    assert "3.4/8" in err and "5/8" in err and "img/s" in err and "failed=1" in err

@@ -39,8 +39,11 @@ def test_glob_file_list_and_duplicates(tree, tmp_path):
     items = discover([str(tree / "**" / "*.jpg")])
     assert [i.id for i in items] == ["a", "b", "dangling", "out/f"]  # relative to the glob's base
     listing = touch(tmp_path / "list.txt", b"# images\ndata/b.jpg\n\ndata/sub/c.JPEG\nmissing.png\n")
-    items = discover([listing, tree / "b.jpg"])  # b.jpg is listed and given: once
+    said = []
+    items = discover([listing, tree / "b.jpg"], report=said.append)  # b.jpg is listed and given: once, and said
     assert [i.id for i in items] == ["data/b", "data/sub/c", "missing"]
+    assert said == [f"left out {tree / 'b.jpg'} (as an input): the same image is already an input "
+                    f"({tree / 'b.jpg'} at {listing}:2)"]
     assert items[2].path == tmp_path / "missing.png"  # missing files become items: the run reports them
 
 
@@ -60,6 +63,24 @@ def test_jsonl_manifest_carries_fields(tmp_path):
                                                 ("second", {"tags": ["x"]}), ("line4", {"text": "no image at all"})]
     assert items[2].path is None
     assert fields_of(items) == ["image", "image_path", "image_id", "points", "text", "tags"]
+
+
+def test_manifest_paths_are_relative_to_its_folder_and_a_line_left_out_is_reported(tmp_path, monkeypatch):
+    """Issue 28: a manifest line naming an image already named (with no fields of its own) was
+    dropped silently; it is reported, with the line. Paths are relative to the manifest's folder,
+    wherever the run starts."""
+    touch(tmp_path / "sets" / "img" / "a.jpg")
+    manifest = tmp_path / "sets" / "m.jsonl"
+    manifest.write_text('{"image": "img/a.jpg"}\n{"image": "img/a.jpg"}\n{"image": "img/a.jpg", "text": "kept"}\n')
+    monkeypatch.chdir(tmp_path)
+    said = []
+    items = discover(["sets/m.jsonl"], report=said.append)
+    assert [(i.path.resolve(), i.fields) for i in items] == [(tmp_path / "sets" / "img" / "a.jpg", {}),
+                                                             (tmp_path / "sets" / "img" / "a.jpg", {"text": "kept"})]
+    assert said == ["left out sets/img/a.jpg (at sets/m.jsonl:2): the same image is already an input "
+                    "(sets/img/a.jpg at sets/m.jsonl:1)"]
+    with pytest.warns(UserWarning, match=r"left out .* \(at sets/m.jsonl:2\)"):
+        discover(["sets/m.jsonl"])  # without a report function: a warning
 
 
 @pytest.mark.parametrize("line, match", [

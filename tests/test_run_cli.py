@@ -165,6 +165,7 @@ def test_help_says_what_each_command_does():
         assert len(line.split(None, 1)[1]) > 20
     run_help = grounded("run", "--help").stdout
     assert "--resume" in run_help and "--fail-on-error" in run_help and "--set KEY=VALUE" in run_help
+    assert "relative to its own folder" in " ".join(run_help.split())  # lists and manifests (issue 28)
     nodes = grounded("nodes").stdout
     assert "segment_auto: Automatic masks" in nodes and "write_coco:" in nodes
 

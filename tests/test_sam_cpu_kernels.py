@@ -1,5 +1,5 @@
-"""sam/cpu_kernels.py: the numba loops against the torch operations they replace, and the torch
-path that runs without numba."""
+"""grounded/sam/cpu/kernels.py: the numba loops against the torch operations they replace, and the
+torch operations that run without numba."""
 
 import math
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grounded.sam import cpu_kernels
-from grounded.sam.utils import mask_upsample
+from grounded.sam.cpu import kernels as cpu_kernels
+from grounded.sam.cpu import masks
 
 numba = pytest.importorskip("numba")
 
@@ -59,57 +59,6 @@ def test_gelu_hyper_equals_torch(kernels):
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
-def _decoder_paths(monkeypatch, compiled):
-    from grounded.sam import fast_decoder
-
-    if not compiled:
-        monkeypatch.setattr(fast_decoder, "_upscaling_kernels", lambda *args: None)
-
-
-@pytest.mark.parametrize("multimask", [True, False])
-def test_decoder_upscaling_compiled_equals_torch_path(multimask, monkeypatch):
-    """The whole decoder, low-rank (shared tokens) and regrouped (a mask prompt's dense embedding),
-    through the compiled upscaling and through torch's; a 20x20 grid leaves a partial tile of rows."""
-    from grounded.sam import fast_decoder
-    from test_sam_decoder_fast import decoder, inputs
-
-    dec = decoder(seed=3)
-    results = {}
-    for compiled in (True, False):
-        with monkeypatch.context() as patch:
-            _decoder_paths(patch, compiled)
-            for dense_kind in ("shared", "per_prompt"):
-                image, pe, sparse, dense = inputs(32, 5, 4, grid=20, per_prompt_dense=dense_kind == "per_prompt")
-                with torch.no_grad():
-                    if compiled:
-                        assert fast_decoder._upscaling_kernels(dec, None, sparse) is not None
-                    results[compiled, dense_kind] = dec(image, pe, sparse, dense, multimask)
-    for dense_kind in ("shared", "per_prompt"):
-        (masks, iou), (want_masks, want_iou) = results[True, dense_kind], results[False, dense_kind]
-        assert masks.shape == (5, 3 if multimask else 1, 80, 80)
-        assert ((masks - want_masks).abs().max() / want_masks.abs().max()) < 1e-5
-        torch.testing.assert_close(iou, want_iou)
-
-
-def test_upscaling_kernels_only_where_they_apply():
-    from grounded.sam import fast_decoder
-    from test_sam_decoder_fast import decoder
-
-    dec = decoder(seed=4)
-    tokens, keys = torch.zeros(2, 3, 8), torch.zeros(2, 16, 32)
-    with torch.no_grad():
-        assert fast_decoder._upscaling_kernels(dec, keys, tokens) is not None
-        assert fast_decoder._upscaling_kernels(dec, keys.double(), tokens) is None
-        dec.output_upscaling[4] = torch.nn.GELU(approximate="tanh")  # a different function: torch's path
-        assert fast_decoder._upscaling_kernels(dec, keys, tokens) is None
-    dec.output_upscaling[4] = torch.nn.GELU()
-    # training: gradients reach the upscaling's weights, or the tokens, through torch's path only
-    assert fast_decoder._upscaling_kernels(dec, keys, tokens) is None
-    dec.output_upscaling.requires_grad_(False)
-    assert fast_decoder._upscaling_kernels(dec, keys, tokens) is not None
-    assert fast_decoder._upscaling_kernels(dec, keys.requires_grad_(), tokens) is None
-
-
 @pytest.mark.parametrize("original_size, input_size", [
     ((512, 512), (1024, 1024)),
     ((480, 640), (768, 1024)),
@@ -117,7 +66,7 @@ def test_upscaling_kernels_only_where_they_apply():
     ((7, 1500), (5, 1024)),
 ])
 @pytest.mark.parametrize("noise", [False, True])
-def test_thresholding_compiled_equals_torch_path_bit_for_bit(original_size, input_size, noise, monkeypatch):
+def test_thresholding_compiled_equals_torch_path_bit_for_bit(original_size, input_size, noise, kernels):
     """Sure pixels and contour pixels, or for a chunk of noise the dense fallback: the same masks."""
     from test_mask_upsample import smooth_logits
 
@@ -130,30 +79,33 @@ def test_thresholding_compiled_equals_torch_path_bit_for_bit(original_size, inpu
     low[0, 0] = 3.0  # all above
     low[0, 1] = -3.0  # all below
     args = (1024, input_size, original_size, 0.5)
-    compiled = mask_upsample.threshold_upsampled(low, *args)
-    monkeypatch.setattr(mask_upsample, "_kernels", lambda logits: None)
-    torch_path = mask_upsample.threshold_upsampled(low, *args)
+    compiled = masks.threshold_upsampled(low, *args, kernels)
+    torch_path = masks.threshold_upsampled(low, *args, None)
     assert torch.equal(compiled, torch_path)
     assert compiled[0, 0].all() and not compiled[0, 1].any()
 
 
-def test_without_numba_everything_runs_on_torch(monkeypatch):
-    """load() answers None when numba cannot be imported, and the callers keep their torch path."""
-    from test_sam_decoder_fast import decoder, inputs, reference
+def test_without_numba_the_wing_runs_torch_operations():
+    """In a process where numba cannot be imported, load() answers None and the decoder's upscaling
+    and the thresholding take their torch operations."""
+    import subprocess
+    import sys
 
-    def missing():
-        raise ImportError("No module named 'numba'")
-
-    monkeypatch.setattr(cpu_kernels, "_compile", missing)
-    monkeypatch.setattr(cpu_kernels, "_tried", False)
-    monkeypatch.setattr(cpu_kernels, "_kernels", None)
-    assert cpu_kernels.load() is None
-    dec = decoder(seed=5)
-    image, pe, sparse, dense = inputs(32, 2, 3)
-    with torch.no_grad():
-        masks, _ = dec(image, pe, sparse, dense, True)
-        want, _ = reference(dec, image, pe, sparse, dense, True)
-    assert ((masks - want).abs().max() / want.abs().max()) < 2e-5
-    low = torch.randn(1, 2, 256, 256)
-    got = mask_upsample.threshold_upsampled(low, 1024, (1024, 1024), (64, 64), 0.0)
-    assert got.shape == (1, 2, 64, 64)
+    script = """
+import sys
+sys.modules["numba"] = None  # an import of numba now raises ImportError
+import numpy as np
+from grounded.sam import SamPredictor, cpu
+from grounded.sam.cpu import kernels
+from grounded.testing import tiny_sam
+assert kernels.load() is None
+model = tiny_sam("vit")
+predictor = SamPredictor(model)
+predictor.set_image(np.zeros((64, 80, 3), np.uint8))
+predictor.predict(box=np.array([5.0, 5.0, 60.0, 50.0]))
+print(sorted(set(cpu.paths_taken(model))))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(
+        ["decoder/low_rank", "encoder/vit_blocked", "masks/torch", "upscaling/torch"])

@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from grounded.sam import hf as sam_hf
-from grounded.sam.build import (
-    CheckpointError,
-    build_sam,
-    from_pretrained,
-    infer_config,
-    load_state_dict_strict,
-    read_state_dict,
-)
+from grounded.sam.build import build_sam, from_pretrained, load_state_dict_strict
+from grounded.sam.checkpoint import CheckpointError, infer_config, read_state_dict
 from grounded.sam.config import OFFICIAL_CONFIGS
 from grounded.sam.hf import convert_hf_state_dict, load_hf_folder, sam_config_from_hf
 from grounded.testing.hf_cache import REVISION as REV, install_in_hf_cache
@@ -255,11 +249,31 @@ def test_published_configs_are_the_official_variants(variant, vision):
 # ---------------------------------------------------------------- folders: formats and errors
 
 
+def _save_bin(hf_folder, out, shards=1):
+    """The folder's weights as pytorch_model.bin (or `shards` .bin files with an index), as older
+    transformers saved them (5.x writes safetensors only)."""
+    from safetensors.torch import load_file
+
+    out.mkdir()
+    shutil.copy(hf_folder / "config.json", out / "config.json")
+    state = load_file(hf_folder / "model.safetensors")
+    if shards == 1:
+        torch.save(state, out / "pytorch_model.bin")
+        return
+    names = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        shard = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        torch.save({k: state[k] for k in names[i::shards]}, out / shard)
+        weight_map.update({k: shard for k in names[i::shards]})
+    (out / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
 def test_pytorch_bin_and_sharded_folders(hf_model, hf_folder, tmp_path):
     reference, config = load_hf_folder(hf_folder)
-    hf_model.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    _save_bin(hf_folder, tmp_path / "bin")
     hf_model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
-    hf_model.save_pretrained(tmp_path / "sharded_bin", max_shard_size="20KB", safe_serialization=False)
+    _save_bin(hf_folder, tmp_path / "sharded_bin", shards=3)
     assert (tmp_path / "bin" / "pytorch_model.bin").is_file()
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     assert (tmp_path / "sharded_bin" / "pytorch_model.bin.index.json").is_file()

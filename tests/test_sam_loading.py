@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from grounded.sam import CheckpointError, from_pretrained, sam_model_registry, save_pretrained
-from grounded.sam.build import infer_config
+from grounded.sam.checkpoint import infer_config
 from grounded.testing import tiny_sam
 
 

@@ -66,10 +66,10 @@ def test_switching_backend_reuses_the_export(tmp_path):
 
 
 def test_pipeline_backend_names_follow_the_module():
-    from grounded.pipeline.models import ENCODER_BACKENDS
+    from grounded.nodes.segment import ENCODER_BACKENDS
     from grounded.sam.onnx_encoder import BACKENDS
 
-    assert ENCODER_BACKENDS == ("torch", *BACKENDS)
+    assert ENCODER_BACKENDS == ("auto", "torch", *BACKENDS)
 
 
 def test_unknown_backend_and_gpu_input_are_refused(tmp_path):
@@ -113,13 +113,82 @@ def test_real_mobile_sam_encoder_on_each_backend(backend, mobile_sam_checkpoint,
     assert ((got - expected).norm() / expected.norm()).item() < 1e-4
 
 
-def test_tiny_vit_export_path_computes_the_same_embedding(monkeypatch):
-    # TinyViT lays some tensors out differently while exporting (so onnxruntime runs fewer Transposes);
-    # that path must be the same function as the PyTorch one.
+def test_tiny_vit_export_layout_computes_the_same_embedding():
+    # TinyViT lays some tensors out differently for its export (so onnxruntime runs fewer Transposes);
+    # that layout must be the same function as the PyTorch encoder.
+    from grounded.sam.cpu.tiny_vit import export_layout
+
     encoder = tiny_sam("tiny_vit").image_encoder
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
         expected = encoder(x)
-        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-        got = encoder(x)
+        with export_layout(encoder):
+            got = encoder(x)
     assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+def test_the_exported_encoder_keeps_its_module_and_steps_aside(tmp_path):
+    """The state dict, saving and training stay the encoder's; under autograd, autocast and in
+    training mode the PyTorch forward runs (no export there); "torch" gives the plain module back."""
+    model = tiny_sam("tiny_vit", seed=3)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    use_openvino_encoder(model, cache_dir=tmp_path)
+    encoder = model.image_encoder
+    assert isinstance(encoder, OpenVinoImageEncoder) and model.state_dict().keys() == state.keys()
+    x = torch.randn(1, 3, 1024, 1024)
+    runs = []
+    encoder._run = lambda image, run=encoder._run: runs.append(1) or run(image)
+    with torch.no_grad():
+        exported = encoder(x)
+        assert runs == [1]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            encoder(x)
+    with_grad = encoder(x)
+    assert with_grad.requires_grad
+    assert ((exported - with_grad.detach()).norm() / exported.norm()) < 1e-4
+    with torch.no_grad():
+        encoder.train()  # (batch norms on the batch's statistics, which the call updates)
+        encoder(x)
+        encoder.eval()
+    assert runs == [1]
+    use_exported_encoder(model, "torch")
+    assert type(model.image_encoder).__name__ == "TinyViT" and not hasattr(model.image_encoder, "onnx_path")
+
+
+@pytest.mark.parametrize("encoder, dtype, want", [("tiny_vit", None, "openvino"), ("vit", None, "torch"),
+                                                  ("tiny_vit", torch.bfloat16, "torch")])
+def test_from_pretrained_picks_the_fastest_backend_and_says_so(encoder, dtype, want, tmp_path, monkeypatch, capsys):
+    from grounded.sam import from_pretrained, save_pretrained
+
+    monkeypatch.setenv("GROUNDED_CACHE", str(tmp_path / "cache"))
+    folder = save_pretrained(tiny_sam(encoder), tmp_path / "model")
+    model = from_pretrained(folder, dtype=dtype)
+    assert f"image encoder on {want}" in capsys.readouterr().err
+    assert (type(model.image_encoder).__name__ == "OpenVinoTinyViT") == (want == "openvino")
+    assert model.state_dict().keys() == tiny_sam(encoder).state_dict().keys()
+
+
+def test_two_processes_share_the_first_export(tmp_path):
+    """Two processes loading the same weights at once with an empty cache: one export, read by both."""
+    import subprocess
+    import sys
+
+    from grounded.sam import save_pretrained
+
+    folder = save_pretrained(tiny_sam("tiny_vit", seed=9), tmp_path / "model")
+    script = f"""
+import sys, torch
+from grounded.sam import from_pretrained
+model = from_pretrained({str(folder)!r}, image_encoder_backend="openvino")
+with torch.no_grad():
+    out = model.image_encoder(torch.ones(1, 3, 1024, 1024))
+torch.save(out, sys.argv[1])
+"""
+    env = {**__import__("os").environ, "GROUNDED_CACHE": str(tmp_path / "cache")}
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"out{i}.pt")], env=env,
+                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for run in runs:
+        assert run.wait(timeout=600) == 0, run.stderr.read()[-2000:]
+    exports = list((tmp_path / "cache" / "onnx").glob("*/*.onnx"))
+    assert len(exports) == 1 and not list((tmp_path / "cache" / "onnx").glob("*/*.tmp*"))
+    assert torch.equal(torch.load(tmp_path / "out0.pt"), torch.load(tmp_path / "out1.pt"))

@@ -4,9 +4,12 @@ Tiny random SAM; hard timeouts everywhere (a stalled Ray fails the test, it does
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,13 +26,30 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_tmp():
+    """Ray's session folders (logs, sockets) for this module's Rays, removed afterwards. A short
+    path: Ray's socket paths must stay under 108 characters."""
+    folder = tempfile.mkdtemp(prefix="ray-")
+    yield folder
+    # A Ray started by a killed driver may outlive it for a while and keep writing logs here: end
+    # every process that names this folder (in its command line or its RAY_TMPDIR), then remove it.
+    end_processes_using(folder)
+    for _ in range(50):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.exists(folder):
+            break
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(ray_tmp):
     """A local Ray of 2 CPUs, no dashboard, a small object store; workers find tests/ray_helpers.py."""
     import ray
 
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS)] + ([old] if old else []))
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, logging_level="WARNING",
+             _temp_dir=ray_tmp)
     yield ray
     ray.shutdown()
     if old is None:
@@ -70,6 +90,40 @@ def without_timing(rows):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+def test_ray_addresses_that_cannot_work_are_refused_within_seconds(tmp_path, ray_tmp):
+    """Issue 28: a Ray Client address, HOST:PORT with nothing listening and `auto` with no cluster
+    each end in one clear line within seconds (they hung, or printed a traceback). First in this
+    module: `auto` finds any Ray running on the machine (Ray looks for its processes), and the
+    other tests start some."""
+    from demo_helpers import free_port
+
+    from grounded.cli import main
+
+    image = images(tmp_path / "in", 1) / "img00.png"
+    for address, said in ((f"ray://127.0.0.1:{free_port()}", "Ray Client (ray://) addresses cannot run Ray Data"),
+                          (f"127.0.0.1:{free_port()}", "nothing listens there")):
+        start = time.monotonic()
+        with pytest.raises(ValueError if address.startswith("ray://") else RuntimeError, match=re.escape(said)):
+            from grounded.pipeline.spec import load_pipeline as load
+            from grounded.scale import run_on_ray
+
+            run_on_ray(load("auto_masks"), [str(image)], tmp_path / "out", address=address)
+        assert time.monotonic() - start < 10
+        assert main(["run", "auto_masks", str(image), "--out", str(tmp_path / "out"), "--executor", "ray",
+                     "--ray-address", address]) == 1
+
+    # "auto" in a process of its own (this one may have a Ray); Ray looks for a cluster in RAY_TMPDIR
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_TMPDIR=tempfile.mkdtemp(dir=ray_tmp))
+    env.pop("RAY_ADDRESS", None)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "grounded", "run", "auto_masks", str(image), "--out",
+                           str(tmp_path / "auto"), "--executor", "ray", "--ray-address", "auto"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "--ray-address auto: cannot connect to a Ray cluster (no cluster runs on this machine" in done.stderr
+    assert time.monotonic() - start < 60  # python, torch and ray imports included
+
+
 def test_ray_run_equals_local_run_and_reports_bad_files(tmp_path, ray_cluster, tiny_model_dir):
     from grounded.scale import run_on_ray
 
@@ -94,7 +148,7 @@ def test_ray_run_equals_local_run_and_reports_bad_files(tmp_path, ray_cluster, t
     assert run_info["fingerprint"] == json.loads((a / "run.json").read_text())["fingerprint"]
 
 
-def test_ray_run_killed_half_way_resumes_losing_nothing(tmp_path, ray_cluster, tiny_model_dir):
+def test_ray_run_killed_half_way_resumes_losing_nothing(tmp_path, ray_cluster, tiny_model_dir, ray_tmp):
     from grounded.scale import run_on_ray
 
     n = 12
@@ -104,7 +158,7 @@ def test_ray_run_killed_half_way_resumes_losing_nothing(tmp_path, ray_cluster, t
         "  - node: write_coco", "  - node: ray_helpers:Pause\n    params: {seconds: 0.4}\n  - node: write_coco"))
     sets = [a for o in overrides(tiny_model_dir) for a in ("--set", o)]
     out = tmp_path / "ray"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]), OMP_NUM_THREADS="1", RAY_TMPDIR=ray_tmp)
     cmd = [sys.executable, "-m", "grounded", "run", str(spec), str(inputs), "--out", str(out), "--executor", "ray",
            "--ray-cpus", "2", "--ray-object-store-mb", "100", "--no-progress", *sets]
     # Its own session, so the kill takes Ray's processes with it (as a kill -9 of a whole job would).
@@ -141,3 +195,94 @@ def test_ray_run_killed_half_way_resumes_losing_nothing(tmp_path, ray_cluster, t
         [str(inputs)], tmp_path / "local", progress=False)
     assert reference.ok == n
     assert coco == json.loads((tmp_path / "local" / "coco.json").read_text())
+
+
+def test_progress_on_ray_moves_within_the_batches_in_the_actors(tmp_path, ray_cluster):
+    """Issue 19: the bar moves as the actors' nodes report (here 3 steps per item), not only when a
+    batch of 2 comes back."""
+    from grounded.pipeline.spec import parse_pipeline
+    from grounded.scale import run_on_ray
+
+    spec = "version: 1\nbatch_size: 2\nnodes:\n  - node: ray_helpers:Steps\n    params: {steps: 3, seconds: 0.4}\n"
+    positions = []
+    report = run_on_ray(parse_pipeline(spec), [str(images(tmp_path / "in", 4))], tmp_path / "out",
+                        progress=lambda done, total: positions.append(done))
+    assert report.ok == 4 and positions == sorted(positions) and positions[-1] == 4
+    within = [p for p in positions if p != int(p)]
+    assert len(within) >= 4, positions  # fractions of items, reported from inside the actors
+
+
+def test_a_killed_ray_run_leaves_no_process_behind_and_says_nothing_harmless(tmp_path, ray_tmp):
+    """Issue 28: after kill -9 of the driver alone, its local Ray's processes (the dashboard and
+    runtime-env agents among them, which lingered for a minute) are gone within seconds; and a Ray
+    run prints no token warning and no core-worker error line."""
+    from grounded.scale.reaper import descendants
+
+    spec = tmp_path / "steps.yaml"
+    spec.write_text("version: 1\nbatch_size: 1\nnodes:\n  - node: ray_helpers:Steps\n    params: {seconds: 0.5}\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]), RAY_TMPDIR=ray_tmp)
+    proc = subprocess.Popen([sys.executable, "-m", "grounded", "run", str(spec), str(images(tmp_path / "in", 8)),
+                             "--out", str(out), "--executor", "ray", "--ray-cpus", "2"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and proc.poll() is None and not (out / "journal.jsonl").exists():
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        ray_processes = descendants(proc.pid)
+        time.sleep(1.5)  # the watcher hears of them twice a second
+        proc.kill()
+        proc.wait(timeout=30)
+        said = proc.stdout.read().decode()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = {pid for pid, started in ray_processes.items() if _start_time(pid) == started}
+            if not alive:
+                break
+            time.sleep(0.2)
+        assert not alive, [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in alive]
+        assert len(ray_processes) >= 4  # gcs, raylet, the agents, workers: there was something to end
+    finally:
+        for pid in [proc.pid] + list(descendants(proc.pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    assert "Token authentication" not in said and "core_worker" not in said, said
+    assert "Progress bars disabled" not in said and "execution finished" not in said, said
+
+
+def processes_using(folder: str):
+    needle = folder.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes() or needle in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def end_processes_using(folder: str, wait: float = 15.0):
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        pids = processes_using(folder)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.2)
+
+
+def _start_time(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None

@@ -7,8 +7,8 @@ import pytest
 
 from grounded.instructions import parse_edits
 from grounded.io.audio import SAMPLE_RATE, AudioError, load_audio
-from grounded.nodes.speech import (ReadAudio, SpeechModelNotFound, Transcribe, faster_whisper_location,
-                                   openai_whisper_checkpoint, transcribe_audio)
+from grounded.nodes.speech import ReadAudio, Transcribe
+from grounded.speech import SpeechModelNotFound, faster_whisper_location, openai_whisper_checkpoint, transcribe_audio
 from grounded.pipeline import Pipeline
 from grounded.pipeline.models import ModelCache
 from grounded.testing.speech import espeak_missing, speak, tiny_openai_whisper, write_audio

@@ -266,16 +266,16 @@ def test_segment_cli_text_clip_mode(tmp_path, mobile_sam_checkpoint, trained_cli
     Image.fromarray(scene.image).save(path)
     code = main(["segment", str(path), "--text", "a red circle", "--mode", "clip", "--clip", str(trained_clip_dir),
                  "--model", str(mobile_sam_checkpoint), "--points-per-side", "8", "--out", str(tmp_path / "out"),
-                 "--format", "coco"])
+                 "--format", "coco", "--no-progress"])
     assert code == 0
     assert "1 masks" in capsys.readouterr().out
-    coco = json.loads((tmp_path / "out" / "shapes.coco.json").read_text())
+    coco = json.loads((tmp_path / "out" / "coco.json").read_text())
     from pycocotools import mask as mask_utils
 
     rle = coco["annotations"][0]["segmentation"]
     mask = mask_utils.decode(dict(rle, counts=rle["counts"].encode())).astype(bool)
     assert iou(mask, scene.masks[0]) > 0.8
-    assert (tmp_path / "out" / "shapes_overlay.png").is_file()
+    assert (tmp_path / "out" / "overlays" / "shapes.png").is_file()
     assert main(["segment", str(path), "--text", "a red circle", "--box", "1,1,5,5"]) != 0
     assert "--text takes --point" in capsys.readouterr().err
     assert main(["segment", str(path), "--text", "?!"]) != 0

@@ -162,10 +162,24 @@ def test_lr_schedule_and_layer_decay(tmp_path):
     assert not torch.equal(before, model.image_encoder.blocks[0].attn.qkv.weight)  # the encoder trained
 
 
-def test_bf16_autocast_trains(tmp_path):
-    cfg = config(tmp_path, steps=2, precision="bf16", interactive=dict(point_rounds=1, no_point_rounds=0))
-    history = Trainer(cfg, model=tiny_model(), dataset=shapes_dataset(1, 4)).train()
-    assert all(np.isfinite(h["loss"]) for h in history)
+@pytest.mark.parametrize("trainable", [["mask_decoder"], ["mask_decoder.output_hypernetworks_mlps",
+                                                         "mask_decoder.iou_prediction_head"]],
+                         ids=["decoder", "heads-only"])
+def test_bf16_autocast_trains_the_full_eleven_rounds(tmp_path, trainable):
+    """The README's config with precision bf16: the paper's 11 rounds (8 with a new point from the
+    error region, 2 without, all after the first fed the previous logits back). Before the fix the
+    second round crashed sampling its point from bf16 logits through numpy."""
+    from grounded.sam import cpu
+
+    cfg = config(tmp_path, steps=2, precision="bf16", trainable=trainable,
+                 interactive=dict(point_rounds=8, no_point_rounds=2))
+    model = tiny_model()
+    trainer = Trainer(cfg, model=model, dataset=shapes_dataset(1, 4))
+    cpu.paths_taken(model)
+    history = trainer.train()
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    taken = cpu.paths_taken(model)
+    assert taken.count("decoder/reference") == 2 * 11 * trainer.config.grad_accum  # under autocast: the core decoder
 
 
 def test_low_res_targets_follow_the_model_preprocessing():
@@ -184,7 +198,7 @@ def _png(path, array):
 
 
 def test_datasets_coco_rle_and_polygons_label_pngs_and_sa1b(tmp_path):
-    from grounded.io.masks import compress_rle, encode_rle
+    from grounded.rle import compress_rle, encode_rle
 
     image = np.zeros((20, 30, 3), np.uint8)
     _png(tmp_path / "a.png", image)

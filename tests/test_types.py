@@ -1,4 +1,5 @@
-"""grounded.types: Detections (indexing, filtering, NMS, merging, COCO) and Sample."""
+"""grounded.types: Detections (indexing, filtering, NMS, merging, confidence) and Sample; COCO
+conversion is tested with the other formats (test_export_formats.py)."""
 
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from grounded.detections import decode_masks, encode_masks
+from grounded.rle import decode_masks, encode_masks
 from grounded.types import Detections, Sample, type_fits, value_fits
 
 # pycocotools (the reference here) warns about numpy 2's copy keyword inside its own code.
@@ -133,21 +134,16 @@ def test_merge_concatenates_and_refuses_mismatched_parts():
     assert len(Detections.merge([])) == 0
 
 
-def test_to_coco_round_trips_through_pycocotools():
-    d = dets()
-    anns = d.to_coco(image_id=7, category_ids={"cat": 3, "dog": 4}, start_id=10)
-    assert [a["id"] for a in anns] == [10, 11, 12] and {a["image_id"] for a in anns} == {7}
-    assert [a["category_id"] for a in anns] == [3, 4, 3]
-    for ann, mask in zip(anns, square_masks()):
-        rle = dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode())
-        assert np.array_equal(coco_mask.decode(rle).astype(bool), mask)
-        assert ann["area"] == mask.sum() == coco_mask.area(rle)
-        assert ann["bbox"] == pytest.approx(coco_mask.toBbox(rle).tolist())
-    assert anns[0]["score"] == pytest.approx(0.9) and anns[0]["label"] == "cat" and anns[0]["note"] == "a"
-    assert [a["category_id"] for a in d.to_coco(1)] == [1, 2, 1]  # class_id + 1
-    assert [a["category_id"] for a in d.to_coco(1, category_ids=[5, 6])] == [5, 6, 5]
-    boxes_only = Detections([[1, 2, 4, 8]]).to_coco(1)
-    assert boxes_only[0]["bbox"] == [1, 2, 3, 6] and "segmentation" not in boxes_only[0] and boxes_only[0]["area"] == 18
+def test_confidence_is_supervisions_name_for_scores():
+    d = Detections([[0, 0, 1, 1], [1, 1, 2, 2]], confidence=[0.2, 0.8])
+    assert d.confidence is d.scores and d.scores.dtype == np.float32 and d.scores.tolist() == pytest.approx([0.2, 0.8])
+    assert d[d.confidence > 0.5].confidence.tolist() == pytest.approx([0.8])
+    d.confidence = [0.4, 0.6]
+    assert d.scores.tolist() == pytest.approx([0.4, 0.6])
+    with pytest.raises(ValueError, match="not both"):
+        Detections([[0, 0, 1, 1]], scores=[1.0], confidence=[1.0])
+    with pytest.raises(ValueError, match="1 confidence for 2 boxes"):
+        d.confidence = [0.5]
 
 
 def test_from_sam_records_binary_and_rle_agree():

@@ -169,3 +169,40 @@ def test_spoken_remove_with_a_box_target(mobile_sam_checkpoint, say, tmp_path, c
     assert mask[SPOON[1], SPOON[0]] and mask[:, :300].sum() == 0  # inside the box
     assert _outside_unchanged(original, edited, mask, 6)
     assert (edited[mask] != original[mask]).any(axis=-1).mean() > 0.9
+
+
+def test_out_without_an_extension_or_as_a_folder(tmp_path, monkeypatch):
+    """Issue 19: `--out NAME` wrote a PNG named NAME; now NAME.png, and a folder gets IMAGE_edited.png."""
+    from grounded.commands.edit import output_path
+    from grounded.sam import save_pretrained
+    from grounded.testing import tiny_sam
+
+    source = Path("photos/coffee.jpg")
+    (tmp_path / "existing").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert output_path(None, source) == Path("out/edit/coffee_edited.png")
+    assert output_path("result", source) == Path("result.png")
+    assert output_path("result.v2", source) == Path("result.v2.png")
+    assert output_path("shots/result.JPG", source) == Path("shots/result.JPG")
+    assert output_path("new_folder/", source) == Path("new_folder/coffee_edited.png")
+    assert output_path("existing", source) == Path("existing/coffee_edited.png")
+
+    sam = save_pretrained(tiny_sam("vit"), tmp_path / "tiny_sam")
+    for out, written in (("edited", "edited.png"), ("as.jpg", "as.jpg")):
+        assert main(["edit", str(COFFEE), "--say", "make the cup blue", "--point", f"{CUP[0]},{CUP[1]}",
+                     "--sam", str(sam), "--device", "cpu", "--out", out]) == 0
+        with Image.open(tmp_path / written) as picture:
+            assert picture.format == ("JPEG" if written.endswith(".jpg") else "PNG")
+        assert not (tmp_path / out).is_file() or out == written
+
+
+def test_a_detector_folder_that_does_not_exist_is_named(tmp_path, capsys):
+    """Issue 28: `--detector path/to/grounding-dino` said the hub's repo-id format error."""
+    import time
+
+    start = time.monotonic()
+    assert main(["edit", str(COFFEE), "--say", "remove the cup", "--detector", "path/to/grounding-dino",
+                 "--out", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert "--detector path/to/grounding-dino: the folder path/to/grounding-dino does not exist" in err
+    assert "tried as a folder" in err and "repo" not in err.lower() and time.monotonic() - start < 5

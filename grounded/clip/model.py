@@ -9,14 +9,16 @@
     clip.encode_images([image])               # [N, D] unit vectors (HxWx3 uint8 RGB)
     clip.score_masks(image, masks, ["a dog"])  # [N masks, N texts] cosine similarity of masked crops
 
-Nothing is downloaded here: hub ids and pretrained tags are read from the local caches (the
-project runs with HF_HUB_OFFLINE=1). Each backend preprocesses images its own way (open_clip's
-validation transform, transformers' `CLIPImageProcessor`); masked crops are padded square first
+Hub ids, 'hf-hub:' names and pretrained tags are read from the local caches first and downloaded
+only when the hub answers (`grounded.hub`; nothing is downloaded with HF_HUB_OFFLINE=1). Each backend
+preprocesses images its own way (open_clip's validation transform, transformers'
+`CLIPImageProcessor` with its PIL backend); masked crops are padded square first
 (see `grounded.clip.crops`), so that preprocessing keeps the whole object.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
@@ -54,10 +56,12 @@ class ClipModel:
     @property
     def logit_scale(self) -> float:
         """exp of the learned temperature: similarity x this = the logits CLIP was trained with."""
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        from ..transformers_compat import pooled
+
         if isinstance(texts, str):
             texts = [texts]
         texts = [check_text(t) for t in texts]
@@ -65,19 +69,21 @@ class ClipModel:
         if self.backend == "open_clip":
             features = self.model.encode_text(tokens["input_ids"])
         else:
-            features = self.model.get_text_features(**tokens)
+            features = pooled(self.model.get_text_features(**tokens))
         return _unit(features)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[np.ndarray], batch_size: int = 64) -> torch.Tensor:
         """HxWx3 uint8 RGB images (any sizes) -> [N, D]."""
+        from ..transformers_compat import pooled
+
         out = []
         for start in range(0, len(images), batch_size):
             pixels = self._preprocess(list(images[start:start + batch_size])).to(self.device, self.dtype)
             if self.backend == "open_clip":
                 features = self.model.encode_image(pixels)
             else:
-                features = self.model.get_image_features(pixel_values=pixels)
+                features = pooled(self.model.get_image_features(pixel_values=pixels))
             out.append(_unit(features))
         if not out:
             return torch.zeros((0, self.embed_dim))
@@ -165,18 +171,25 @@ def _load_open_clip(model: str, pretrained: Optional[str], device: str, dtype) -
 
     name = model
     path = Path(model).expanduser()
-    if not model.startswith(("hf-hub:", "local-dir:")) and path.is_dir():
+    if model.startswith("hf-hub:"):
+        name = f"local-dir:{_open_clip_hub_folder(model[len('hf-hub:'):])}"
+    elif not model.startswith("local-dir:") and path.is_dir():
         name = f"local-dir:{path.resolve()}"
+    tag_settings = {}
     if pretrained and Path(pretrained).expanduser().exists():
         pretrained = str(Path(pretrained).expanduser().resolve())
     elif pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
         raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained}")
-    if not name.startswith(("hf-hub:", "local-dir:")) and open_clip.get_model_config(name) is None:
+    if not name.startswith("local-dir:") and open_clip.get_model_config(name) is None:
         raise ValueError(f"unknown open_clip model {model!r}: not a folder with open_clip_config.json, not "
                          f"'hf-hub:org/name', and not an open_clip architecture (open_clip.list_models())")
+    if name.startswith("local-dir:"):
+        pretrained = None  # a folder or hub repository carries its weights (open_clip ignores `pretrained` there)
+    elif pretrained and not Path(pretrained).is_file():
+        pretrained, tag_settings = _open_clip_tag(name, pretrained)
     try:
         net, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=device, precision=_precision(dtype))
+            name, pretrained=pretrained, device=device, precision=_precision(dtype), **tag_settings)
     except RuntimeError as err:
         text = str(err)
         if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
@@ -197,24 +210,96 @@ def _load_open_clip(model: str, pretrained: Optional[str], device: str, dtype) -
     return ClipModel(net, tokenize, prepare, "open_clip", label, device, dtype)
 
 
+def _open_clip_hub_folder(repo_id: str) -> Path:
+    """The folder of open_clip hub repository `repo_id` (open_clip_config.json + weights)."""
+    from ..hub import model_snapshot
+
+    tried: List[str] = []
+    folder = model_snapshot(repo_id, tried, files=("*.txt",), config_file="open_clip_config.json",
+                            weight_formats=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+    if folder is None:
+        raise FileNotFoundError(f"open_clip model 'hf-hub:{repo_id}' not found. Tried:\n  - " + "\n  - ".join(tried))
+    return folder
+
+
+def _open_clip_tag(model: str, tag: str):
+    """(weights file, preprocessing settings) of open_clip pretrained tag `tag` of `model`, the
+    weights from the Hugging Face cache or open_clip's own (~/.cache/clip), downloaded only when
+    their server answers (`grounded.hub`); the settings are those open_clip takes from the tag."""
+    import open_clip
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from open_clip.pretrained import download_pretrained_from_url
+
+    from ..hub import HUB_ANSWER_SECONDS, from_cache_or_hub
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not cfg:
+        raise ValueError(f"unknown pretrained tag {tag!r} for open_clip model {model!r}: give a checkpoint file or one of "
+                         f"{open_clip.list_pretrained_tags_by_model(model)}")
+    settings = {"image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
+                "image_interpolation": cfg.get("interpolation"), "image_resize_mode": cfg.get("resize_mode")}
+    tried: List[str] = []
+    if cfg.get("hf_hub"):
+        # open_clip's own choice: "org/name/file", or "org/name/" for its default file; safetensors first
+        repo_id, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin"
+        safe = "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin" else filename[:-4] + ".safetensors"
+        names = list(dict.fromkeys([safe if filename.endswith((".bin", ".pth")) else filename, filename]))
+
+        def cached() -> Path:
+            found = [try_to_load_from_cache(repo_id, name) for name in names]  # (no network call)
+            for path in found:
+                if isinstance(path, str):
+                    return Path(path)
+            raise FileNotFoundError(f"none of {names} cached")
+
+        def download() -> Path:
+            for i, name in enumerate(names):
+                try:
+                    return Path(hf_hub_download(repo_id, name, etag_timeout=HUB_ANSWER_SECONDS))
+                except Exception:  # noqa: BLE001 - the next name, or the last error
+                    if i == len(names) - 1:
+                        raise
+
+        weights = from_cache_or_hub(f"Hugging Face hub id {repo_id!r} ({' or '.join(names)})", cached, download,
+                                    tried, repo_id)
+    else:
+        cache = Path("~/.cache/clip").expanduser()
+        local = cache / Path(cfg["url"]).name
+
+        def cached() -> Path:
+            if not local.is_file():
+                raise FileNotFoundError(f"no {local}")
+            return local
+
+        weights = from_cache_or_hub(f"open_clip weights {cfg['url']}", cached,
+                                    lambda: Path(download_pretrained_from_url(cfg["url"], str(cache))), tried,
+                                    cache_dir=cache, url=cfg["url"])
+    if weights is None:
+        raise FileNotFoundError(f"open_clip weights for {model!r} tag {tag!r} not found. Tried:\n  - " + "\n  - ".join(tried))
+    return str(weights), {k: v for k, v in settings.items() if v is not None}
+
+
 def _load_transformers(model: str, device: str, dtype) -> ClipModel:
-    from huggingface_hub.errors import HFValidationError
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    from ..hub import local_or_hub_folder
+    from ..transformers_compat import load_checked, pil_processor_kwargs
 
     try:
-        net = CLIPModel.from_pretrained(model, dtype=dtype or torch.float32).to(device)
-        tokenizer = CLIPTokenizerFast.from_pretrained(model)
-        processor = CLIPImageProcessor.from_pretrained(model)
-    except (OSError, HFValidationError) as err:
-        raise FileNotFoundError(
-            f"CLIP model {model!r} not found: tried it as a local folder ({Path(model).expanduser().resolve()}) and as a "
-            f"Hugging Face hub id in the local cache (offline). For open_clip give model + pretrained, a folder with "
-            f"open_clip_config.json, or 'hf-hub:org/name'. ({str(err).splitlines()[0]})") from None
-    except RuntimeError as err:
-        if "size mismatch" in str(err):
-            raise ValueError(f"the weights in {model} do not fit its config.json: "
-                             f"{str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}") from None
-        raise
+        folder = local_or_hub_folder(model, "CLIP model")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}\nFor open_clip give model + pretrained, a folder with open_clip_config.json, "
+                                "or 'hf-hub:org/name'.") from None
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no config.json (a transformers CLIPModel folder)")
+    try:
+        # float32 unless asked (transformers 5 keeps a checkpoint's saved dtype), PIL preprocessing (as 4.x)
+        net = load_checked(CLIPModel, folder, str(folder), dtype=dtype or torch.float32).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        processor = AutoImageProcessor.from_pretrained(folder, **pil_processor_kwargs())
+    except OSError as err:
+        raise FileNotFoundError(f"CLIP model {model!r}: {folder} is incomplete ({str(err).splitlines()[0]})") from None
     max_length = net.config.text_config.max_position_embeddings
 
     def tokenize(texts: List[str]) -> dict:

@@ -4,8 +4,9 @@ OpenCV removal / OKLCH recolouring / Stable Diffusion inpainting."""
 
 import argparse
 import json
+import os
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 EXAMPLES = """examples:
   grounded edit photo.jpg --say "remove the bicycle" --point 320,240
@@ -14,11 +15,16 @@ EXAMPLES = """examples:
   grounded edit photo.jpg --say "change the dog to a monkey" --detector IDEA-Research/grounding-dino-tiny \\
       --inpaint-model runwayml/stable-diffusion-inpainting --device cuda
 
-writes OUT (default: out/edit/PHOTO_edited.png) and, beside it, OUT_mask<k>.png for each edit.
+writes OUT (default: out/edit/PHOTO_edited.png; a folder gets PHOTO_edited.png inside; a name without
+an image extension gets .png) and, beside it, OUT_mask<k>.png for each edit.
 """
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+                 ".bmp": "BMP"}
 
 
 def add_cli(sub) -> None:
+    from ..device import AUTO_HELP
+
     p = sub.add_parser(
         "edit",
         help="edit an image by voice (--audio FILE) or words (--say TEXT): remove, recolour or replace objects",
@@ -52,8 +58,9 @@ def add_cli(sub) -> None:
     p.add_argument("--scheduler", default="default", help="diffusion scheduler: ddim, euler, euler_a, dpm++, unipc, ...")
     p.add_argument("--dilate", type=int, default=6, help="grow each mask by this many pixels (default 6)")
     p.add_argument("--feather", type=int, default=3, help="soft edge inside the grown mask, pixels (default 3)")
-    p.add_argument("--out", "-o", help="the edited image (default: out/edit/IMAGE_edited.png)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", "-o", help="the edited image (default: out/edit/IMAGE_edited.png); a folder (existing, or "
+                   "ending in /) gets IMAGE_edited.png inside, a name without .png/.jpg/.webp/.tif/.bmp gets .png")
+    p.add_argument("--device", default="auto", help=f"{AUTO_HELP} (default auto)")
     p.set_defaults(func=run)
 
 
@@ -65,6 +72,28 @@ def _numbers(text: str, count: int, what: str) -> List[float]:
     if len(values) != count:
         raise ValueError(f"{what} {text!r} must be {count} comma-separated numbers")
     return values
+
+
+def output_path(out: Optional[str], source: Path) -> Path:
+    """Where the edited image goes: --out as a file (an image extension kept, else .png added), or
+    IMAGE_edited.png in it when it is a folder (one that exists, or a name ending in /)."""
+    name = f"{source.stem}_edited.png"
+    if not out:
+        return Path("out") / "edit" / name
+    path = Path(out)
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        return path / name
+    return path if path.suffix.lower() in IMAGE_FORMATS else path.with_name(path.name + ".png")
+
+
+def check_detector(detector: str) -> None:
+    """A --detector that can only be a folder (a hub id is ORG/NAME) must exist: say so before the
+    loader, which would answer with the hub's repo-id format error."""
+    path = Path(detector).expanduser()
+    can_be_hub_id = detector.count("/") <= 1 and not detector.startswith(("/", ".", "~")) and "\\" not in detector
+    if not path.exists() and not can_be_hub_id:
+        raise FileNotFoundError(f"--detector {detector}: the folder {path} does not exist (tried as a folder: it cannot "
+                                "be a Hugging Face hub id, which is ORG/NAME, e.g. IDEA-Research/grounding-dino-tiny)")
 
 
 def build_pipeline(args: argparse.Namespace):
@@ -110,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
     from ..types import Sample
 
     source = Path(args.image)
+    out = output_path(args.out, source)
+    if not (args.point or args.box):
+        check_detector(args.detector)
     image = load_image(source)
     pipeline = build_pipeline(args)
     given = len(args.point or args.box)  # targets given by hand: one per edit, checked once the edits are known
@@ -139,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
                              "give one per edit, in the order spoken")
         for node in pipeline.nodes[len(parse_only):]:
             sample = node.process_batch([sample])[0]
-    out = Path(args.out) if args.out else Path("out") / "edit" / f"{source.stem}_edited.png"
-    atomic_save_image(out, sample.edited_image)
+    atomic_save_image(out, sample.edited_image, format=IMAGE_FORMATS[out.suffix.lower()])
     written = [str(out)]
     for k, index in enumerate(sample.get("edit_detections") or []):
         if index is None:

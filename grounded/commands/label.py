@@ -1,5 +1,6 @@
-"""`grounded label DIR --out OUT [--text "dog. cat."]`: the auto-labelling pipeline
-(pipelines/auto_label.yaml) in one short command; everything `grounded run` takes works here too."""
+"""`grounded label DIR --out OUT [--text "dog. cat."] [--segmenter sam3]`: the auto-labelling
+pipeline (pipelines/auto_label.yaml, or auto_label_sam3.yaml: SAM 3 segments the tags, no
+detector) in one short command; everything `grounded run` takes works here too."""
 
 import argparse
 
@@ -7,6 +8,7 @@ EXAMPLES = """examples:
   grounded label photos/ --out out/labels                        # classes from each image's caption
   grounded label photos/ --out out/labels --text "dog. cat."     # only dogs and cats (named in the caption)
   grounded label photos/ --out out/labels --resume --executor ray
+  grounded label photos/ --out out/labels --segmenter sam3       # SAM 3 segments every tag, no detector
 
 output folder: coco.json (RLE masks, categories = tags, captions on the image records), yolo/ (labels/*.txt,
 images/, data.yaml), json/ID.json, overlays/ID.png, manifest.jsonl, errors.jsonl
@@ -22,9 +24,13 @@ def add_cli(sub) -> None:
         description="Label every image: BLIP captions it, the caption's tags are found by Grounding DINO and "
         "segmented by SAM; writes COCO (RLE), YOLO segmentation, per-image JSON and overlays. Resumable.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, quoted globs, .txt lists, .jsonl manifests")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, quoted globs, .txt lists, .jsonl manifests (relative "
+                   "paths in a list or manifest are relative to its own folder)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--text", help='your classes, separated by ".", e.g. "dog. cat." (default: whatever the captions name)')
+    p.add_argument("--segmenter", choices=("sam", "sam3"), default="sam",
+                   help="sam: Grounding DINO boxes -> SAM masks (auto_label.yaml, default); sam3: SAM 3 finds and "
+                   "segments every instance of each tag (auto_label_sam3.yaml; --set sam3=... names the model)")
     p.add_argument("--vocabulary-mode", choices=("replace", "filter"), default="replace",
                    help="with --text: replace the built-in tag list with your classes (default), or filter it to them")
     p.add_argument("--resume", action="store_true", help="continue the run already in --out")
@@ -58,7 +64,7 @@ def label(args: argparse.Namespace) -> int:
     overrides += list(args.overrides)
     if args.batch_size is not None:
         overrides.append(f"batch_size={args.batch_size}")
-    pipeline = load_pipeline("auto_label", overrides)
+    pipeline = load_pipeline("auto_label_sam3" if args.segmenter == "sam3" else "auto_label", overrides)
     options = {}
     if args.executor == "ray":
         from ..scale import run_on_ray as run_over_data

@@ -28,7 +28,8 @@ def add_cli(sub) -> None:
     )
     p.add_argument("spec", help="a spec file, or the name of one in pipelines/ (e.g. auto_masks)")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders (recursive, by extension), quoted globs, .txt lists of paths, .jsonl manifests")
+                   help="image files, folders (recursive, by extension), quoted globs, .txt lists of paths, .jsonl "
+                   "manifests (relative paths in a list or manifest are relative to its own folder)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run already in --out (finished items are kept)")
     p.add_argument("--retry-errors", action="store_true", help="with --resume: try the items that failed again")

@@ -7,7 +7,6 @@
 
 import argparse
 import time
-from pathlib import Path
 
 
 def add_cli(sub) -> None:
@@ -32,17 +31,23 @@ def _overrides(items):
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..sam.training import TrainConfig, Trainer
-
-    config = TrainConfig.from_yaml(args.config, _overrides(args.overrides))
-    trainer = Trainer(config)
-    if args.resume:
+def resume_or_refuse(trainer, resume: bool) -> None:
+    """With --resume, continue from the newest checkpoint; without, refuse a folder that holds some
+    (shared by `grounded train` and `grounded pretrain`)."""
+    if resume:
         path = trainer.load_checkpoint()
         print(f"resumed from {path} at step {trainer.step}")
     elif trainer.latest_checkpoint() is not None:
         raise ValueError(f"{trainer.checkpoint_dir} already holds checkpoints: pass --resume to continue, "
                          f"or set another out_dir")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sam.training import TrainConfig, Trainer
+
+    config = TrainConfig.from_yaml(args.config, _overrides(args.overrides))
+    trainer = Trainer(config)
+    resume_or_refuse(trainer, args.resume)
     start = time.time()
     history = trainer.train()
     final = trainer.save_model()

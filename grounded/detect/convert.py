@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
 
+from .checkpoint import load_official_state_dict, read_config
+
 # Swin variants groundingdino-py builds by name (its build_swin_transformer table).
 SWIN_VARIANTS = {
     "swin_T_224_1k": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, image_size=224),
@@ -178,9 +180,9 @@ def convert_state_dict(official: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def check_state_dict(model, state: Mapping[str, Any], what: str = "checkpoint") -> None:
-    """Raise a ValueError naming missing, unexpected and mis-shaped keys of `state` against `model`."""
-    expected = model.state_dict()
+def check_state_dict(expected: Mapping[str, Any], state: Mapping[str, Any], what: str = "checkpoint") -> None:
+    """Raise a ValueError naming missing, unexpected and mis-shaped keys of `state` against the
+    tensors (or shapes) of `expected`, a model's state dict."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k}: {tuple(state[k].shape)} in the {what}, {tuple(expected[k].shape)} in the model"
@@ -201,15 +203,36 @@ def list_some(items: List[str], n: int = 6) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
+def check_converted(state: Mapping[str, Any], hf_config, what: str = "checkpoint") -> Dict[str, Any]:
+    """`state` (converted names) checked against the checkpoint a transformers Grounding DINO for
+    `hf_config` holds, names as in its files (`transformers_compat.checkpoint_state`); returns it
+    without what transformers rebuilds itself (Swin's relative_position_index in 5.x). A weight it
+    never uses (5.x's final Swin norm) may be absent."""
+    import torch
+    from transformers import GroundingDinoForObjectDetection
+
+    from ..transformers_compat import checkpoint_state, ignored_on_load
+
+    with torch.device("meta"):
+        skeleton = GroundingDinoForObjectDetection(hf_config)
+    expected = checkpoint_state(skeleton)
+    state = {k: v for k, v in state.items() if k in expected or not ignored_on_load(skeleton, [k], "unexpected")}
+    expected = {k: v for k, v in expected.items() if k in state or not ignored_on_load(skeleton, [k], "missing")}
+    check_state_dict(expected, state, what=what)
+    return state
+
+
 def convert_checkpoint(checkpoint: Union[str, Path], config: Union[str, Path], text_encoder: Union[str, Path],
                        out_dir: Union[str, Path], log: Callable[[str], None] = lambda _: None):
     """Convert an official checkpoint + its .py config to a transformers folder in `out_dir`
-    (model weights, config, processor with the text encoder's tokenizer). Returns the model."""
+    (model weights, config, processor with the text encoder's tokenizer). Returns the model, read
+    back from `out_dir`."""
     import torch
+    from safetensors.torch import save_file
     from transformers import (AutoTokenizer, BertConfig, GroundingDinoForObjectDetection,
                               GroundingDinoImageProcessor, GroundingDinoProcessor)
 
-    from .official import load_official_state_dict, read_config
+    from ..transformers_compat import load_checked
 
     cfg = read_config(config)
     text_encoder = Path(text_encoder)
@@ -217,14 +240,17 @@ def convert_checkpoint(checkpoint: Union[str, Path], config: Union[str, Path], t
         raise FileNotFoundError(f"text encoder folder {text_encoder} has no config.json (a BERT folder, e.g. "
                                 "bert-base-uncased saved with save_pretrained)")
     hf_config = hf_config_from_official(cfg, BertConfig.from_pretrained(text_encoder).to_dict())
-    state = convert_state_dict(load_official_state_dict(checkpoint))
-    with torch.device("meta"):
-        skeleton = GroundingDinoForObjectDetection(hf_config)
-    check_state_dict(skeleton, state, what=f"checkpoint {Path(checkpoint).name}")
-    model = GroundingDinoForObjectDetection(hf_config).eval()
-    model.load_state_dict(state, strict=True)
+    state = check_converted(convert_state_dict(load_official_state_dict(checkpoint)), hf_config,
+                            what=f"checkpoint {Path(checkpoint).name}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    hf_config.save_pretrained(out_dir)
+    # Every tensor its own copy (the official model shares its box heads), then read back by transformers
+    # and saved its own way (tied weights once, 5.x's names).
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(out_dir / "model.safetensors"),
+              metadata={"format": "pt"})
+    model = load_checked(GroundingDinoForObjectDetection, out_dir, f"the converted {Path(checkpoint).name}",
+                         dtype=torch.float32).eval()
     model.save_pretrained(out_dir)
     GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(),
                            tokenizer=AutoTokenizer.from_pretrained(text_encoder)).save_pretrained(out_dir)

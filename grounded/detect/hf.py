@@ -1,8 +1,8 @@
 """Grounding DINO through transformers' `GroundingDinoForObjectDetection`: a hub id
-(`IDEA-Research/grounding-dino-tiny`, read from the Hugging Face cache; HF_HUB_OFFLINE honoured)
-or a local folder (e.g. one `grounded convert` wrote).
+(`IDEA-Research/grounding-dino-tiny`: the Hugging Face cache first, see `grounded.hub`) or a local
+folder (e.g. one `grounded convert` wrote).
 
-Preprocessing is the folder's `GroundingDinoImageProcessor` (shortest side resized to `size`,
+Preprocessing is the folder's `GroundingDinoImageProcessor`, PIL backend (shortest side resized to `size`,
 longest capped at `max_size`, bilinear on PIL images, rescaled and normalized with ImageNet
 statistics, batches padded to the largest image with a pixel mask), and the text goes through its
 tokenizer. `dtype` bf16/fp16 runs the float32 model under autocast."""
@@ -15,7 +15,6 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 
 from .base import Detector
-from .convert import list_some
 
 
 class HFGroundingDino(Detector):
@@ -32,29 +31,25 @@ class HFGroundingDino(Detector):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: Any = None, **kwargs) -> "HFGroundingDino":
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+        import torch
+        from transformers import AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection, GroundingDinoProcessor
+
+        from ..hub import local_or_hub_folder
+        from ..transformers_compat import load_checked, pil_processor_kwargs
 
         path = Path(name_or_path).expanduser()
         if path.exists() and not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a transformers Grounding DINO folder (no config.json); convert an "
                                     "official checkpoint with `grounded convert grounding-dino`")
-        source = str(path) if path.exists() else name_or_path
+        folder = local_or_hub_folder(name_or_path, "Grounding DINO model")
         try:
-            processor = AutoProcessor.from_pretrained(source)
-            model, info = GroundingDinoForObjectDetection.from_pretrained(source, output_loading_info=True)
+            # PIL preprocessing as in transformers 4 (5.x defaults to torchvision, whose resize gives other
+            # pixels), and float32 weights whatever the checkpoint was saved in (5.x keeps a checkpoint's dtype).
+            processor = GroundingDinoProcessor(AutoImageProcessor.from_pretrained(folder, **pil_processor_kwargs()),
+                                               AutoTokenizer.from_pretrained(folder))
+            model = load_checked(GroundingDinoForObjectDetection, folder, repr(str(name_or_path)), dtype=torch.float32)
         except OSError as err:
-            raise FileNotFoundError(f"cannot load Grounding DINO {name_or_path!r}: tried the local folder {path} and "
-                                    f"the Hugging Face hub id {name_or_path!r} ({err})") from None
-        except RuntimeError as err:
-            if "size mismatch" not in str(err):
-                raise
-            raise ValueError(f"the weights of {name_or_path!r} do not match its config.json: "
-                             f"{_shape_report(source) or err}") from None
-        # transformers only warns about weights its config expects but the file lacks (they stay random).
-        problems = [f"{len(info[k])} {k.replace('_', ' ')} ({list_some(sorted(map(str, info[k])))})"
-                    for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)]
-        if problems:
-            raise ValueError(f"the weights of {name_or_path!r} do not match its config.json: " + "; ".join(problems))
+            raise FileNotFoundError(f"cannot load Grounding DINO {name_or_path!r} from {folder}: {err}") from None
         # bf16/fp16 run under autocast over the float32 weights: transformers' Grounding DINO does
         # not run with its weights cast (its text position embeddings stay float32).
         return cls(model.to(device).eval(), processor, device, autocast_dtype=dtype, **kwargs)
@@ -76,23 +71,3 @@ class HFGroundingDino(Detector):
             out = self.model(pixel_values=pixel_values.to(self.device), pixel_mask=pixel_mask.to(self.device).long(),
                              **{k: v.to(self.device) for k, v in tokens.items()})
         return out.logits.float().cpu(), out.pred_boxes.float().cpu()
-
-
-def _shape_report(source: str) -> str:
-    """Which weights of a folder or hub id have other shapes than its config.json describes."""
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoConfig, GroundingDinoForObjectDetection
-    from transformers.utils import cached_file
-
-    try:
-        weights = cached_file(source, "model.safetensors")
-        with safe_open(weights, "pt") as f:
-            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        with torch.device("meta"):
-            expected = GroundingDinoForObjectDetection(AutoConfig.from_pretrained(source)).state_dict()
-    except (OSError, ValueError):
-        return ""
-    shapes = [f"{k}: {stored[k]} in the weights, {tuple(v.shape)} in the config" for k, v in expected.items()
-              if k in stored and stored[k] != tuple(v.shape)]
-    return f"{len(shapes)} shapes differ ({list_some(shapes)})" if shapes else ""

@@ -6,8 +6,11 @@
   parsed with `ast.literal_eval`, and anything else in the file is refused. `.json` configs are
   read as JSON.
 - The model's BERT comes from a local folder (`text_encoder=`, a bert-base-uncased saved with
-  `save_pretrained`), written into the config as `text_encoder_type`: the library calls
+  `save_pretrained`) or a hub id in the Hugging Face cache (the config's own `text_encoder_type`,
+  e.g. "bert-base-uncased"), written into the config as that folder: the library calls
   `from_pretrained` on it, which would otherwise go to the hub.
+- Under transformers 5 the BERT mask helpers the library uses are restored first
+  (`grounded.detect.bert_compat`), and the model runs in float32 whatever the BERT folder's dtype.
 - The checkpoint is read with `torch.load(weights_only=True)` and loaded strictly (the library's
   own `load_model` uses `strict=False`, which silently runs a half-random model when the config
   does not match); a mismatch is a ValueError naming keys and shapes. Only the two extras released
@@ -21,86 +24,52 @@ to its pure-PyTorch path (`multi_scale_deformable_attn_pytorch`), which runs on 
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import io
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from .base import Detector
+from .checkpoint import load_official_state_dict, read_config
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def read_config(path: Union[str, Path]) -> Dict[str, Any]:
-    """An official config file's settings, without executing it (see the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Grounding DINO config {path} does not exist")
-    text = path.read_text()
-    if path.suffix == ".json":
-        return json.loads(text)
-    if path.suffix != ".py":
-        raise ValueError(f"Grounding DINO config {path} must be a .py (like GroundingDINO_SwinT_OGC.py) or .json file")
-    try:
-        tree = ast.parse(text, filename=str(path))
-    except SyntaxError as err:
-        raise ValueError(f"config {path} is not valid Python: {err}") from None
-    cfg: Dict[str, Any] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            continue  # a docstring
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise ValueError(f"config {path} line {node.lineno}: only `name = value` assignments are read "
-                             "(the file is parsed, not run)")
-        try:
-            cfg[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError:
-            raise ValueError(f"config {path} line {node.lineno}: the value of {node.targets[0].id!r} is not a literal "
-                             "(numbers, strings, lists, dicts, True/False/None)") from None
-    if "_base_" in cfg:
-        raise ValueError(f"config {path} inherits from {cfg['_base_']!r}; give the complete config file")
-    return cfg
-
-
-def load_official_state_dict(checkpoint: Union[str, Path]) -> Dict[str, Any]:
-    """The state dict of an official checkpoint ({"model": ...} or a bare state dict), `module.`
-    prefixes removed; read with weights_only=True (a pickle carrying code is refused)."""
-    import pickle
-
-    import torch
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"Grounding DINO checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise ValueError(f"{path} is not a plain weights file (refused to unpickle code): {err}") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-
-
 def build_official_model(cfg: Dict[str, Any]):
     """groundingdino-py's model from config settings (its own builder; nothing downloads when
-    `text_encoder_type` is a local folder)."""
+    `text_encoder_type` is a local folder). Under transformers 5 the BERT mask helpers it uses are
+    restored first (`grounded.detect.bert_compat`)."""
     from groundingdino.models import build_model
     from groundingdino.util.slconfig import SLConfig
 
+    from .bert_compat import restore_bert_mask_helpers
+
+    restore_bert_mask_helpers()
     with contextlib.redirect_stdout(io.StringIO()):  # the builder prints the text encoder path
         return build_model(SLConfig(dict(cfg)))
+
+
+def text_encoder_folder(name: Union[str, Path]) -> Path:
+    """The BERT folder groundingdino-py builds its text encoder from (it calls from_pretrained on
+    it): a local folder, or a hub id such as the shipped configs' "bert-base-uncased" from the
+    Hugging Face cache (downloaded only when the hub answers; `grounded.hub`)."""
+    from ..hub import is_hub_id, model_snapshot
+
+    path = Path(str(name)).expanduser()
+    if (path / "config.json").is_file():
+        return path.resolve()
+    tried = [f"local folder {str(path)!r}" + (" (no config.json)" if path.is_dir() else " (does not exist)")]
+    if str(name) and not path.exists() and is_hub_id(str(name)):
+        folder = model_snapshot(str(name), tried, files=("*.json", "*.txt"))
+        if folder is not None:
+            return folder
+    raise FileNotFoundError(
+        "the BERT text encoder must be a local folder or a hub id in the Hugging Face cache (groundingdino-py calls "
+        "from_pretrained on it): give text_encoder=<folder with bert-base-uncased's config.json, weights and "
+        "tokenizer>. Tried:\n  - " + "\n  - ".join(tried))
 
 
 class OfficialGroundingDino(Detector):
@@ -123,18 +92,12 @@ class OfficialGroundingDino(Detector):
             raise ValueError("the groundingdino-py backend runs in float32; use the transformers backend "
                              "(`grounded convert grounding-dino`) for bf16/fp16")
         cfg = read_config(config)
-        if text_encoder is not None:
-            cfg["text_encoder_type"] = str(Path(text_encoder).expanduser().resolve())
-        encoder = Path(str(cfg.get("text_encoder_type", "")))
-        if not (encoder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"the BERT text encoder must be a local folder (groundingdino-py calls from_pretrained on it); "
-                f"tried {str(encoder)!r}: give text_encoder=<folder with bert-base-uncased's config.json, weights and "
-                "vocab.txt>")
+        cfg["text_encoder_type"] = str(text_encoder_folder(text_encoder or cfg.get("text_encoder_type", "")))
         state = {k: v for k, v in load_official_state_dict(checkpoint).items() if not k.startswith(NOT_IN_MODEL)}
-        model = build_official_model(cfg)
+        # float32 throughout: transformers 5 builds the BERT in its folder's saved dtype (a bf16 save stays bf16).
+        model = build_official_model(cfg).float()
         own = {k: v for k, v in model.state_dict().items() if not k.startswith(NOT_IN_MODEL)}
-        check_state_dict(_Keys(own), state, what=f"checkpoint {Path(checkpoint).name}")
+        check_state_dict(own, state, what=f"checkpoint {Path(checkpoint).name}")
         model.load_state_dict(state, strict=False)  # checked above; position_ids is a buffer in some transformers
         return cls(model.to(device).eval(), device, **kwargs)
 
@@ -168,13 +131,3 @@ class OfficialGroundingDino(Detector):
             for j, i in enumerate(rows):
                 logits[i], boxes[i] = out["pred_logits"][j].float().cpu(), out["pred_boxes"][j].float().cpu()
         return torch.stack(logits), torch.stack(boxes)
-
-
-class _Keys:
-    """A state dict standing in for a model in `check_state_dict`."""
-
-    def __init__(self, state):
-        self._state = state
-
-    def state_dict(self):
-        return self._state

@@ -1,7 +1,7 @@
 """Stable Diffusion inpainting through diffusers: SD 1.5 / 2 inpainting
 (`StableDiffusionInpaintPipeline`) and SDXL inpainting (`StableDiffusionXLInpaintPipeline`),
-chosen from the model's own `model_index.json`; by hub id (the Hugging Face cache, offline when
-HF_HUB_OFFLINE is set) or a local folder.
+chosen from the model's own `model_index.json`; by hub id (the Hugging Face cache first, see
+`grounded.hub`) or a local folder.
 
     pipe = load_inpaint_pipeline("path/to/sd-inpaint", device="cuda", dtype=torch.float16)
     out = inpaint(pipe, image, mask, "a monkey", steps=30, seed=0)
@@ -46,57 +46,57 @@ class InpaintModelNotFound(FileNotFoundError):
     """No inpainting model where the name points; the message lists what was tried."""
 
 
-def model_index(name: str) -> dict:
-    """The pipeline's model_index.json, from a folder or the Hugging Face cache (never downloaded
-    when HF_HUB_OFFLINE is set)."""
+def pipeline_folder(name: str) -> Path:
+    """The diffusers pipeline folder `name` names: the folder itself, or the snapshot of hub id
+    `name` from the Hugging Face cache, downloaded only when the hub answers (`grounded.hub`)."""
+    from ..hub import from_cache_or_hub, is_hub_id
+
     path = Path(name).expanduser()
     if path.is_dir():
-        index = path / "model_index.json"
-        if not index.is_file():
+        if not (path / "model_index.json").is_file():
             raise InpaintModelNotFound(f"{path} is not a diffusers pipeline folder (no model_index.json in it)")
-        return json.loads(index.read_text())
+        return path
     if path.exists():
         raise InpaintModelNotFound(f"{path} is a file; give a diffusers pipeline folder or hub id "
                                    "(single-file .safetensors checkpoints are not supported here)")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HFValidationError
+    if not is_hub_id(name):
+        raise InpaintModelNotFound(f"inpainting model not found: {name!r} is neither a folder nor a hub id")
+    from diffusers import DiffusionPipeline
 
-    try:
-        return json.loads(Path(hf_hub_download(name, "model_index.json")).read_text())
-    except HFValidationError:
-        raise InpaintModelNotFound(f"inpainting model not found: {name!r} is neither a folder nor a hub id") from None
-    except Exception as err:  # offline cache misses, network errors, missing repos
-        raise InpaintModelNotFound(
-            f"inpainting model {name!r} not found: tried the folder {path.resolve()} and hub id {name!r} in the "
-            f"Hugging Face cache ({type(err).__name__}); download it where there is network "
-            f"(`huggingface-cli download {name}`) or give a local folder") from None
+    tried = [f"local folder {path.resolve()} (does not exist)"]
+    folder = from_cache_or_hub(f"Hugging Face hub id {name!r}",
+                               lambda: Path(DiffusionPipeline.download(name, local_files_only=True)),
+                               lambda: Path(DiffusionPipeline.download(name)), tried, name)
+    if folder is None:
+        raise InpaintModelNotFound(f"inpainting model {name!r} not found. Tried:\n  - " + "\n  - ".join(tried)
+                                   + f"\nDownload it where there is network (`hf download {name}`) or give a local folder")
+    return folder
 
 
 def load_inpaint_pipeline(name: str, device: str = "cpu", dtype: Any = None):
     """The diffusers inpainting pipeline for `name` (SD 1.x/2.x or SDXL, from its model_index.json),
-    without a safety checker, on `device` in `dtype` (None: float32)."""
+    without a safety checker, on `device` in `dtype` (None: float32, whatever the files hold)."""
     import diffusers
+    import torch
 
-    index = model_index(name)
+    folder = pipeline_folder(name)
+    index = json.loads((folder / "model_index.json").read_text())
     kind = index.get("_class_name", "")
     if kind not in PIPELINE_CLASSES:
         raise ValueError(f"{name} is a {kind or 'unknown'} pipeline; inpainting needs a Stable Diffusion (1.x/2.x) "
                          f"or SDXL inpainting model ({', '.join(sorted(set(PIPELINE_CLASSES.values())))})")
     cls = getattr(diffusers, PIPELINE_CLASSES[kind])
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    # dtype always given: transformers 5 loads the text encoders in their saved dtype otherwise
+    kwargs = {"torch_dtype": dtype or torch.float32}
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    pipe = cls.from_pretrained(name, **kwargs)
+    pipe = cls.from_pretrained(folder, **kwargs)
     channels = pipe.unet.config.in_channels
     if channels != 9:
         raise ValueError(f"{name}'s UNet takes {channels} input channels, not an inpainting UNet's 9 (latents, mask, "
                          "masked-image latents): use an inpainting checkpoint, e.g. a *-inpainting model")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def _load_inpaint_pipeline(cache, name: str, device: str, dtype: Any):
-    return load_inpaint_pipeline(name, device=device, dtype=dtype)
 
 
 def set_scheduler(pipe, scheduler: str) -> None:

@@ -2,7 +2,9 @@
 
 - Every file is written atomically: to a temporary name in the same folder, flushed to disk,
   then renamed over the target. A reader (or a resumed run) sees the old file or the new one,
-  never half of one, whenever the process dies.
+  never half of one, whenever the process dies. The file gets the permissions a plain `open`
+  would give it: a replaced file keeps its mode, a new one gets 0666 less the umask (a temporary
+  file starts at 0600, which would hide results from everyone else on a shared filesystem).
 - The journal (`journal.jsonl`) is append-only, one JSON line per finished item, flushed and
   fsynced before the next item counts as done. An item is finished when, and only when, its line
   is there: its files were all written before it. A torn last line (a kill during the write) is
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
@@ -25,12 +28,35 @@ TMP_PREFIX = ".tmp-"
 
 # ---- atomic files -----------------------------------------------------------------------------
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status);
+    elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_open_mode(path: Path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)  # replacing a file keeps its mode, as open(path, "w") does
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _plain_open_mode(path))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -6,11 +6,14 @@ paths and JSONL manifests, each becoming an `Item` with an id unique within the 
   to folders (they could loop); a symbolic link to a file is kept even when it dangles, so the
   run reports it instead of silently missing it.
 - A glob (`"data/**/*.png"`, quoted so the shell leaves it) takes every file it matches.
-- A `.txt`/`.lst` file lists one path per line (relative to the list's folder; blank lines and
-  `#` comments skipped).
+- A `.txt`/`.lst` file lists one path per line (blank lines and `#` comments skipped).
 - A `.jsonl` file has one JSON object per line: the image under `image` (or `image_path`, `path`,
   `file_name`), an optional unique `id`, and any other `Sample` fields (`text`, `points`,
   `tags`, ...), which the item carries into the pipeline.
+- Relative paths in a list or a manifest are relative to the folder of the list or manifest
+  file, not to the current folder.
+- An image named twice (a folder and a file in it, a list line or a manifest line without fields
+  naming an image already an input) is one item; each line left out that way is reported.
 - Any other file is taken as an image whatever its extension; if it is not one, the run records why.
 
 Ids are paths relative to the input (folder, list or glob base) without the extension, with `/`
@@ -24,15 +27,20 @@ from __future__ import annotations
 import glob
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp",
                     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico")
 LIST_EXTENSIONS = (".txt", ".lst")
 MANIFEST_EXTENSIONS = (".jsonl",)
 _IMAGE_KEYS = ("image", "image_path", "path", "file_name")
+
+
+# (name, source, path, fields, id, origin): origin says where it was named, for messages
+Found = Tuple[str, str, Optional[Path], Dict[str, Any], Optional[str], str]
 
 
 class InputError(ValueError):
@@ -52,26 +60,28 @@ class Item:
 
 
 def discover(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], *,
-             extensions: Sequence[str] = IMAGE_EXTENSIONS, exclude: Sequence[Union[str, os.PathLike]] = ()) -> List[Item]:
+             extensions: Sequence[str] = IMAGE_EXTENSIONS, exclude: Sequence[Union[str, os.PathLike]] = (),
+             report: Optional[Callable[[str], None]] = None) -> List[Item]:
     """The items of every input, in order, each file once. `exclude` names folders to leave out
-    (a run's output folder inside its input folder, for one)."""
+    (a run's output folder inside its input folder, for one). `report` is told of every input
+    left out because its image is already an input (default: a warning)."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     exts = tuple(e.lower() for e in extensions)
     skip = [os.path.abspath(e) for e in exclude]
-    found: List[Tuple[str, str, Optional[Path], Dict[str, Any], Optional[str]]] = []  # (name, source, path, fields, id)
+    found: List[Found] = []
     for raw in inputs:
         text = str(raw)
         path = Path(text)
         if os.path.lexists(path):
             if path.is_dir():
-                found += [(rel, str(p), p, {}, None) for rel, p in _walk(path, exts, skip)]
+                found += [(rel, str(p), p, {}, None, f"in {text}") for rel, p in _walk(path, exts, skip)]
             elif path.suffix.lower() in MANIFEST_EXTENSIONS:
                 found += _manifest(path)
             elif path.suffix.lower() in LIST_EXTENSIONS:
                 found += _listed(path)
             else:
-                found.append((path.name, text, path, {}, None))
+                found.append((path.name, text, path, {}, None, "as an input"))
         elif glob.has_magic(text):
             base = _glob_base(text)
             matches = _glob(base, text)
@@ -80,12 +90,12 @@ def discover(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
             for m in matches:
                 match = str(m)
                 if m.is_dir():
-                    found += [(rel, str(p), p, {}, None) for rel, p in _walk(m, exts, skip)]
+                    found += [(rel, str(p), p, {}, None, f"in {match}") for rel, p in _walk(m, exts, skip)]
                 elif not _excluded(m, skip):
-                    found.append((_relative(m, base), match, m, {}, None))
+                    found.append((_relative(m, base), match, m, {}, None, f"by {text}"))
         else:
             raise InputError(f"{text}: no such file or folder")
-    return _with_ids(found)
+    return _with_ids(found, report or _warn)
 
 
 def fields_of(items: Iterable[Item]) -> List[str]:
@@ -147,19 +157,19 @@ def _relative(path: Path, base: Path) -> str:
     return path.name if rel.startswith("..") else Path(rel).as_posix()
 
 
-def _listed(list_file: Path) -> List[Tuple[str, str, Optional[Path], Dict[str, Any], Optional[str]]]:
+def _listed(list_file: Path) -> List[Found]:
     out = []
     folder = list_file.parent
-    for line in _read_lines(list_file):
+    for number, line in enumerate(_read_lines(list_file), start=1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
         p = Path(entry) if Path(entry).is_absolute() else folder / entry
-        out.append((_relative(p, folder), str(p), p, {}, None))
+        out.append((_relative(p, folder), str(p), p, {}, None, f"at {list_file}:{number}"))
     return out
 
 
-def _manifest(manifest: Path) -> List[Tuple[str, str, Optional[Path], Dict[str, Any], Optional[str]]]:
+def _manifest(manifest: Path) -> List[Found]:
     out = []
     folder = manifest.parent
     for number, line in enumerate(_read_lines(manifest), start=1):
@@ -186,12 +196,12 @@ def _manifest(manifest: Path) -> List[Tuple[str, str, Optional[Path], Dict[str, 
             if not fields:
                 raise InputError(f"{where}: the line gives neither an image nor any field; "
                                  f"add \"image\": \"path\" (or {', '.join(_IMAGE_KEYS[1:])}) or fields such as \"text\"")
-            out.append((item_id or f"line{number}", f"{manifest.name}:{number}", None, fields, item_id))
+            out.append((item_id or f"line{number}", f"{manifest.name}:{number}", None, fields, item_id, f"at {where}"))
             continue
         if not isinstance(image, str):
             raise InputError(f"{where}: the image must be a path string, got {type(image).__name__}")
         p = Path(image) if Path(image).is_absolute() else folder / image
-        out.append((_relative(p, folder), str(p), p, fields, item_id))
+        out.append((_relative(p, folder), str(p), p, fields, item_id, f"at {where}"))
     return out
 
 
@@ -209,15 +219,20 @@ def _checked_id(item_id: str, where: str) -> str:
     return item_id
 
 
-def _with_ids(found) -> List[Item]:
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def _with_ids(found: List[Found], report: Callable[[str], None]) -> List[Item]:
     # The same file named twice (a folder and a file in it, or a link to it) is one item.
-    unique, seen_paths = [], set()
-    for name, source, path, fields, item_id in found:
+    unique, first = [], {}
+    for name, source, path, fields, item_id, origin in found:
         key = os.path.realpath(path) if path is not None else None
-        if key is not None and not fields and key in seen_paths:
+        if key is not None and not fields and key in first:
+            report(f"left out {source} ({origin}): the same image is already an input ({first[key]})")
             continue
         if key is not None:
-            seen_paths.add(key)
+            first.setdefault(key, f"{source} {origin}")
         unique.append((name, source, path, fields, item_id))
 
     def stem(name: str) -> str:

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..pipeline.models import DTYPE_CHOICES
+from ..pipeline.models import DTYPE_CHOICES, register_loader
 from ..pipeline.node import Node, Param
 from ..types import Detections, Sample
 
@@ -54,6 +54,9 @@ def _load_clip(cache, name: str, device: str, dtype):
     if _SEP in name:
         model, pretrained, backend = name.split(_SEP)
     return load_clip(model, pretrained=pretrained or None, backend=backend, device=device, dtype=dtype)
+
+
+register_loader("clip", _load_clip)
 
 
 class ClipScore(Node):
@@ -93,9 +96,10 @@ class ClipScore(Node):
         self.clip = None
 
     def process_batch(self, samples: List[Sample]) -> List[Sample]:
-        from ..text_to_mask import rank_by_clip
+        from ..prompting import rank_by_clip
 
-        for sample in samples:
+        for i, sample in enumerate(samples):
+            self.report_progress(i, len(samples))  # scoring every mask's crop takes a while
             dets = sample.detections
             if not dets.has_masks:
                 raise ValueError("clip_score: the detections have no masks; put a SAM node (segment_boxes, "

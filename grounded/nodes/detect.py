@@ -9,6 +9,9 @@
       model_config: weights/GroundingDINO_SwinT_OGC.py
       text_encoder: weights/bert-base-uncased       # a local BERT folder
 
+An item whose text names nothing (auto-labelling: a caption without tags) is an error, or with
+`empty_text: none` gets no detections (an image with no labels).
+
 Writes `detections`: boxes in pixels (x0, y0, x1, y1), `scores` (the query's best token
 probability), `class_id` (index into the prompt's classes), `labels` (the class names) and
 `data["phrase"]` (the prompt tokens above `text_threshold`). Each backend resizes images its own
@@ -24,7 +27,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..detect.phrases import parse_prompt
-from ..pipeline.models import DTYPE_CHOICES
+from ..pipeline.models import DTYPE_CHOICES, register_loader
 from ..pipeline.node import Node, Param
 from ..types import Detections, Sample
 
@@ -51,6 +54,9 @@ def _load_grounding_dino(cache, name: str, device: str, dtype):
     return load_detector(name, device=device, dtype=dtype)
 
 
+register_loader("grounding_dino", _load_grounding_dino)
+
+
 class Detect(Node):
     """Grounding DINO: boxes for the classes of a text prompt ("dog. cat. red car.")."""
 
@@ -69,6 +75,8 @@ class Detect(Node):
         "nms_class_agnostic": Param(True, bool, "NMS across classes (else within each class)"),
         "size": Param(800, int, "resize the shortest image side to this (each backend's own resize)"),
         "max_size": Param(1333, int, "cap on the longest side after resizing"),
+        "empty_text": Param("error", str, "an item whose text names nothing (no tags): error, or none (no detections)",
+                            choices=("error", "none")),
         "device": Param("auto", str, "cpu, cuda, cuda:1, ... or auto", fingerprint=False),
         "dtype": Param("fp32", str, "precision (bf16/fp16: transformers backend only)", choices=DTYPE_CHOICES),
     }
@@ -91,14 +99,20 @@ class Detect(Node):
 
     def process_batch(self, samples: List[Sample]) -> List[Sample]:
         texts = [self.prompt if self.prompt is not None else s.text for s in samples]
+        prompted = []
         for sample, text in zip(samples, texts):
-            if text is None:
+            if self.empty_text == "none" and not (text or "").strip(" ."):
+                sample.detections = Detections.empty(sample.image_size)  # a caption that named nothing: no labels
+            elif text is None:
                 raise ValueError(f"detect: item {sample.image_id or sample.image_path!r} has no text; give it text "
                                  "or set the node's prompt")
-        results = self.detector.detect([s.image for s in samples], texts, box_threshold=self.box_threshold,
-                                       text_threshold=self.text_threshold, nms=self.nms,
-                                       nms_class_agnostic=self.nms_class_agnostic, size=self.size,
-                                       max_size=self.max_size)
-        for sample, dets in zip(samples, results):
-            sample.detections = dets
+            else:
+                prompted.append((sample, text))
+        if prompted:
+            results = self.detector.detect([s.image for s, _ in prompted], [t for _, t in prompted],
+                                           box_threshold=self.box_threshold, text_threshold=self.text_threshold,
+                                           nms=self.nms, nms_class_agnostic=self.nms_class_agnostic, size=self.size,
+                                           max_size=self.max_size)
+            for (sample, _), dets in zip(prompted, results):
+                sample.detections = dets
         return samples

@@ -16,9 +16,20 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..instructions import edit_from_dict
+from ..pipeline.models import parse_dtype, register_loader
 from ..pipeline.node import Node, Param
 from ..types import Detections, Sample
 from .export import FileWriter
+
+
+def _load_inpaint_pipeline(cache, name: str, device: str, dtype: Any):
+    """ModelCache loader for kind "sd_inpaint" (a Stable Diffusion inpainting pipeline)."""
+    from ..edit.diffusion import load_inpaint_pipeline
+
+    return load_inpaint_pipeline(name, device=device, dtype=dtype)
+
+
+register_loader("sd_inpaint", _load_inpaint_pipeline)
 
 DIFFUSION_PARAMS = {
     "model": Param(None, str, "Stable Diffusion inpainting model (SD 1.x/2.x or SDXL): hub id or folder; "
@@ -100,8 +111,6 @@ class _DiffusionMixin:
         if self._pipeline is None:
             if self.model is None:
                 return None
-            from ..pipeline.models import parse_dtype
-
             self._pipeline = self._models.get("sd_inpaint", self.model, self.device, parse_dtype(self.dtype))
         return self._pipeline
 

@@ -5,7 +5,8 @@ files, so nothing is ever duplicated.
 
 `write_coco` also keeps one COCO file for the whole run: at the end of every run (and resume) it
 is assembled from the per-item files of the items the journal lists as finished, so it holds
-each finished image exactly once, whatever happened before.
+each finished image exactly once, whatever happened before. What goes into each file is
+`grounded.io.formats`; these nodes only name and write the files.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from ..io.formats import image_document, merge_documents, polygon_record
 from ..io.results import atomic_save_image, atomic_write_json
 from ..pipeline.node import Node, Param
 from ..types import Detections, Sample
 
 
-def _item_path(folder: Path, image_id: str, suffix: str) -> Path:
+def item_path(folder: Path, image_id: str, suffix: str) -> Path:
     return folder / f"{image_id}{suffix}"
 
 
-def _require_id(node: Node, sample: Sample) -> str:
+def require_id(node: Node, sample: Sample) -> str:
     if not sample.image_id:
         raise ValueError(f"{node.id} names its files by image_id, and this item has none")
     return sample.image_id
@@ -61,78 +63,37 @@ class FileWriter(Node):
 
 
 class WriteCoco(FileWriter):
-    """COCO JSON with RLE masks: one file per item, and one for the run assembled from them."""
+    """COCO JSON with RLE masks: one COCO document per item, and one for the run assembled from them."""
 
     name = "write_coco"
     params = {
         "file": Param("coco.json", str, "the run's COCO file, in the output folder"),
-        "items_dir": Param("coco", str, "folder of the per-item JSON files the run's file is assembled from"),
+        "items_dir": Param("coco", str, "folder of the per-item COCO files (each a complete COCO document with its "
+                                        "own category ids) the run's file is assembled from"),
         "categories": Param(None, list, "category names for ids 1, 2, ... (default: the detections' labels and the "
                                         "images' tags, sorted, else one category 'object')"),
     }
 
     def process(self, sample: Sample) -> None:
-        image_id = _require_id(self, sample)
-        dets = sample.detections
+        image_id = require_id(self, sample)
         height, width = sample.image_size
-        annotations = dets.to_coco(image_id=0, start_id=1)
-        for ann, i in zip(annotations, range(len(dets))):
-            if dets.class_id is not None:
-                ann["class_id"] = int(dets.class_id[i])
-        doc = {"image": {"file_name": sample.image_path or image_id, "height": height, "width": width, "item_id": image_id},
-               "annotations": annotations}
-        # Auto-labelling: the image's caption stays on its image record, its tags become categories.
-        if sample.caption:
-            doc["image"]["caption"] = sample.caption
-        if sample.tags:
-            doc["tags"] = list(sample.tags)
-        path = _item_path(self.out / self.items_dir, image_id, ".json")
+        fields = {"item_id": image_id}
+        if sample.caption:  # auto-labelling: the caption stays on its image record
+            fields["caption"] = sample.caption
+        doc = image_document(sample.detections, sample.image_path or image_id, height, width, given=self.categories,
+                             tags=sample.tags or (), image_fields=fields)
+        path = item_path(self.out / self.items_dir, image_id, ".json")
         atomic_write_json(path, doc)
         self._record(sample, path)
 
     def finish(self, ctx) -> None:
         docs = [doc for _, doc in self._finished_docs(ctx, f"out of {self.file}")]
-        categories, category_of = self._categories(docs)
-        images, annotations = [], []
-        for image_number, doc in enumerate(docs, start=1):
-            images.append({"id": image_number, **doc["image"]})
-            for ann in doc["annotations"]:
-                ann = dict(ann, id=len(annotations) + 1, image_id=image_number, category_id=category_of(ann))
-                annotations.append(ann)
-        coco = {"info": {"description": "written by grounded (write_coco)", "images": len(images)},
-                "images": images, "annotations": annotations, "categories": categories}
+        coco, table = merge_documents(docs, self.categories, info={"description": "written by grounded (write_coco)",
+                                                                   "images": len(docs)})
         atomic_write_json(self.out / self.file, coco)
-        ctx.log(f"{self.id}: {len(annotations)} annotations on {len(images)} images -> {self.out / self.file}")
-
-    def _categories(self, docs: List[Dict[str, Any]]):
-        anns = [a for d in docs for a in d["annotations"]]
-        names = list(self.categories) if self.categories else None
-        if names is None:
-            labels = sorted({a["label"] for a in anns if "label" in a} | {t for d in docs for t in d.get("tags") or ()})
-            class_ids = sorted({a["class_id"] for a in anns if "class_id" in a and "label" not in a})
-            if labels:
-                names = labels + (["object"] if any("label" not in a for a in anns) else [])
-            elif class_ids:
-                cats = [{"id": c + 1, "name": f"class_{c}"} for c in class_ids]
-                return cats, lambda a: a["class_id"] + 1 if "class_id" in a else 1
-            else:
-                names = ["object"]
-        ids = {n: i + 1 for i, n in enumerate(names)}
-
-        def category_of(ann):
-            if "label" in ann:
-                if ann["label"] not in ids:  # a label the given list lacks gets the next id
-                    ids[ann["label"]] = len(ids) + 1
-                    names.append(ann["label"])
-                return ids[ann["label"]]
-            if "class_id" in ann and self.categories:
-                return ann["class_id"] + 1
-            return ids.get("object", 1)
-
-        # Resolve every annotation first, so labels added on the way are in the category list.
-        for ann in anns:
-            category_of(ann)
-        return [{"id": i, "name": n} for n, i in ids.items()], category_of
+        if table.added and self.categories:
+            ctx.log(f"{self.id}: labels beyond `categories` became categories too: {', '.join(table.added)}")
+        ctx.log(f"{self.id}: {len(coco['annotations'])} annotations on {len(docs)} images -> {self.out / self.file}")
 
 
 class WriteOverlays(FileWriter):
@@ -149,14 +110,14 @@ class WriteOverlays(FileWriter):
     def process(self, sample: Sample) -> None:
         from ..io.overlay import instance_colors, overlay
 
-        image_id = _require_id(self, sample)
+        image_id = require_id(self, sample)
         dets = sample.detections
         colors = instance_colors(len(dets))
         picture = overlay(sample.image, dets.rles, alpha=self.alpha, colors=colors) if dets.has_masks else sample.image.copy()
         draw_boxes = self.boxes if self.boxes is not None else not dets.has_masks
         if draw_boxes and len(dets):
             picture = _draw_boxes(picture, dets, colors, self.labels)
-        path = atomic_save_image(_item_path(self.out / self.dir, image_id, ".png"), picture)
+        path = atomic_save_image(item_path(self.out / self.dir, image_id, ".png"), picture)
         self._record(sample, path)
 
 
@@ -189,13 +150,13 @@ class WriteMasks(FileWriter):
     def process(self, sample: Sample) -> None:
         from ..io.masks import label_map
 
-        image_id = _require_id(self, sample)
+        image_id = require_id(self, sample)
         dets = sample.detections
         if not dets.has_masks:
             raise ValueError(f"{self.id} needs masks, and these detections have only boxes (add segment_boxes before it)")
         folder = self.out / self.dir
         if self.style == "label":
-            path = atomic_save_image(_item_path(folder, image_id, ".png"), label_map(dets.rles, sample.image_size))
+            path = atomic_save_image(item_path(folder, image_id, ".png"), label_map(dets.rles, sample.image_size))
             self._record(sample, path)
             return
         item_folder = folder / image_id
@@ -205,3 +166,19 @@ class WriteMasks(FileWriter):
             atomic_save_image(item_folder / f"{i:04d}.png", dets.mask_of(i).astype(np.uint8) * 255)
         item_folder.mkdir(parents=True, exist_ok=True)
         self._record(sample, item_folder, "/")
+
+
+class WritePolygons(FileWriter):
+    """JSON per item: each mask's outer contours as COCO polygons, and whether it has holes."""
+
+    name = "write_polygons"
+    params = {"dir": Param("polygons", str, "folder in the output folder")}
+
+    def process(self, sample: Sample) -> None:
+        image_id = require_id(self, sample)
+        if not sample.detections.has_masks:
+            raise ValueError(f"{self.id} needs masks, and these detections have only boxes (add segment_boxes before it)")
+        height, width = sample.image_size
+        doc = polygon_record(sample.image_path or image_id, height, width, sample.detections)
+        path = atomic_write_json(item_path(self.out / self.dir, image_id, ".json"), doc)
+        self._record(sample, path)

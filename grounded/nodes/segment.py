@@ -2,25 +2,68 @@
 
 Each names its model (a known checkpoint name, a file, a folder or a Hugging Face hub id), a
 device and a dtype; the run's `ModelCache` loads it once for every node that names it, and the
-nodes share one `SamPredictor` per model, so one image is encoded once however many nodes prompt
-it. Images of a batch go through the image encoder together.
+nodes share one `SamPredictor` per model (`sam_predictor`), so one image is encoded once however
+many nodes prompt it. Images of a batch go through the image encoder together. This module
+registers the model kinds "sam" and "sam_predictor" (and their "_torch"/"_onnxruntime"/"_openvino" forms).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..pipeline.models import DTYPE_CHOICES, ENCODER_BACKENDS
+from ..pipeline.models import DTYPE_CHOICES, ModelCache, register_loader
 from ..pipeline.node import Node, Param
 from ..types import Detections, Sample
+
+# "torch" and sam/onnx_encoder.py's BACKENDS, spelled out so this module does not import torch.
+ENCODER_BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+
+
+def _load_sam(cache: ModelCache, name: str, device: str, dtype: Any, image_encoder_backend: str = "auto"):
+    from ..sam import from_pretrained
+
+    return from_pretrained(name, device=device, dtype=dtype, image_encoder_backend=image_encoder_backend)
+
+
+def _load_sam_predictor(cache: ModelCache, name: str, device: str, dtype: Any, model_kind: str = "sam"):
+    # One predictor per model and precision, so its embedding cache (keyed by image content) is
+    # shared by every node prompting that model: boxes and points on one image encode it once.
+    # Reduced precision runs under autocast over the float32 weights (as `grounded segment
+    # --dtype` does), which keeps the per-pixel mask logits in float32.
+    from ..sam import SamPredictor
+
+    return SamPredictor(cache.get(model_kind, name, device, None), autocast_dtype=dtype)
+
+
+register_loader("sam", _load_sam)
+register_loader("sam_predictor", _load_sam_predictor)
+# The same models with the image encoder in a named runtime ("sam" and "sam_predictor" take the
+# fastest installed for the model: sam/onnx_encoder.py).
+for _backend in ENCODER_BACKENDS[1:]:
+    register_loader(f"sam_{_backend}", partial(_load_sam, image_encoder_backend=_backend))
+    register_loader(f"sam_predictor_{_backend}", partial(_load_sam_predictor, model_kind=f"sam_{_backend}"))
+
+
+def sam_predictor(models: ModelCache, name_or_path: Any, device: Any = "auto", dtype: Any = None,
+                  encoder_backend: str = "auto"):
+    """The shared `SamPredictor` of that model in `models` (one embedding cache for every node
+    using it); `dtype` bf16/fp16 runs it under autocast over the float32 model; `encoder_backend`
+    "onnxruntime" or "openvino" runs its image encoder in that runtime (CPU), "auto" the fastest installed."""
+    if encoder_backend not in ENCODER_BACKENDS:
+        raise ValueError(f"unknown encoder_backend {encoder_backend!r}; use one of {list(ENCODER_BACKENDS)}")
+    kind = "sam_predictor" if encoder_backend == "auto" else f"sam_predictor_{encoder_backend}"
+    return models.get(kind, name_or_path, device, dtype)
+
 
 MODEL_PARAMS = {
     "model": Param("mobile_sam", str, "SAM checkpoint: known name (see `grounded weights`), file, folder or hub id"),
     "device": Param("auto", str, "cpu, cuda, cuda:1, ... or auto (a GPU when there is one)", fingerprint=False),
     "dtype": Param("fp32", str, "precision: bf16/fp16 run under autocast (mask logits stay fp32)", choices=DTYPE_CHOICES),
-    "encoder_backend": Param("torch", str, "image encoder runtime: torch, onnxruntime or openvino (the last two: CPU, float32)",
+    "encoder_backend": Param("auto", str, "image encoder runtime: auto (the fastest installed: openvino for MobileSAM on a "
+                                          "CPU, else torch), torch, onnxruntime or openvino (the last two: CPU, float32)",
                              choices=ENCODER_BACKENDS, fingerprint=False),
 }
 
@@ -29,7 +72,7 @@ class _SamNode(Node):
     """Shared setup: the model's predictor from the run's model cache."""
 
     def setup(self, ctx) -> None:
-        self.predictor = ctx.models.sam_predictor(self.model, self.device, self.dtype, self.encoder_backend)
+        self.predictor = sam_predictor(ctx.models, self.model, self.device, self.dtype, self.encoder_backend)
 
     def close(self) -> None:
         self.predictor = None
@@ -75,11 +118,9 @@ class SegmentAuto(_SamNode):
             crop_n_layers=self.crop_n_layers, crop_nms_thresh=self.crop_nms_thresh,
             crop_overlap_ratio=self.crop_overlap_ratio,
             crop_n_points_downscale_factor=self.crop_n_points_downscale_factor,
-            min_mask_region_area=self.min_mask_region_area, output_mode="coco_rle",
+            min_mask_region_area=self.min_mask_region_area, output_mode="coco_rle", predictor=self.predictor,
         )
-        # The generator prompts through the shared predictor, whose cache the batch fills below.
-        self._crops = self.generator.predictor.cache_size
-        self.generator.predictor = self.predictor
+        self._crops = sum(4**i for i in range(self.crop_n_layers + 1))  # crops per image (layer i has 4**i)
 
     def close(self) -> None:
         super().close()
@@ -89,10 +130,30 @@ class SegmentAuto(_SamNode):
         # The first crop of every image is the whole image: encoding the batch up front means the
         # generator finds each embedding in the cache.
         self._encode([s.image for s in samples], extra_cache=self._crops)
-        for sample in samples:
-            records = self.generator.generate(sample.image)
-            sample.detections = Detections.from_sam_records(records, image_size=sample.image_size)
+        for i, sample in enumerate(samples):
+            dets, repeats = without_repeated_masks(self.generator.generate_detections(
+                sample.image, progress=lambda done, total, i=i: self.report_progress(i + done / total, len(samples))))
+            height, width = sample.image_size
+            if min(height, width) < self.points_per_side:
+                sample.note(f"the {width}x{height} image is smaller than the {self.points_per_side}x{self.points_per_side} "
+                            f"point grid: several prompts fall on one pixel"
+                            + (f"; {repeats} masks repeating another exactly were dropped" if repeats else ""))
+            sample.detections = dets
         return samples
+
+
+def without_repeated_masks(dets: Detections) -> Tuple[Detections, int]:
+    """The detections with each mask once (the best-scoring of identical masks, in their order),
+    and how many were dropped. A tiny image gives many identical masks, which box NMS cannot
+    remove: the boxes of one-pixel masks have no area, so no overlap."""
+    if not dets.has_masks or len(dets) < 2:
+        return dets, 0
+    order = np.argsort(-dets.scores, kind="stable") if dets.scores is not None else np.arange(len(dets))
+    seen: Dict[str, int] = {}
+    for i in order:
+        seen.setdefault(dets.rles[i]["counts"], int(i))
+    keep = np.sort(np.fromiter(seen.values(), dtype=np.int64))
+    return (dets[keep], len(dets) - len(keep)) if len(keep) < len(dets) else (dets, 0)
 
 
 class SegmentBoxes(_SamNode):
@@ -103,10 +164,21 @@ class SegmentBoxes(_SamNode):
     writes = {"detections": Detections}
     params = {
         **MODEL_PARAMS,
+        "boxes": Param(None, list, "box prompts in pixels, [[x0, y0, x1, y1], ...], the same for every image "
+                                   "(else each item's detections)"),
         "multimask": Param(False, bool, "predict 3 masks per box and keep the best-scoring (else SAM's single mask)"),
     }
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.boxes is not None:
+            self.reads = {"image": np.ndarray}  # the prompts come with the node, not the sample
+            self._boxes = boxes_from(self.boxes)
+
     def process_batch(self, samples: List[Sample]) -> List[Sample]:
+        if self.boxes is not None:
+            for sample in samples:
+                sample.detections = Detections(self._boxes, image_size=sample.image_size)
         with_boxes = [s for s in samples if len(s.detections)]
         self._encode([s.image for s in with_boxes])
         for sample in samples:
@@ -116,7 +188,7 @@ class SegmentBoxes(_SamNode):
                 continue
             height, width = sample.image_size
             # Detectors may put a box corner a little outside the image; SAM needs it inside.
-            boxes = np.clip(dets.xyxy, 0, [width, height, width, height])
+            boxes = np.clip(dets.xyxy, 0, [width, height, width, height]) if self.boxes is None else dets.xyxy
             self.predictor.set_image(sample.image)
             masks, scores, _ = self.predictor.predict_many(boxes=boxes, multimask_output=self.multimask)
             best = scores.argmax(axis=1)
@@ -136,6 +208,7 @@ class SegmentPoints(_SamNode):
         **MODEL_PARAMS,
         "points": Param(None, list, "prompts in pixels: [[x, y], ...] one point each, or [[[x, y, label], ...], ...] "
                                     "several points per prompt (label 1 foreground, 0 background)"),
+        "box": Param(None, list, "a box [x0, y0, x1, y1] in pixels that goes with every point prompt"),
         "multimask": Param(True, bool, "predict 3 masks per prompt and keep the best-scoring (a single point is ambiguous)"),
     }
 
@@ -144,6 +217,7 @@ class SegmentPoints(_SamNode):
         if self.points is not None:
             self.reads = {"image": np.ndarray}  # the prompts come with the node, not the sample
             self._prompts = prompts_from(self.points)
+        self._box = None if self.box is None else boxes_from([self.box])[0]
 
     def process_batch(self, samples: List[Sample]) -> List[Sample]:
         self._encode([s.image for s in samples])
@@ -153,7 +227,8 @@ class SegmentPoints(_SamNode):
                 sample.detections = Detections.empty(sample.image_size, with_masks=True)
                 continue
             self.predictor.set_image(sample.image)
-            masks, scores, _ = self.predictor.predict_many(point_coords=coords, point_labels=labels,
+            boxes = None if self._box is None else np.repeat(self._box[None], len(coords), axis=0)
+            masks, scores, _ = self.predictor.predict_many(point_coords=coords, point_labels=labels, boxes=boxes,
                                                            multimask_output=self.multimask)
             best = scores.argmax(axis=1)
             rows = np.arange(len(best))
@@ -161,6 +236,18 @@ class SegmentPoints(_SamNode):
             sample.detections = Detections.from_masks(masks[rows, best], scores=scores[rows, best],
                                                       data={"point_coords": point_lists})
         return samples
+
+
+def boxes_from(boxes: Sequence) -> np.ndarray:
+    """Box prompts [[x0, y0, x1, y1], ...] -> an Nx4 float array, each box checked."""
+    rows = []
+    for box in boxes:
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
+            raise ValueError(f"a box prompt is [x0, y0, x1, y1] in pixels, got {box!r}")
+        if box[2] < box[0] or box[3] < box[1]:
+            raise ValueError(f"box {list(box)} has x1 < x0 or y1 < y0; write it as [x0, y0, x1, y1]")
+        rows.append([float(v) for v in box])
+    return np.array(rows, np.float64).reshape(-1, 4)
 
 
 def prompts_from(points: Optional[Sequence]) -> tuple:

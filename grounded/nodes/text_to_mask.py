@@ -1,4 +1,4 @@
-"""Text-to-mask nodes (see `grounded.text_to_mask`):
+"""Text-to-mask nodes (see `grounded.text_to_mask`; the steps are `grounded.prompting`):
 
 - `refine_points`: the detections' masks corrected by clicks (the node's `points`, else each item's
   `points` when it has them; without clicks the detections pass through unchanged).
@@ -13,7 +13,7 @@ from typing import List
 
 import numpy as np
 
-from ..pipeline.node import Node, Param
+from ..pipeline.node import Param
 from ..types import Detections, Sample
 from .clip import CLIP_PARAMS, clip_key
 from .segment import MODEL_PARAMS, _SamNode
@@ -34,12 +34,12 @@ class RefinePoints(_SamNode):
     def __init__(self, **params) -> None:
         super().__init__(**params)
         if self.points is not None:
-            from ..text_to_mask import parse_clicks
+            from ..prompting import parse_clicks
 
             parse_clicks(self.points)
 
     def process_batch(self, samples: List[Sample]) -> List[Sample]:
-        from ..text_to_mask import refine_with_clicks
+        from ..prompting import refine_with_clicks
 
         for sample in samples:
             points = self.points if self.points is not None else sample.points
@@ -67,7 +67,7 @@ class SegmentTextNative(_SamNode):
     }
 
     def __init__(self, **params) -> None:
-        from ..text_to_mask import NO_PROJECTION
+        from ..prompting import NO_PROJECTION
 
         super().__init__(**params)
         if self.projection is None:
@@ -78,7 +78,7 @@ class SegmentTextNative(_SamNode):
             self.reads = {"image": np.ndarray}
 
     def setup(self, ctx) -> None:
-        from ..text_to_mask import load_projection
+        from ..prompting import load_projection
 
         super().setup(ctx)
         self._clip = ctx.models.get("clip", clip_key(self.clip, self.clip_pretrained), self.device)
@@ -89,7 +89,7 @@ class SegmentTextNative(_SamNode):
         self._clip = self._projection = None
 
     def process_batch(self, samples: List[Sample]) -> List[Sample]:
-        from ..text_to_mask import native_masks
+        from ..prompting import native_masks
 
         for sample in samples:
             text = self.text if self.text is not None else sample.text

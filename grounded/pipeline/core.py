@@ -15,73 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..types import Sample, type_fits, type_name, value_fits
+from .context import ItemFailure, PipelineError, Problem, RunContext
 from .models import ModelCache
-from .node import Node
+from .node import Node, use_pipeline_class
+from .registry import producers_of
 
 IMAGE_INPUTS = ("image", "image_path", "image_id")
-
-
-@dataclass
-class Problem:
-    """One thing wrong with a pipeline: which node (position and id), what, and the fix."""
-
-    index: Optional[int]
-    node: str
-    message: str
-    fix: str = ""
-    param: Optional[str] = None
-    field: Optional[str] = None
-
-    def __str__(self) -> str:
-        return f"{self.node}: {self.message}" + (f"\n    fix: {self.fix}" if self.fix else "")
-
-
-class PipelineError(ValueError):
-    """Every problem found in a pipeline's wiring, each naming its node."""
-
-    def __init__(self, problems: Sequence[Problem]):
-        self.problems = list(problems)
-        super().__init__("the pipeline does not fit together:\n  " + "\n  ".join(str(p) for p in self.problems))
-
-
-@dataclass
-class ItemFailure:
-    """Why one item could not be processed: the stage ("load" or a node id) and the exception."""
-
-    stage: str
-    error: BaseException
-
-    @property
-    def reason(self) -> str:
-        text = str(self.error).strip() or type(self.error).__name__
-        # Errors the library raises on purpose read as sentences; others get their type for debugging.
-        if isinstance(self.error, (ValueError, FileNotFoundError, PermissionError)):
-            return text
-        return f"{type(self.error).__name__}: {text}"
-
-
-@dataclass
-class RunContext:
-    """What nodes get at setup and finish: the shared models, the run's output folder (None when
-    run in memory), the finished items (journal entries, in input order) and a logger."""
-
-    models: ModelCache
-    out_dir: Optional[Path] = None
-    finished: Callable[[], List[Dict[str, Any]]] = list
-    log: Callable[[str], None] = lambda message: None
-
-    def require_out_dir(self, node: Node) -> Path:
-        if self.out_dir is None:
-            raise RuntimeError(f"{node.id} writes files and needs an output folder: run the pipeline over data "
-                               f"(pipeline.run(inputs, out_dir) or `grounded run SPEC INPUT --out DIR`)")
-        return self.out_dir
 
 
 class Pipeline:
@@ -153,8 +98,6 @@ class Pipeline:
         later = [self.ids[j] for j in range(index + 1, len(self.nodes)) if name in self.nodes[j].writes]
         if later:
             return f"move {later[0]!r} before {node_id!r}"
-        from ..nodes import producers_of
-
         makers = [n for n in producers_of(name) if n != self.nodes[index].name]
         hint = f"add a node that writes {name!r} before {node_id!r}"
         if makers:
@@ -304,6 +247,9 @@ class Pipeline:
         from .runner import run
 
         return run(self, inputs, out_dir, **kwargs)
+
+
+use_pipeline_class(Pipeline)  # what `node | node` makes
 
 
 def as_sample(item: Any) -> Sample:

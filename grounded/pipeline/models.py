@@ -8,17 +8,19 @@ names it, with an explicit lifetime.
         boxes.run(inputs, out2, models=models)
     # here the models are released
 
-A model is named by kind ("sam", "sam_predictor", ... as loaders are added), a name or path, a
-device and a dtype; a path is keyed by its resolved location, so `./m` and `m` are one model.
-There is no module-level cache: a cache lives exactly as long as the object the caller holds.
+A model is named by kind ("sam", "blip", ...: each registered by the module that provides it,
+`register_loader`), a name or path, a device and a dtype; a path is keyed by its resolved
+location, so `./m` and `m` are one model. There is no module-level cache of models: a cache lives
+exactly as long as the object the caller holds.
 """
 
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from ..device import resolve_device  # noqa: F401  (the one meaning of "auto", re-exported for nodes)
 
 Loader = Callable[["ModelCache", str, str, Any], Any]
 
@@ -44,68 +46,27 @@ def parse_dtype(dtype: Any):
     return None if name is None else getattr(torch, name)
 
 
-# "torch" and sam/onnx_encoder.py's BACKENDS, spelled out so this module does not import torch.
-ENCODER_BACKENDS = ("torch", "onnxruntime", "openvino")
+_LOADERS: Dict[str, Loader] = {}
 
 
-def resolve_device(device: Any) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
-    import torch
-
-    if device is None or str(device) == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+def register_loader(kind: str, loader: Loader) -> None:
+    """Make `kind` loadable by every ModelCache: `loader(cache, name, device, dtype)` returns the
+    model (`cache` lets a loader build on another kind, as a SAM predictor builds on its SAM).
+    The module that provides a kind registers it; the nodes do, for the kinds they use."""
+    _LOADERS[kind] = loader
 
 
-def _load_sam(cache: "ModelCache", name: str, device: str, dtype: Any, image_encoder_backend: str = "torch"):
-    from ..sam import from_pretrained
-
-    return from_pretrained(name, device=device, dtype=dtype, image_encoder_backend=image_encoder_backend)
-
-
-def _load_sam_predictor(cache: "ModelCache", name: str, device: str, dtype: Any, model_kind: str = "sam"):
-    # One predictor per model and precision, so its embedding cache (keyed by image content) is
-    # shared by every node prompting that model: boxes and points on one image encode it once.
-    # Reduced precision runs under autocast over the float32 weights (as `grounded segment
-    # --dtype` does), which keeps the per-pixel mask logits in float32.
-    from ..sam import SamPredictor
-
-    return SamPredictor(cache.get(model_kind, name, device, None), autocast_dtype=dtype)
-
-
-DEFAULT_LOADERS: Mapping[str, Any] = {
-    "sam": _load_sam,
-    "sam_predictor": _load_sam_predictor,
-    # The same models with the image encoder run by onnxruntime or OpenVINO (CPU; sam/onnx_encoder.py).
-    "sam_onnxruntime": partial(_load_sam, image_encoder_backend="onnxruntime"),
-    "sam_predictor_onnxruntime": partial(_load_sam_predictor, model_kind="sam_onnxruntime"),
-    "sam_openvino": partial(_load_sam, image_encoder_backend="openvino"),
-    "sam_predictor_openvino": partial(_load_sam_predictor, model_kind="sam_openvino"),
-    # Other kinds by import path ("module:function"), imported only when a model of that kind is loaded.
-    "blip": "grounded.nodes.caption:_load_blip",
-    "grounding_dino": "grounded.nodes.detect:_load_grounding_dino",
-    "clip": "grounded.nodes.clip:_load_clip",
-    "faster_whisper": "grounded.nodes.speech:_load_faster_whisper",
-    "openai_whisper": "grounded.nodes.speech:_load_openai_whisper",
-    "sd_inpaint": "grounded.edit.diffusion:_load_inpaint_pipeline",
-}
-
-
-def _resolve_loader(loader: Any) -> Loader:
-    if isinstance(loader, str):
-        import importlib
-
-        module_name, _, attr = loader.partition(":")
-        return getattr(importlib.import_module(module_name), attr)
-    return loader
+def registered_kinds() -> List[str]:
+    return sorted(_LOADERS)
 
 
 class ModelCache:
     """Loads each (kind, name or path, device, dtype) once; `close()` (or leaving the `with`
-    block) releases them all. `loaders` adds or replaces kinds: fn(cache, name, device, dtype)."""
+    block) releases them all. `loaders` adds or replaces kinds for this cache only:
+    fn(cache, name, device, dtype)."""
 
     def __init__(self, loaders: Optional[Mapping[str, Loader]] = None, log: Optional[Callable[[str], None]] = None):
-        self._loaders: Dict[str, Loader] = {**DEFAULT_LOADERS, **(loaders or {})}
+        self._loaders: Dict[str, Loader] = dict(loaders or {})
         self._models: Dict[Tuple[str, str, str, str], Any] = {}
         self._closed = False
         self.log = log
@@ -115,31 +76,22 @@ class ModelCache:
         """The model, loaded now if this cache has not loaded it yet."""
         if self._closed:
             raise RuntimeError("this ModelCache is closed; make a new one")
-        if kind not in self._loaders:
-            raise ValueError(f"no loader for model kind {kind!r}; known kinds: {sorted(self._loaders)}")
+        loader = self._loaders.get(kind) or _LOADERS.get(kind)
+        if loader is None:
+            raise ValueError(f"no loader for model kind {kind!r}; known kinds: {sorted(set(self._loaders) | set(_LOADERS))} "
+                             "(a kind is registered by the module that provides it when that module is imported: "
+                             "the node modules register the kinds their nodes load)")
         name = canonical_name(name_or_path)
         device = resolve_device(device)
         torch_dtype = parse_dtype(dtype)
         key = (kind, name, device, str(torch_dtype).replace("torch.", "") if torch_dtype else "float32")
         if key not in self._models:
             start = time.perf_counter()
-            self._models[key] = _resolve_loader(self._loaders[kind])(self, name, device, torch_dtype)
+            self._models[key] = loader(self, name, device, torch_dtype)
             self.load_seconds[key] = time.perf_counter() - start
             if self.log and not kind.endswith("_predictor"):
                 self.log(f"loaded {kind} {name} on {device} ({key[3]}) in {self.load_seconds[key]:.1f} s")
         return self._models[key]
-
-    def sam(self, name_or_path: Any, device: Any = "auto", dtype: Any = None):
-        return self.get("sam", name_or_path, device, dtype)
-
-    def sam_predictor(self, name_or_path: Any, device: Any = "auto", dtype: Any = None, encoder_backend: str = "torch"):
-        """The shared `SamPredictor` of that model (one embedding cache for every node using it);
-        `dtype` bf16/fp16 runs it under autocast over the float32 model; `encoder_backend`
-        "onnxruntime" or "openvino" runs its image encoder in that runtime (CPU)."""
-        if encoder_backend not in ENCODER_BACKENDS:
-            raise ValueError(f"unknown encoder_backend {encoder_backend!r}; use one of {list(ENCODER_BACKENDS)}")
-        kind = "sam_predictor" if encoder_backend == "torch" else f"sam_predictor_{encoder_backend}"
-        return self.get(kind, name_or_path, device, dtype)
 
     def loaded(self) -> List[Tuple[str, str, str, str]]:
         """Keys (kind, name, device, dtype) of what is loaded, in load order."""

@@ -17,13 +17,23 @@ A node:
 defaults to `process` on each sample, and nodes that batch (image encoders) override it;
 `finish(ctx)` runs at the end of a run over data (writers assemble their files there). A node
 keeps no per-item state between calls.
+
+A node whose call takes long says how far it is with `self.report_progress(done, total)` (work
+units of the current call: images, crops, decoder batches), and the run's progress bar moves with
+it, within an image too. Automatic masks report per decoder batch of every image:
+
+        def process_batch(self, samples):
+            for i, sample in enumerate(samples):
+                sample.detections = segment(sample.image, progress=lambda done, total, i=i:
+                                            self.report_progress(i + done / total, len(samples)))
+            return samples
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Iterable, List, Optional, Sequence
 
 from ..types import Sample, type_name
 
@@ -53,6 +63,32 @@ class Param:
     choices: Optional[Sequence[Any]] = None
     fingerprint: bool = True
 
+    SIGNATURE = "Param(default=REQUIRED, type=None, help='', choices=None, fingerprint=True)"
+
+    def problem(self) -> str:
+        """What is wrong with this declaration, in words ("" when nothing): a type that is no type
+        (`Param(3, "help")` leaves the type out, so the help took its place), help that is no
+        text, choices that are no list, a default that is not of the type or not a choice."""
+        kinds = self.type if isinstance(self.type, tuple) else (self.type,)
+        if self.type is not None and not all(isinstance(kind, type) for kind in kinds):
+            example = ""
+            if isinstance(self.type, str) and self.default is not REQUIRED and self.default is not None:
+                example = f"; e.g. Param({self.default!r}, {type(self.default).__name__}, {self.type!r})"
+            return f"its type is {self.type!r}, which is no type (the arguments are {self.SIGNATURE}){example}"
+        if not isinstance(self.help, str):
+            return f"its help is {self.help!r}, not text (the arguments are {self.SIGNATURE})"
+        if self.choices is not None and (isinstance(self.choices, (str, bytes)) or not isinstance(self.choices, Iterable)):
+            return f"its choices are {self.choices!r}; give a list of the allowed values"
+        if self.default is REQUIRED or self.default is None:
+            return ""
+        try:
+            value = check_param("", "default", Param(self.default, self.type), self.default)
+        except ParamError:
+            return f"its default {self.default!r} is no {' or '.join(type_name(k) for k in self.kinds())}"
+        if self.choices is not None and value not in self.choices:
+            return f"its default {self.default!r} is not one of its choices {list(self.choices)}"
+        return ""
+
     def kinds(self) -> tuple:
         if self.type is not None:
             return self.type if isinstance(self.type, tuple) else (self.type,)
@@ -69,13 +105,29 @@ class ParamError(ValueError):
         super().__init__(f"{node}: {message}" + (f" ({fix})" if fix else ""))
 
 
+class NodeDeclarationError(TypeError, ValueError):
+    """A Node class declared wrongly (reads/writes/params not dicts, a parameter that is no
+    `Param(...)` or a `Param` written wrongly), raised when the class is defined: names the node,
+    the parameter and the fix. A ValueError too, so the command line shows it as one line."""
+
+
 def did_you_mean(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}? " if close else ""
 
 
+# `node | node` makes a Pipeline. pipeline.core builds on this module, so it hands its class over
+# when it is imported (always before any node exists: grounded.pipeline imports core first).
+_pipeline_class: Any = None
+
+
+def use_pipeline_class(cls: type) -> None:
+    global _pipeline_class
+    _pipeline_class = cls
+
+
 _NODE_ATTRIBUTES = {"name", "reads", "writes", "params", "node_id", "config", "setup", "process",
-                    "process_batch", "finish", "close", "describe"}
+                    "process_batch", "finish", "close", "describe", "report_progress", "id"}
 
 
 class Node:
@@ -92,12 +144,18 @@ class Node:
             cls.name = cls.__name__
         for attr in ("reads", "writes", "params"):
             if not isinstance(getattr(cls, attr), dict):
-                raise TypeError(f"{cls.__name__}.{attr} must be a dict")
+                what = "parameter names to Param(...)" if attr == "params" else "Sample field names to types"
+                raise NodeDeclarationError(f"node {cls.__name__}: {attr} must be a dict of {what}")
         for pname, param in cls.params.items():
             if not isinstance(param, Param):
-                raise TypeError(f"{cls.__name__}.params[{pname!r}] must be a Param(...), got {param!r}")
+                raise NodeDeclarationError(f"node {cls.__name__} ({cls.__module__}), parameter {pname!r}: "
+                                           f"must be a {Param.SIGNATURE}, got {param!r}")
             if pname in _NODE_ATTRIBUTES or pname.startswith("_"):
-                raise TypeError(f"{cls.__name__}: parameter name {pname!r} is reserved")
+                raise NodeDeclarationError(f"node {cls.__name__}: parameter name {pname!r} is reserved (a Node "
+                                           "attribute or private); choose another name")
+            problem = param.problem()
+            if problem:
+                raise NodeDeclarationError(f"node {cls.__name__} ({cls.__module__}), parameter {pname!r}: {problem}")
 
     def __init__(self, *, node_id: Optional[str] = None, **params: Any) -> None:
         self.node_id = node_id
@@ -131,12 +189,18 @@ class Node:
     def close(self) -> None:
         """Drop references to models and other resources."""
 
+    def report_progress(self, done: float, total: float) -> None:
+        """How far the current `process`/`process_batch` call is: `done` of `total` work units, in
+        any unit (SegmentAuto: images of the batch, each in decoder batches). The run's progress
+        bar moves with it; outside a run that shows progress it does nothing."""
+        reporter = self.__dict__.get("_progress_reporter")
+        if reporter is not None and total > 0:
+            reporter(min(max(float(done) / float(total), 0.0), 1.0))
+
     # ---- composition and display ------------------------------------------------------------
 
     def __or__(self, other) -> "Pipeline":
-        from .core import Pipeline
-
-        return Pipeline([self, other])
+        return _pipeline_class([self, other])
 
     @property
     def id(self) -> str:
@@ -161,6 +225,13 @@ class Node:
         changed = {k: v for k, v in self.config.items() if v != type(self).params[k].default}
         args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
         return f"{type(self).__name__}({args})"
+
+
+def report_progress_to(nodes: Iterable[Node], reporter: Optional[Callable[[float], None]]) -> None:
+    """Send the nodes' `report_progress` (as the fraction of the current call done) to `reporter`,
+    or nowhere (None). The runners call this; a node only reports."""
+    for node in nodes:
+        node.__dict__["_progress_reporter"] = reporter
 
 
 def resolve_params(cls: type, given: Dict[str, Any], where: str, defaults: bool = True) -> Dict[str, Any]:

@@ -9,6 +9,10 @@ The output folder:
     errors.jsonl     one line per bad item: its source, the stage that failed and why
     ...              whatever the pipeline's writer nodes write (per item, atomically)
 
+The progress bar counts images: it moves when an item finishes and, within a batch, as far as
+its nodes report (`Node.report_progress`: automatic masks report per decoder batch of every
+image), so it moves at least once per image even when a batch takes minutes.
+
 Items are read a little ahead on two threads while the nodes work on the current batch. A bad
 file (corrupt, truncated, empty, not an image, a decompression bomb, a dangling link, unreadable)
 or a node failing on one item is journalled as an error and the run goes on; the manifest, the
@@ -19,20 +23,27 @@ end of every run, so they always agree with it.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..io.image import DEFAULT_MAX_PIXELS, load_image_with_info
 from ..io.results import Journal, RunLock, atomic_write_json, atomic_write_jsonl, remove_stale_temporaries
 from ..io.sources import InputError, Item, discover, fields_of
 from ..types import Sample, type_name, value_fits
-from .core import ItemFailure, Pipeline, PipelineError, RunContext
+from .context import ItemFailure, PipelineError, RunContext
 from .models import ModelCache
+from .node import report_progress_to
+
+Progress = Union[bool, Callable[[float, int], None]]
+
+if TYPE_CHECKING:
+    from .core import Pipeline
 
 RUN_INFO, JOURNAL, MANIFEST, ERRORS = "run.json", "journal.jsonl", "manifest.jsonl", "errors.jsonl"
 
@@ -67,20 +78,22 @@ class RunReport:
 
 
 def run(pipeline: Pipeline, inputs: Union[str, Sequence[str]], out_dir: Union[str, Path], *,
-        models: Optional[ModelCache] = None, resume: bool = False, retry_errors: bool = False, progress: bool = True,
+        models: Optional[ModelCache] = None, resume: bool = False, retry_errors: bool = False, progress: Progress = True,
         max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, spec: Optional[Dict[str, Any]] = None,
         log: Optional[Callable[[str], None]] = None) -> RunReport:
     """Run `pipeline` over `inputs` (images, folders, globs, .txt lists, .jsonl manifests) into
     `out_dir`. `resume=True` continues a run in that folder; without it a folder that already
-    holds a run is refused; `retry_errors=True` (with resume) tries the failed items again. `models` shares loaded models with other runs (else the run makes and
-    closes its own cache). Returns a `RunReport`; bad items never raise."""
+    holds a run is refused; `retry_errors=True` (with resume) tries the failed items again.
+    `models` shares loaded models with other runs (else the run makes and closes its own cache).
+    `progress`: a bar on stderr (True), none (False), or a function called with (items done, total)
+    as the run goes, fractions of an item included. Returns a `RunReport`; bad items never raise."""
     start = time.perf_counter()
-    with prepared_run(pipeline, inputs, out_dir, resume=resume, retry_errors=retry_errors, spec=spec) as prep:
+    with prepared_run(pipeline, inputs, out_dir, resume=resume, retry_errors=retry_errors, spec=spec, log=log) as prep:
         out, items, journal, done, todo = prep.out, prep.items, prep.journal, prep.done, prep.todo
         done_before = prep.done_before
 
-        bar = None  # made once the models are loaded, so its rate and ETA count only the work
-        say = log or (lambda message: _write(message, bar))
+        shown: Optional[RunProgress] = None  # made once the models are loaded: its rate and ETA count only the work
+        say = log or (lambda message: _write(message, shown))
         say(f"{pipeline.name}: {len(items)} items" + (f", {done_before} already done" if done_before else "")
             + f"; batches of {pipeline.batch_size}; results in {out}/")
 
@@ -92,35 +105,33 @@ def run(pipeline: Pipeline, inputs: Union[str, Sequence[str]], out_dir: Union[st
         failed = sum(1 for item in items if done.get(item.id, {}).get("status", "ok") != "ok")
         try:
             pipeline.open(ctx=ctx)
-            bar = _progress_bar(len(items), done_before, pipeline.name, progress and bool(todo))
+            shown = RunProgress(len(items), done_before, pipeline.name, progress if todo else False)
+            report_progress_to(pipeline.nodes, shown.within_batch)
             with journal, ThreadPoolExecutor(max_workers=2, thread_name_prefix="grounded-read") as pool:
                 for batch in _batches(todo, pipeline.batch_size, pool, max_pixels):
                     batch_start = time.perf_counter()
+                    shown.batch_started(len(batch))
                     entries = _process(pipeline, batch)
                     seconds = (time.perf_counter() - batch_start) / max(len(batch), 1)
                     for entry in entries:
                         if entry["status"] == "ok":
                             entry["seconds"] = round(seconds, 3)
                         else:
-                            _write(f"skipped {entry['id']}: {entry['error']}", bar)
+                            shown.write(f"skipped {entry['id']}: {entry['error']}")
                         journal.append(entry)
                     processed += len(batch)
                     failed += sum(1 for e in entries if e["status"] != "ok")
-                    if bar is not None:
-                        if failed:
-                            bar.set_postfix(failed=failed, refresh=False)
-                        bar.update(len(batch))
-            if bar is not None:
-                bar.close()
-                bar = None
+                    shown.finished(len(batch), failed)
+            shown.close()
             pipeline.finish()
         except KeyboardInterrupt:
             say(f"interrupted: {done_before + processed} of {len(items)} items are safely finished; "
                 "run the same command with --resume to go on")
             raise
         finally:
-            if bar is not None:
-                bar.close()
+            if shown is not None:
+                shown.close()
+            report_progress_to(pipeline.nodes, None)
             pipeline.close()
             if own_models:
                 models.close()
@@ -159,12 +170,14 @@ class PreparedRun:
 
 @contextmanager
 def prepared_run(pipeline: Pipeline, inputs: Union[str, Sequence[str]], out_dir: Union[str, Path], *,
-                 resume: bool, retry_errors: bool, spec: Optional[Dict[str, Any]]) -> Iterator[PreparedRun]:
-    """Find the inputs, check the pipeline's wiring against them, then hold the folder's lock while
-    the run starts (or resumes: `run.json` must match) and goes on."""
+                 resume: bool, retry_errors: bool, spec: Optional[Dict[str, Any]],
+                 log: Optional[Callable[[str], None]] = None) -> Iterator[PreparedRun]:
+    """Find the inputs (inputs named twice are reported to `log`), check the pipeline's wiring
+    against them, then hold the folder's lock while the run starts (or resumes: `run.json` must
+    match) and goes on."""
     out = Path(out_dir)
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    items = discover(inputs, exclude=[out])
+    items = discover(inputs, exclude=[out], report=log or (lambda message: _write(message, None)))
     if not items:
         from ..io.sources import IMAGE_EXTENSIONS
 
@@ -205,16 +218,49 @@ def _start_or_resume(out: Path, pipeline: Pipeline, inputs: List[str], resume: b
             raise RuntimeError(f"{out} already holds a run ({finished} items finished); pass --resume to continue it, "
                                "or choose another --out")
         if resume and previous.get("fingerprint") != info["fingerprint"]:
+            unimportant = {(node_id, name) for node_id, node in zip(pipeline.ids, pipeline.nodes)
+                           for name, param in type(node).params.items() if not param.fingerprint}
+            changes = pipeline_changes(previous.get("pipeline") or [], info["pipeline"], unimportant)
             raise RuntimeError(
-                f"cannot resume in {out}: the pipeline differs from the one that started this run "
-                f"(then: {json.dumps(previous.get('pipeline'))}; now: {json.dumps(info['pipeline'])}); "
-                "resume with the same spec and --set values, or choose another --out")
+                f"cannot resume in {out}: the pipeline differs from the one that started this run: "
+                + ("; ".join(changes) if changes else "its nodes' code changed")
+                + "; resume with the same spec and --set values, or choose another --out")
     if info_path.exists() and resume:
         info["started"] = previous.get("started")
         info["resumed"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     else:
         info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     atomic_write_json(info_path, info, indent=2)
+
+
+def pipeline_changes(then: List[Dict[str, Any]], now: List[Dict[str, Any]], unimportant=frozenset()) -> List[str]:
+    """What differs between two pipelines (`Pipeline.describe()`), in words: "segment_auto.
+    points_per_side was 32, now 16", "node 'clip_score' was not there". Parameters named in
+    `unimportant` ((node id, name): devices) are left out."""
+    import json
+
+    def shown(value: Any) -> str:
+        return json.dumps(value)
+
+    then_nodes = {n["id"]: n for n in then}
+    now_nodes = {n["id"]: n for n in now}
+    changes = []
+    for node_id, node in now_nodes.items():
+        before = then_nodes.get(node_id)
+        if before is None:
+            changes.append(f"node {node_id!r} ({node['node']}) was not there")
+        elif before["node"] != node["node"]:
+            changes.append(f"node {node_id!r} was {before['node']}, now {node['node']}")
+        else:
+            for name in sorted(set(before["params"]) | set(node["params"])):
+                old, new = before["params"].get(name), node["params"].get(name)
+                if old != new and (node_id, name) not in unimportant:
+                    changes.append(f"{node_id}.{name} was {shown(old)}, now {shown(new)}")
+    changes += [f"node {node_id!r} ({node['node']}) is gone" for node_id, node in then_nodes.items()
+                if node_id not in now_nodes]
+    if not changes and [n["id"] for n in then] != [n["id"] for n in now]:
+        changes.append(f"the nodes were in the order {', '.join(n['id'] for n in then)}")
+    return changes
 
 
 def _finished(journal: Journal, items: List[Item]) -> List[Dict[str, Any]]:
@@ -325,17 +371,76 @@ def _error_entry(item: Item, failure: ItemFailure) -> Dict[str, Any]:
 
 # ---- display ----------------------------------------------------------------------------------
 
-def _progress_bar(total: int, initial: int, name: str, enabled: bool):
-    if not enabled:
-        return None
+class RunProgress:
+    """A run's progress in items: the finished ones, plus how far the current batch (local) or the
+    batches in flight (Ray) are, as the nodes report it. It only moves forward. Shown as a tqdm bar
+    on stderr (count, rate in images/s, time left), given to a function, or not at all."""
+
+    def __init__(self, total: int, initial: int, name: str, show: Progress):
+        self.total, self.done, self.position = total, float(initial), float(initial)
+        self._batch = 0
+        self._lock = threading.Lock()
+        self._call = show if callable(show) else None
+        self._bar = _progress_bar(total, initial, name) if show is True else None
+
+    def batch_started(self, size: int) -> None:
+        self._batch = size
+
+    def within_batch(self, fraction: float) -> None:
+        """A node of the current batch is `fraction` of the way through it (local runs)."""
+        self._move(self.done + fraction * self._batch)
+
+    def in_flight(self, items: float) -> None:
+        """The batches in flight are worth `items` finished items, as their nodes report (Ray)."""
+        self._move(self.done + items)
+
+    def finished(self, count: int, failed: int = 0) -> None:
+        with self._lock:
+            self.done += count
+            if self._bar is not None and failed:
+                self._bar.set_postfix(failed=failed, refresh=False)
+        self._move(self.done)
+
+    def _move(self, position: float) -> None:
+        with self._lock:
+            position = min(position, float(self.total))
+            if position <= self.position:
+                return
+            step, self.position = position - self.position, position
+            if self._bar is not None:
+                self._bar.update(step)
+        if self._call is not None:
+            self._call(position, self.total)
+
+    def write(self, message: str) -> None:
+        _write(message, self)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _progress_bar(total: int, initial: int, name: str):
     from tqdm.auto import tqdm
 
-    # tqdm shows the count, the rate (images/s) and the time left (ETA) from the rate.
-    return tqdm(total=total, initial=initial, desc=name, unit="img", file=sys.stderr, dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 5.0, smoothing=0.1)
+    class Count(float):
+        def __str__(self) -> str:  # "2.4/8" within a batch, "3/8" between
+            return f"{self:.1f}".rstrip("0").rstrip(".")
+
+    class ItemBar(tqdm):
+        @property
+        def format_dict(self):
+            info = super().format_dict
+            info["n"] = Count(info["n"])
+            return info
+
+    return ItemBar(total=total, initial=initial, desc=name, unit="img", file=sys.stderr, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 5.0, smoothing=0.1)
 
 
-def _write(message: str, bar) -> None:
+def _write(message: str, shown: Optional[RunProgress]) -> None:
+    bar = shown._bar if shown is not None else None
     if bar is not None:
         bar.write(message, file=sys.stderr)
     else:

@@ -108,7 +108,7 @@ def parse_pipeline(text: str, filename: str = "<spec>", overrides: Sequence[str]
                    extra_nodes: Optional[Mapping[str, type]] = None) -> Pipeline:
     import yaml
 
-    from ..nodes import NodeNotFoundError, node_class
+    from .registry import NodeNotFoundError, node_class
 
     try:
         tree = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -6,25 +6,22 @@ the same masks. Where it differs is in what it keeps in memory and how it spends
 - The reference upsamples every decoder batch (points_per_batch x 3 masks) to full resolution as
   float logits, then filters: about 9 GB per batch for a 4000x3000 image. Here the predicted-IoU
   filter runs first, on the decoder's scores, and only the masks that pass are upsampled, a few at
-  a time within a memory budget (`postprocess_memory_mb`).
-- Images up to a few times the model's input size go through the reference's own
-  `postprocess_masks`, so the stability score is computed on the very same full-resolution logits.
-  Larger images never build those logits: the last (bilinear) upsampling step is evaluated only
-  where a threshold decision needs it, with the reference's own weights (utils/sparse_upsample.py),
-  so counts and masks agree up to pixels whose logit sits on a threshold within float rounding.
+  a time within a memory budget (`postprocess_memory_mb`), through `Sam.threshold_masks` (the
+  reference's two interpolations and a threshold; on a CPU, the wing evaluates only the pixels near
+  a contour: grounded/sam/cpu/masks.py).
 - Every mask becomes RLE as soon as it is final (thresholded and past the filters), in one
   vectorised pass per chunk on the model's device, written straight into the full image's frame
   (the reference pads each crop's masks to full size first).
 - The image crops go through the image encoder together, in batches (`encoder_batch_size`).
 - Small-region removal works one mask at a time and never stacks full-size masks.
+- `generate_detections` returns a `grounded.detections.Detections`; `progress` reports the work done.
 """
 
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .model import Sam
 from .predictor import SamPredictor
@@ -35,7 +32,6 @@ from .utils.amg import (
     batched_mask_to_box,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
-    calculate_stability_score,
     coco_encode_rle,
     generate_crop_boxes,
     is_box_near_crop_edge,
@@ -45,12 +41,9 @@ from .utils.amg import (
     uncrop_boxes_xyxy,
     uncrop_points,
 )
-from .utils.sparse_upsample import SparseUpsampler
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-# Above this ratio of image pixels to resized-input pixels, masks are upsampled cell by cell
-# (utils/sparse_upsample.py); below it, building full-size logits is as cheap (measured on CPU).
-SPARSE_MIN_UPSCALE = 3
+Progress = Callable[[int, int], None]
 
 
 class SamAutomaticMaskGenerator:
@@ -71,6 +64,7 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         *,
+        predictor: Optional[SamPredictor] = None,
         postprocess_memory_mb: float = 512,
         encoder_batch_size: int = 4,
     ) -> None:
@@ -84,9 +78,11 @@ class SamAutomaticMaskGenerator:
           (2**i)**2 crops). min_mask_region_area: fill holes and drop islands smaller than this
           (needs opencv). output_mode: "binary_mask", "uncompressed_rle" or "coco_rle".
 
-        Only here: postprocess_memory_mb bounds the full-resolution logits held at once (the
-        chunk size adapts to the image size; results do not depend on it); encoder_batch_size is
-        how many crops go through the image encoder together.
+        Only here (keyword-only): predictor, a `SamPredictor` of `model` to prompt through (its
+        embedding cache, e.g. one shared with other users of the model; by default a new one);
+        postprocess_memory_mb bounds the full-resolution masks held at once (the chunk size adapts to
+        the image size; results do not depend on it); encoder_batch_size is how many crops go through
+        the image encoder together.
         """
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("Exactly one of points_per_side or point_grids must be provided.")
@@ -101,7 +97,9 @@ class SamAutomaticMaskGenerator:
         if min_mask_region_area > 0:
             import cv2  # noqa: F401  (fail now, not after the whole image has been processed)
 
-        self.predictor = SamPredictor(model, cache_size=sum(4**i for i in range(crop_n_layers + 1)))
+        if predictor is not None and predictor.model is not model:
+            raise ValueError("predictor= must be a SamPredictor of the same model")
+        self.predictor = predictor or SamPredictor(model, cache_size=sum(4**i for i in range(crop_n_layers + 1)))
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -118,26 +116,51 @@ class SamAutomaticMaskGenerator:
         self.timings: Dict[str, float] = {}  # seconds spent in the last generate(), by stage
 
     @torch.no_grad()
-    def generate(self, image: np.ndarray) -> List[Dict[str, Any]]:
+    def generate(self, image: np.ndarray, *, progress: Optional[Progress] = None) -> List[Dict[str, Any]]:
         """Masks for an HxWx3 uint8 image (or anything `grounded.io.load_image` reads).
 
         Returns one record per mask: segmentation (HxW bool array, or an RLE dict per
         output_mode), area (int), bbox (XYWH list), predicted_iou, point_coords ([[x, y]]),
-        stability_score and crop_box (XYWH list), as segment_anything's generator."""
+        stability_score and crop_box (XYWH list), as segment_anything's generator.
+        progress(done, total) is called as batches of point prompts finish (total: all batches of
+        all crops)."""
+        mask_data = self._mask_data(image, progress)
+        start = time.perf_counter()
+        records = [self._record(mask_data, i) for i in range(len(mask_data["rles"]))]
+        self.timings["postprocess"] += time.perf_counter() - start
+        return records
+
+    @torch.no_grad()
+    def generate_detections(self, image: np.ndarray, *, progress: Optional[Progress] = None):
+        """The masks of `generate` as a `grounded.detections.Detections`: RLE masks, their boxes
+        (x1, y1 exclusive), scores = predicted IoU, and `stability_score`, `point_coords` and
+        `crop_box` (XYWH) in `data`."""
+        from ..detections import Detections
+
+        mask_data = self._mask_data(image, progress)
+        rles, boxes = mask_data["rles"], np.asarray(mask_data["boxes"], dtype=np.float32).reshape(-1, 4)
+        nonempty = np.array([area_from_rle(r) > 0 for r in rles], dtype=bool)
+        xyxy = np.where(nonempty[:, None], boxes + np.array([0, 0, 1, 1], np.float32), 0).astype(np.float32)
+        data = {"stability_score": np.asarray(mask_data["stability_score"], dtype=np.float32),
+                "point_coords": [[p.tolist()] for p in mask_data["points"]],
+                "crop_box": [box_xyxy_to_xywh(b).tolist() for b in mask_data["crop_boxes"]]}
+        return Detections(xyxy, rles=[coco_encode_rle(r) for r in rles], scores=mask_data["iou_preds"], data=data,
+                          image_size=image.shape[:2] if isinstance(image, np.ndarray) else None)
+
+    def _mask_data(self, image: np.ndarray, progress: Optional[Progress]) -> MaskData:
         self.timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
             from ..io.image import load_image
 
             image = load_image(image)
-        mask_data = self._generate_masks(image)
+        mask_data = self._generate_masks(image, progress)
         start = time.perf_counter()
         if self.min_mask_region_area > 0:
             mask_data = self.postprocess_small_regions(
                 mask_data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
             )
-        records = [self._record(mask_data, i) for i in range(len(mask_data["rles"]))]
         self.timings["postprocess"] += time.perf_counter() - start
-        return records
+        return mask_data
 
     def _record(self, mask_data: MaskData, idx: int) -> Dict[str, Any]:
         rle = mask_data["rles"][idx]
@@ -157,23 +180,26 @@ class SamAutomaticMaskGenerator:
             "crop_box": box_xyxy_to_xywh(mask_data["crop_boxes"][idx]).tolist(),
         }
 
-    def _generate_masks(self, image: np.ndarray) -> MaskData:
+    def _generate_masks(self, image: np.ndarray, progress: Optional[Progress] = None) -> MaskData:
         from torchvision.ops.boxes import batched_nms, box_area
 
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         crops = [image[y0:y1, x0:x1, :] for x0, y0, x1, y1 in crop_boxes]
+        batches = [-(-len(self.point_grids[i]) // self.points_per_batch) for i in layer_idxs]
+        done = [0, sum(batches)]  # point batches finished, in all
+        if progress is not None:
+            progress(*done)
 
-        # Encode every crop up front, several per encoder call; the predictor's cache (keyed by
-        # the pixels) then hands each embedding back when its crop is set below.
+        # Encode every crop up front, several per encoder call; each is then made current in turn.
         start = time.perf_counter()
         self.predictor.set_images(crops, batch_size=self.encoder_batch_size)
         self.timings["encoder"] += time.perf_counter() - start
 
         data = self._no_masks()
-        for crop, crop_box, layer_idx in zip(crops, crop_boxes, layer_idxs):
-            self.predictor.set_image(crop)
-            data.cat(self._process_crop(crop_box, layer_idx, orig_size))
+        for index, (crop_box, layer_idx) in enumerate(zip(crop_boxes, layer_idxs)):
+            self.predictor.select_image(index)
+            data.cat(self._process_crop(crop_box, layer_idx, orig_size, progress, done))
         self.predictor.reset_image()
 
         start = time.perf_counter()
@@ -189,7 +215,8 @@ class SamAutomaticMaskGenerator:
         self.timings["postprocess"] += time.perf_counter() - start
         return data
 
-    def _process_crop(self, crop_box: List[int], crop_layer_idx: int, orig_size: Tuple[int, ...]) -> MaskData:
+    def _process_crop(self, crop_box: List[int], crop_layer_idx: int, orig_size: Tuple[int, ...],
+                      progress: Optional[Progress], done: List[int]) -> MaskData:
         from torchvision.ops.boxes import batched_nms
 
         cropped_im_size = self.predictor.original_size
@@ -199,6 +226,9 @@ class SamAutomaticMaskGenerator:
         data = self._no_masks()
         for (points,) in batch_iterator(self.points_per_batch, points_for_image):
             data.cat(self._process_batch(points, cropped_im_size, crop_box, orig_size))
+            done[0] += 1
+            if progress is not None:
+                progress(*done)
 
         start = time.perf_counter()
         # Remove duplicates within this crop (boxes are still in the crop's frame; NMS does not mind).
@@ -213,29 +243,15 @@ class SamAutomaticMaskGenerator:
         self.timings["postprocess"] += time.perf_counter() - start
         return data
 
-    def _decode(self, points: np.ndarray, im_size: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Low-res mask logits (N x 3 x 256 x 256) and predicted IoUs (N x 3) for single-point prompts."""
-        predictor, model = self.predictor, self.predictor.model
-        # Coordinates stay float64 into the prompt encoder, as the reference passes them.
-        in_points = torch.as_tensor(predictor.transform.apply_coords(points, im_size), device=predictor.device)
-        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        with predictor._precision():
-            sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
-            low_res, iou_preds = model.mask_decoder(
-                image_embeddings=predictor.features,
-                image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
-                shared_products=predictor.shared_decoder_products(),
-            )
-        return low_res.float(), iou_preds.float()
-
     def _process_batch(
         self, points: np.ndarray, im_size: Tuple[int, ...], crop_box: List[int], orig_size: Tuple[int, ...]
     ) -> MaskData:
         start = time.perf_counter()
-        low_res, iou_preds = self._decode(points, im_size)
+        predictor = self.predictor
+        # Coordinates stay float64 into the prompt encoder, as the reference passes them.
+        in_points = torch.as_tensor(predictor.transform.apply_coords(points, im_size), device=predictor.device)
+        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
+        low_res, iou_preds = predictor.decode(in_points[:, None, :], in_labels[:, None], multimask_output=True)
         if low_res.device.type == "cuda":
             torch.cuda.synchronize()
         self.timings["decoder"] += time.perf_counter() - start
@@ -278,55 +294,30 @@ class SamAutomaticMaskGenerator:
         Returns the stability scores of all, the indices of the masks kept, their RLE counts and boxes."""
         model, threshold, offset = self.predictor.model, self.predictor.model.mask_threshold, self.stability_score_offset
         orig_h, orig_w = orig_size
-        h, w = self.predictor.input_size
-        upsampler = self._sparse_upsampler(im_size)
-        if upsampler is None:
-            # Small images: the reference's upsampling, in full, a few masks at a time.
-            logits = model.postprocess_masks(low_res[:, None], (h, w), im_size)[:, 0]
-            stability = calculate_stability_score(logits, threshold, offset)
-        else:
-            # Large images: the same upsampling's first step, then facts about the second from its cells.
-            size = model.image_encoder.img_size
-            logits = F.interpolate(low_res[:, None], (size, size), mode="bilinear", align_corners=False)
-            logits = logits[:, 0, :h, :w].contiguous()
-            counts = upsampler.count_above(logits, [threshold + offset, threshold - offset]).int()
-            stability = counts[:, 0] / counts[:, 1]  # int32 / int32, as calculate_stability_score
+
+        def masks_above(logits: torch.Tensor, at: float) -> torch.Tensor:
+            return model.threshold_masks(logits[:, None], self.predictor.input_size, im_size, at)[:, 0]
+
+        # The stability score: IoU of the masks at threshold +- offset, the high one inside the low one.
+        # Row sums in int16, as the reference's calculate_stability_score.
+        high = masks_above(low_res, threshold + offset).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+        low = masks_above(low_res, threshold - offset).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+        stability = high / low
         kept = torch.arange(len(stability), device=stability.device)
         if self.stability_score_thresh > 0.0:
             kept = kept[stability >= self.stability_score_thresh]
-        if upsampler is None:
-            masks = logits[kept] > threshold
-            del logits
-            boxes = batched_mask_to_box(masks).long()  # (long: an empty batch gives float zeros)
-        else:
-            rles, boxes = upsampler.encode(logits[kept], threshold, crop_box, orig_size)
+        masks = masks_above(low_res[kept], threshold)
+        boxes = batched_mask_to_box(masks).long()  # (long: an empty batch gives float zeros)
         # Drop masks that touch a crop edge that is not an image edge: likely cut off.
         inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
         kept, boxes = kept[inside], boxes[inside]
-        if upsampler is None:
-            rles = masks_to_rle_counts(masks[inside], crop_box, orig_h, orig_w)
-        else:
-            rles = [c for c, ok in zip(rles, inside.tolist()) if ok]
-        return stability, kept, rles, boxes
-
-    def _sparse_upsampler(self, im_size) -> Optional[SparseUpsampler]:
-        """The cell-based upsampler when the image has several times the pixels of the model's
-        resized input (its cost follows the input's size, the full path's the image's), else None."""
-        H, W = int(im_size[0]), int(im_size[1])
-        h, w = self.predictor.transform.get_preprocess_shape(H, W, self.predictor.model.image_encoder.img_size)
-        if not (H >= h and W >= w and H * W > SPARSE_MIN_UPSCALE * h * w):
-            return None
-        return SparseUpsampler((h, w), (H, W), self.predictor.device)
+        return stability, kept, masks_to_rle_counts(masks[inside], crop_box, orig_h, orig_w), boxes
 
     def _chunk_size(self, im_size: Tuple[int, ...]) -> int:
         """How many masks to upsample at once within postprocess_memory_mb: float logits at the
-        padded input size, plus (full path) full-size logits and masks or (cell path) per-cell maps."""
+        padded input and at full size (the reference's upsampling) and the boolean masks."""
         side = self.predictor.model.image_encoder.img_size
-        h, w = self.predictor.input_size
-        if self._sparse_upsampler(im_size) is None:
-            per_mask = 4 * side * side + 7 * int(im_size[0]) * int(im_size[1])
-        else:
-            per_mask = 4 * side * side + 24 * h * w
+        per_mask = 4 * side * side + 6 * int(im_size[0]) * int(im_size[1])
         return max(1, int(self.postprocess_memory_mb * 2**20 // per_mask))
 
     @staticmethod

@@ -4,32 +4,31 @@ folders or hub ids. Pickled checkpoints are read with `weights_only=True`, never
 
 import json
 import re
+import sys
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from .checkpoint import CheckpointError, StateDict, infer_config, read_state_dict
 from .config import OFFICIAL_CONFIGS, SamConfig
+from .cpu import accelerate
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .model import Sam
-from .onnx_encoder import BACKENDS, use_exported_encoder
+from .onnx_encoder import BACKENDS, auto_backend, use_exported_encoder
 from .prompt_encoder import PromptEncoder
 from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
 
-StateDict = Dict[str, torch.Tensor]
 CONFIG_FILE = "grounded_sam_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the requested model."""
-
-
-def build_sam(config: SamConfig) -> Sam:
-    """A randomly initialised SAM of the given dimensions, in eval mode."""
+def build_sam(config: SamConfig, paths: str = "auto") -> Sam:
+    """A randomly initialised SAM of the given dimensions, in eval mode, with the CPU wing's paths
+    (`grounded.sam.cpu.accelerate(model, paths)`; "reference" for the core modules only)."""
     emb = config.image_embedding_size
     if config.encoder == "vit":
         encoder = ImageEncoderViT(
@@ -82,104 +81,7 @@ def build_sam(config: SamConfig) -> Sam:
         pixel_std=config.pixel_std,
     )
     model.config = config
-    return model.eval()
-
-
-# ---------------------------------------------------------------- reading checkpoints
-
-
-def read_state_dict(path: Union[str, Path]) -> StateDict:
-    """Tensors of a `.pth`/`.pt`/`.bin` (safe unpickling only) or `.safetensors` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError and friends
-        if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err):
-            raise CheckpointError(
-                f"{path} is a pickle that carries code or objects other than tensors; grounded loads "
-                f"checkpoints with weights_only=True and will not execute it. Re-save its state_dict "
-                f"(torch.save(model.state_dict(), ...)) or convert it to safetensors. ({err.__class__.__name__})"
-            ) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(data, Mapping) and key in data and isinstance(data[key], Mapping):
-            data = data[key]
-    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return dict(data)
-
-
-def infer_config(state_dict: Mapping[str, torch.Tensor]) -> SamConfig:
-    """Recover the model dimensions from the shapes in a (grounded/official-named) state dict.
-
-    Everything is recoverable except the decoder's head count, which leaves no trace in the weights:
-    it is taken as 8, the value of every official model (`save_pretrained` records it)."""
-    sd = state_dict
-    if "image_encoder.patch_embed.proj.weight" not in sd and "image_encoder.patch_embed.seq.0.c.weight" not in sd:
-        raise CheckpointError("not a SAM state dict: no image_encoder.patch_embed weights")
-    decoder_layers = _count(sd, r"mask_decoder\.transformer\.layers\.(\d+)\.")
-    common = dict(
-        prompt_embed_dim=sd["mask_decoder.iou_token.weight"].shape[1],
-        mask_in_chans=sd["prompt_encoder.mask_downscaling.3.weight"].shape[0],
-        decoder_depth=decoder_layers,
-        decoder_mlp_dim=sd["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
-        num_multimask_outputs=sd["mask_decoder.mask_tokens.weight"].shape[0] - 1,
-        iou_head_depth=_count(sd, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
-        iou_head_hidden_dim=sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
-    )
-    if "image_encoder.patch_embed.seq.0.c.weight" in sd:
-        stages = _count(sd, r"image_encoder\.layers\.(\d+)\.")
-        dims, depths, heads, windows = [], [], [], []
-        for i in range(stages):
-            depths.append(_count(sd, rf"image_encoder\.layers\.{i}\.blocks\.(\d+)\."))
-            if i == 0:
-                dims.append(sd["image_encoder.layers.0.blocks.0.conv1.c.weight"].shape[1])
-                # The convolutional first stage has no attention: its entries are placeholders.
-                heads.append(SamConfig.tiny_num_heads[0])
-                windows.append(SamConfig.tiny_window_sizes[0])
-            else:
-                bias = sd[f"image_encoder.layers.{i}.blocks.0.attn.attention_biases"]
-                dims.append(sd[f"image_encoder.layers.{i}.blocks.0.attn.proj.weight"].shape[0])
-                heads.append(bias.shape[0])
-                windows.append(int(round(bias.shape[1] ** 0.5)))
-        head = sd.get("image_encoder.head.weight")
-        return SamConfig(
-            encoder="tiny_vit",
-            tiny_embed_dims=tuple(dims), tiny_depths=tuple(depths), tiny_num_heads=tuple(heads),
-            tiny_window_sizes=tuple(windows), tiny_num_classes=0 if head is None else head.shape[0],
-            mlp_ratio=sd["image_encoder.layers.1.blocks.0.mlp.fc1.weight"].shape[0] / dims[1],
-            **common,
-        )
-    patch = sd["image_encoder.patch_embed.proj.weight"]
-    embed_dim, patch_size = patch.shape[0], patch.shape[-1]
-    grid = sd["image_encoder.pos_embed"].shape[1]
-    depth = _count(sd, r"image_encoder\.blocks\.(\d+)\.")
-    head_dim = sd["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
-    global_blocks, window = [], 14
-    for i in range(depth):
-        span = (sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] + 1) // 2
-        if span == grid:
-            global_blocks.append(i)
-        else:
-            window = span
-    return SamConfig(
-        encoder="vit", image_size=grid * patch_size, patch_size=patch_size, encoder_embed_dim=embed_dim,
-        encoder_depth=depth, encoder_num_heads=embed_dim // head_dim,
-        encoder_global_attn_indexes=tuple(global_blocks), window_size=window,
-        mlp_ratio=sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0] / embed_dim,
-        **common,
-    )
-
-
-def _count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
-    found = {int(m.group(1)) for k in sd if (m := re.match(pattern, k))}
-    return max(found) + 1 if found else 0
+    return accelerate(model.eval(), paths)
 
 
 def variant_of(config: SamConfig) -> Optional[str]:
@@ -268,7 +170,7 @@ def from_pretrained(
     dtype: Optional[torch.dtype] = None,
     cache_dir: Optional[Union[str, Path]] = None,
     revision: Optional[str] = None,
-    image_encoder_backend: str = "torch",
+    image_encoder_backend: str = "auto",
 ) -> Sam:
     """Load a SAM model from any of the places it can live:
 
@@ -281,12 +183,15 @@ def from_pretrained(
 
     model_type ('vit_h', 'vit_l', 'vit_b', 'vit_t') checks the checkpoint is that variant; by default the
     dimensions come from the checkpoint itself. Raises FileNotFoundError naming every place tried.
-    image_encoder_backend="onnxruntime" or "openvino" runs the image encoder in that runtime (CPU,
-    float32; see `onnx_encoder.py`), the rest in PyTorch.
+    image_encoder_backend="onnxruntime" or "openvino" runs the image encoder's float32 CPU inference
+    from its export in that runtime (see `onnx_encoder.py`), the rest in PyTorch; "auto" (the default)
+    picks the fastest one installed for the model on its device, said once on stderr: OpenVINO for
+    MobileSAM's TinyViT on a CPU, PyTorch for the ViTs, on GPUs and for dtypes other than float32.
+    The CPU wing's paths are on (`grounded.sam.cpu.accelerate`).
     """
-    if image_encoder_backend not in ("torch", *BACKENDS):
+    if image_encoder_backend not in ("auto", "torch", *BACKENDS):
         raise ValueError(f"unknown image_encoder_backend {image_encoder_backend!r}; "
-                         f"use one of torch, {', '.join(BACKENDS)}")
+                         f"use one of auto, torch, {', '.join(BACKENDS)}")
     tried: List[str] = []
     state_dict, config = _resolve(str(name_or_path), tried, cache_dir, revision)
     if state_dict is None:
@@ -303,6 +208,10 @@ def from_pretrained(
         model = build_sam(config)
     load_state_dict_strict(model, state_dict, str(name_or_path))
     model = model.to(device=device, dtype=dtype).eval()
+    if image_encoder_backend == "auto":
+        image_encoder_backend, why = auto_backend(model)
+        print(f"grounded.sam: image encoder on {image_encoder_backend} ({why}; image_encoder_backend=auto)",
+              file=sys.stderr, flush=True)
     if image_encoder_backend != "torch":
         use_exported_encoder(model, image_encoder_backend)
     return model

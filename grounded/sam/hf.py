@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from .build import CheckpointError, infer_config, read_state_dict
+from .checkpoint import CheckpointError, infer_config, read_state_dict
 from .config import SamConfig
 
 StateDict = Dict[str, torch.Tensor]

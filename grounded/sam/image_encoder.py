@@ -1,7 +1,8 @@
 """The ViT image encoder of SAM (ViT-B/L/H): windowed and global attention with decomposed
 relative position bias, then a convolutional neck. Attention runs through
 `scaled_dot_product_attention` with the relative-position bias passed as an additive mask, so the
-softmax map is never materialised by hand and fused kernels apply on GPU."""
+softmax map is never materialised by hand and fused kernels apply on GPU. (On a CPU, the wing's
+query-blocked attention runs instead: grounded/sam/cpu/vit.py.)"""
 
 from typing import Optional, Tuple, Type
 
@@ -9,13 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock, linear, onednn_fusion_applies, tracing
+from .common import LayerNorm2d, MLPBlock
 
 # Elements of relative-position bias built at once (64M floats = 256 MB in fp32).
 _BIAS_BUDGET_ELEMENTS = 64 * 1024 * 1024
-# CPU inference runs attention query-blocked (see below), with this many logits per step: a block
-# stays in the last-level cache while bias and softmax run over it.
-_BLOCK_LOGITS = 1024 * 1024
 
 
 class ImageEncoderViT(nn.Module):
@@ -107,10 +105,16 @@ class Block(nn.Module):
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The residual adds run inside the output projections (common.linear).
-        attended = self.attn.attend(self.norm1(x), self.window_size)
-        x = linear(attended, self.attn.proj, residual=x)
-        return self.mlp(self.norm2(x), residual=x)
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:  # window partition
+            H, W = x.shape[1], x.shape[2]
+            x, pad_hw = window_partition(x, self.window_size)
+        x = self.attn(x)
+        if self.window_size > 0:  # reverse window partition
+            x = window_unpartition(x, self.window_size, pad_hw, (H, W))
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
 
 
 class Attention(nn.Module):
@@ -138,66 +142,17 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
-    def forward(self, x: torch.Tensor, window_size: int = 0) -> torch.Tensor:
-        return self.proj(self.attend(x, window_size))
-
-    def attend(self, x: torch.Tensor, window_size: int = 0) -> torch.Tensor:
-        """Attention before the output projection: global, or in windows when window_size > 0."""
-        B, H, W, C = x.shape
-        qkv = linear(x, self.qkv)
-        if self.use_rel_pos and x.device.type == "cpu" and not torch.is_grad_enabled() and not tracing():
-            return self._attend_blocked(qkv, window_size)
-        if window_size == 0:
-            return self._attend(qkv, H, W)
-        # The projections run on the real tokens only: a padded token is zero after the reference's
-        # padding, so its qkv equals the qkv bias, which is what we pad with.
-        pad_h = (window_size - H % window_size) % window_size
-        pad_w = (window_size - W % window_size) % window_size
-        if pad_h or pad_w:
-            padded = self._qkv_bias(qkv).expand(B, H + pad_h, W + pad_w, qkv.shape[-1]).clone()
-            padded[:, :H, :W] = qkv
-            qkv = padded
-        windows, pad_hw = window_partition(qkv, window_size)
-        out = self._attend(windows, window_size, window_size)
-        return window_unpartition(out, window_size, pad_hw, (H, W))
-
-    def _qkv_bias(self, qkv: torch.Tensor) -> torch.Tensor:
-        return self.qkv.bias.to(qkv.dtype) if self.qkv.bias is not None else qkv.new_zeros(qkv.shape[-1])
-
-    def _attend_blocked(self, qkv: torch.Tensor, window_size: int) -> torch.Tensor:
-        """CPU inference: q, k and v gathered per window and head in one copy (padding filled with
-        the qkv bias), attention query-blocked, the output scattered back in one copy."""
-        B, H, W, _ = qkv.shape
-        heads = self.num_heads
-        d = qkv.shape[-1] // (3 * heads)
-        wh, ww = (window_size, window_size) if window_size else (H, W)
-        nh, nw = -(-H // wh), -(-W // ww)
-        parts = qkv.new_empty(3, B, nh, nw, heads, wh, ww, d)
-        windows = parts.permute(0, 1, 4, 2, 5, 3, 6, 7)  # 3 x B x heads x nh x wh x nw x ww x d
-        copy_grid_windows(qkv.view(B, H, W, 3, heads, d).permute(3, 0, 4, 1, 2, 5), windows, to_windows=True)
-        fill = self._qkv_bias(qkv).view(3, 1, heads, 1, 1, 1, d)
-        if H % wh:
-            windows[..., nh - 1, H % wh :, :, :, :] = fill
-        if W % ww:
-            windows[..., :, :, nw - 1, W % ww :, :] = fill
-        q, k, v = parts.view(3, B * nh * nw, heads, wh * ww, d).unbind(0)
-        out = rel_pos_attention_blocked(q, k, v, self.rel_pos_h, self.rel_pos_w, (wh, ww))
-        result = qkv.new_empty(B, H, W, heads, d)
-        out_windows = out.view(B, nh, nw, heads, wh, ww, d).permute(0, 3, 1, 4, 2, 5, 6)
-        copy_grid_windows(result.permute(0, 3, 1, 2, 4), out_windows, to_windows=False)
-        return result.view(B, H, W, heads * d)
-
-    def _attend(self, qkv: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """qkv: B x H x W x 3C -> attention output B x H x W x C (before the output projection)."""
-        B = qkv.shape[0]
-        # 3 x B x nHead x HW x head_dim
-        qkv = qkv.reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, _ = x.shape
+        # qkv: 3 x B x nHead x HW x head_dim
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if not self.use_rel_pos:
             x = F.scaled_dot_product_attention(q, k, v)
-        else:  # CPU inference with relative positions takes _attend_blocked instead
-            # The bias is as large as the attention map (HW x HW per head): build it a few heads
-            # at a time so global attention at 64x64 tokens stays within a bounded transient.
+        else:
+            # The relative-position bias goes to SDPA as its additive mask. It is as large as the
+            # attention map (HW x HW per head): built a few heads at a time, so global attention at
+            # 64x64 tokens stays within a bounded transient.
             heads_per_step = max(1, _BIAS_BUDGET_ELEMENTS // (B * (H * W) ** 2))
             outs = []
             for h0 in range(0, self.num_heads, heads_per_step):
@@ -205,26 +160,7 @@ class Attention(nn.Module):
                 bias = decomposed_rel_pos_bias(q[:, hs], self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
                 outs.append(F.scaled_dot_product_attention(q[:, hs], k[:, hs], v[:, hs], attn_mask=bias))
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-        return x.permute(0, 2, 1, 3).reshape(B, H, W, -1)
-
-
-def copy_grid_windows(grid: torch.Tensor, windows: torch.Tensor, to_windows: bool) -> None:
-    """Copies between a grid (... x H x W x d) and its windows (... x nh x wh x nw x ww x d, the
-    windows' padding beyond H and W untouched): at most four strided copies, full and partial windows."""
-    H, W = grid.shape[-3:-1]
-    nh, wh, nw, ww = windows.shape[-5:-1]
-    for i0, i1, rows in _window_spans(H, wh):
-        for j0, j1, cols in _window_spans(W, ww):
-            win = windows[..., i0:i1, :rows, j0:j1, :cols, :]
-            part = grid[..., i0 * wh : i0 * wh + (i1 - i0) * rows, j0 * ww : j0 * ww + (j1 - j0) * cols, :]
-            part = part.unflatten(-3, (i1 - i0, rows)).unflatten(-2, (j1 - j0, cols))
-            win.copy_(part) if to_windows else part.copy_(win)
-
-
-def _window_spans(size: int, window: int):
-    """(first window, last window + 1, rows used per window) for the full windows and the partial one."""
-    full, rest = divmod(size, window)
-    return ([(0, full, window)] if full else []) + ([(full, full + 1, rest)] if rest else [])
+        return self.proj(x.permute(0, 2, 1, 3).reshape(B, H, W, -1))
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -290,63 +226,6 @@ def decomposed_rel_pos_bias(
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)
     bias = rel_h[..., :, None] + rel_w[..., None, :]  # B x nH x q_h x q_w x k_h x k_w
     return bias.reshape(B, nH, q_h * q_w, k_h * k_w)
-
-
-def rel_pos_attention_blocked(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-    size: Tuple[int, int],
-) -> torch.Tensor:
-    """Attention with decomposed relative positions, a few query rows of a few heads at a time (q, k,
-    v: B x nHead x HW x C). On a CPU the full bias is as large as the attention map and its traffic
-    dominates; per block the logits, their bias and the softmax stay in cache. Same result as SDPA
-    with the bias as mask, up to float rounding."""
-    H, W = size
-    B, nH, L, C = q.shape
-    Rh = get_rel_pos(H, H, rel_pos_h).to(q.dtype)
-    Rw = get_rel_pos(W, W, rel_pos_w).to(q.dtype)
-    q = q.reshape(B * nH, L, C)
-    r_q = q.view(B * nH, H, W, C)
-    rel_h = torch.einsum("ghwc,hkc->ghwk", r_q, Rh)  # (B*nH) x H x W x H(keys)
-    rel_w = torch.einsum("ghwc,wkc->ghwk", r_q, Rw)  # (B*nH) x H x W x W(keys)
-    v = v.reshape(B * nH, L, C)
-    out = torch.empty_like(q)
-    # The scale goes on q once (exact when head_dim is a power of 4, as 64); the biases used unscaled q.
-    q = q * C**-0.5
-    rows = max(1, min(H, _BLOCK_LOGITS // (W * L)))
-    groups = max(1, _BLOCK_LOGITS // (rows * W * L))
-    # One head per step: oneDNN's linear (x @ W^T) ran these products 10-25% faster than bmm here.
-    onednn = groups == 1 and onednn_fusion_applies(q)
-    if onednn:
-        k, v_t = k.reshape(B * nH, L, C).contiguous(), v.transpose(1, 2).contiguous()  # v_t: (B*nH) x C x HW
-    else:
-        k_t = k.reshape(B * nH, L, C).transpose(1, 2).contiguous()  # (B*nH) x C x HW
-    for g0 in range(0, B * nH, groups):
-        g = slice(g0, g0 + groups)
-        for r0 in range(0, H, rows):
-            r1 = min(H, r0 + rows)
-            rows_q = q[g, r0 * W : r1 * W]
-            if onednn:
-                logits = torch.ops.mkldnn._linear_pointwise(rows_q, k[g0], None, "none", [], "")
-            else:
-                logits = torch.bmm(rows_q, k_t[g])  # groups x (rows*W) x HW
-            view = logits.view(-1, r1 - r0, W, H, W)
-            view.add_(rel_h[g, r0:r1, :, :, None]).add_(rel_w[g, r0:r1, :, None, :])
-            probs = torch.softmax(logits, dim=-1)
-            if onednn:
-                out[g, r0 * W : r1 * W] = torch.ops.mkldnn._linear_pointwise(probs, v_t[g0], None, "none", [], "")
-            else:
-                out[g, r0 * W : r1 * W] = torch.bmm(probs, v[g])
-    return out.view(B, nH, L, C)
-    k_t = k.reshape(B * nH, L, C).transpose(1, 2).contiguous()  # (B*nH) x C x HW
-    for g0 in range(0, B * nH, groups):
-        g = slice(g0, g0 + groups)
-        for r0 in range(0, H, rows):
-            r1 = min(H, r0 + rows)
-            logits = torch.bmm(q[g, r0 * W : r1 * W], k_t[g])  # groups x (rows*W) x HW
-            view = logits.view(-1, r1 - r0, W, H, W)
-            view.add_(rel_h[g, r0:r1, :, :, None]).add_(rel_w[g, r0:r1, :, None, :])
-            out[g, r0 * W : r1 * W] = torch.bmm(torch.softmax(logits, dim=-1), v[g])
-    return out.view(B, nH, L, C)
 
 
 class PatchEmbed(nn.Module):

@@ -1,6 +1,6 @@
 """The Segment Anything Model: image encoder + prompt encoder + mask decoder."""
 
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -69,18 +69,18 @@ class Sam(nn.Module):
         self, masks: torch.Tensor, input_size: Tuple[int, ...], original_size: Tuple[int, ...]
     ) -> torch.Tensor:
         """Upscale low-res masks to the padded input, crop the padding, resize to the original size."""
-        from .utils.mask_upsample import two_pass_logits
-
-        return two_pass_logits(masks, self.image_encoder.img_size, input_size, original_size)
+        masks = F.interpolate(masks, (self.image_encoder.img_size, self.image_encoder.img_size),
+                              mode="bilinear", align_corners=False)
+        masks = masks[..., : int(input_size[0]), : int(input_size[1])]
+        return F.interpolate(masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
 
     def threshold_masks(
-        self, masks: torch.Tensor, input_size: Tuple[int, ...], original_size: Tuple[int, ...]
+        self, masks: torch.Tensor, input_size: Tuple[int, ...], original_size: Tuple[int, ...],
+        threshold: Optional[float] = None,
     ) -> torch.Tensor:
-        """`postprocess_masks(...) > mask_threshold` (bool), without the full-size float logits:
-        only pixels near a contour are interpolated (utils/mask_upsample.py)."""
-        from .utils.mask_upsample import threshold_upsampled
-
-        return threshold_upsampled(masks, self.image_encoder.img_size, input_size, original_size, self.mask_threshold)
+        """The boolean masks: `postprocess_masks(...) > threshold` (mask_threshold by default)."""
+        threshold = self.mask_threshold if threshold is None else threshold
+        return self.postprocess_masks(masks, input_size, original_size) > threshold
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise pixel values and pad (bottom and right) to a square input."""

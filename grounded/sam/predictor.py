@@ -1,10 +1,11 @@
 """SamPredictor: encode an image once, prompt it many times.
 
 A drop-in for `segment_anything.SamPredictor` (same methods, arguments and returned arrays), plus:
-`set_images` encodes many images in batches, `predict_many` runs N prompts on one image in one
-decoder call, `predict_batch` prompts several encoded images, an embedding cache keyed by image
-content means a second `set_image` of the same pixels never re-encodes, and `autocast_dtype`
-runs the networks in bf16/fp16.
+`set_images` encodes many images in batches (`select_image` makes one of them current),
+`predict_many` runs N prompts on one image in one decoder call, `predict_batch` prompts several
+encoded images, `decode` gives the low-res logits of prompts already in the model's frame, an
+embedding cache keyed by image content means a second `set_image` of the same pixels never
+re-encodes, and `autocast_dtype` runs the networks in bf16/fp16.
 """
 
 import contextlib
@@ -39,7 +40,6 @@ class SamPredictor:
         self.autocast_dtype = autocast_dtype
         self._cache: "OrderedDict[str, ImageState]" = OrderedDict()
         self._batch: List[ImageState] = []
-        self._products: Optional[tuple] = None  # (source tensors, their versions, SharedProducts)
         self.reset_image()
 
     # ------------------------------------------------------------------ images
@@ -65,14 +65,15 @@ class SamPredictor:
                 f"set_torch_image expects a Bx3xHxW tensor with long side {size}, got shape {tuple(transformed_image.shape)}"
             )
         self.reset_image()
-        with self._precision():
+        with self.autocast():
             pixels = self.model.preprocess(transformed_image.to(self.device)).to(self.model.dtype)
             features = self.model.image_encoder(pixels)
         self._use(ImageState(features.float(), tuple(int(s) for s in original_image_size), tuple(transformed_image.shape[-2:])))
 
     def set_images(self, images: Sequence, image_format: str = "RGB", batch_size: int = 4) -> None:
-        """Encode several images, `batch_size` at a time through the encoder, for `predict_batch`.
-        Images already in the cache are not encoded again."""
+        """Encode several images, `batch_size` at a time through the encoder, for `predict_batch` or
+        `select_image`; the first becomes the current image. Images already in the cache are not
+        encoded again."""
         prepared = [self._prepare_image(im, image_format) for im in images]
         keys = [self._cache_key(im) for im in prepared]
         todo = [i for i, k in enumerate(keys) if k not in self._cache]
@@ -87,6 +88,12 @@ class SamPredictor:
         if self._batch:
             self._use(self._batch[0])
 
+    def select_image(self, index: int) -> None:
+        """Make image `index` of the last `set_images` the current one (its embedding is kept)."""
+        if not 0 <= index < len(self._batch):
+            raise IndexError(f"image {index} of {len(self._batch)} given to set_images")
+        self._use(self._batch[index])
+
     @torch.no_grad()
     def _encode(self, images: List[np.ndarray]) -> List[ImageState]:
         inputs, sizes = [], []
@@ -95,7 +102,7 @@ class SamPredictor:
             tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
             inputs.append(self.model.preprocess(tensor.float()))
             sizes.append((image.shape[:2], resized.shape[:2]))
-        with self._precision():
+        with self.autocast():
             features = self.model.image_encoder(torch.stack(inputs).to(self.model.dtype)).float()
         return [ImageState(f[None], tuple(o), tuple(i)) for f, (o, i) in zip(features, sizes)]
 
@@ -126,8 +133,6 @@ class SamPredictor:
             self._cache.popitem(last=False)
 
     def _use(self, state: ImageState) -> None:
-        if state.features is not self.features:
-            self._products = None  # about 57 MB for SAM's decoder: kept for the current image only
         self.features = state.features
         self.original_size = state.original_size
         self.input_size = state.input_size
@@ -152,7 +157,7 @@ class SamPredictor:
         box = None if box is None else np.asarray(box, dtype=np.float64)
         if box is not None and box.size != 4:
             raise PromptError(f"box must have 4 numbers (x0, y0, x1, y1), got shape {box.shape}; use predict_many for several boxes")
-        coords, labels, boxes, masks = self._prompt_tensors(
+        coords, labels, boxes, masks = self.transform_prompts(
             None if point_coords is None else np.asarray(point_coords)[None],
             None if point_labels is None else np.asarray(point_labels)[None],
             None if box is None else box.reshape(1, 4),
@@ -174,7 +179,7 @@ class SamPredictor:
         boxes Nx4, mask_input Nx1x256x256 (any combination with the same N).
         Returns masks NxCxHxW, scores NxC and low-res logits NxCx256x256."""
         self._require_image()
-        tensors = self._prompt_tensors(point_coords, point_labels, boxes, mask_input)
+        tensors = self.transform_prompts(point_coords, point_labels, boxes, mask_input)
         masks, scores, low_res = self.predict_torch(*tensors, multimask_output, return_logits)
         return masks.cpu().numpy(), scores.float().cpu().numpy(), low_res.float().cpu().numpy()
 
@@ -197,8 +202,8 @@ class SamPredictor:
             if arg is not None and len(arg) != n:
                 raise PromptError(f"{name} has {len(arg)} entries for {n} images")
         results = []
-        for i, state in enumerate(self._batch):
-            self._use(state)
+        for i in range(n):
+            self.select_image(i)
             per_image = [None if a is None else a[i] for a in args]
             results.append(self.predict_many(*per_image, multimask_output=multimask_output, return_logits=return_logits))
         return results
@@ -216,6 +221,24 @@ class SamPredictor:
         """Batched prompts already in the resized frame (see `self.transform`): point_coords BxNx2,
         point_labels BxN, boxes Bx4, mask_input Bx1x256x256. Returns BxCxHxW masks, BxC scores and
         BxCx256x256 low-res logits."""
+        low_res, iou = self.decode(point_coords, point_labels, boxes, mask_input, multimask_output)
+        if return_logits:
+            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        else:
+            masks = self.model.threshold_masks(low_res, self.input_size, self.original_size)
+        return masks, iou, low_res
+
+    @torch.no_grad()
+    def decode(
+        self,
+        point_coords: Optional[torch.Tensor],
+        point_labels: Optional[torch.Tensor],
+        boxes: Optional[torch.Tensor] = None,
+        mask_input: Optional[torch.Tensor] = None,
+        multimask_output: bool = True,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The low-res mask logits (BxCx256x256) and IoU predictions (BxC), float32, of B prompts
+        already in the resized frame (`transform_prompts` or `self.transform`), in one decoder call."""
         self._require_image()
         if (point_coords is None) != (point_labels is None):
             raise PromptError("point_coords and point_labels must be given together")
@@ -224,7 +247,7 @@ class SamPredictor:
                 f"point_labels shape {tuple(point_labels.shape)} does not match point_coords {tuple(point_coords.shape)}"
             )
         points = (point_coords, point_labels) if point_coords is not None else None
-        with self._precision():
+        with self.autocast():
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             low_res, iou = self.model.mask_decoder(
                 image_embeddings=self.features.to(self.model.dtype),
@@ -232,17 +255,12 @@ class SamPredictor:
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
-                shared_products=self.shared_decoder_products(),
             )
-        low_res = low_res.float()
-        if return_logits:
-            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-        else:
-            masks = self.model.threshold_masks(low_res, self.input_size, self.original_size)
-        return masks, iou.float(), low_res
+        return low_res.float(), iou.float()
 
-    def _prompt_tensors(self, point_coords, point_labels, boxes, mask_input):
-        """Validate prompts given in image pixels and move them to the model's resized frame."""
+    def transform_prompts(self, point_coords=None, point_labels=None, boxes=None, mask_input=None):
+        """Prompts of N prompts in image pixels (point_coords NxKx2 with point_labels NxK, boxes Nx4,
+        mask_input Nx1x256x256), validated, as tensors in the model's resized frame for `decode`."""
         h, w = self.original_size
         coords_t = labels_t = boxes_t = mask_t = None
         sizes = {}
@@ -257,7 +275,7 @@ class SamPredictor:
                 raise PromptError(f"{labels.shape[-1] if labels.ndim else 0} point_labels for {coords.shape[1]} points: give one label per point")
             if coords.shape[1] == 0:
                 raise PromptError("point_coords is empty")
-            _check_inside(coords.reshape(-1, 2), w, h, "point")
+            check_inside(coords.reshape(-1, 2), w, h, "point")
             sizes["points"] = coords.shape[0]
             coords_t = torch.as_tensor(self.transform.apply_coords(coords, self.original_size), dtype=torch.float, device=self.device)
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
@@ -266,7 +284,7 @@ class SamPredictor:
             if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
                 bad = b[(b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])][0]
                 raise PromptError(f"box {bad.tolist()} has x1 < x0 or y1 < y0: boxes are (x0, y0, x1, y1)")
-            _check_inside(b.reshape(-1, 2), w, h, "box corner")
+            check_inside(b.reshape(-1, 2), w, h, "box corner")
             sizes["boxes"] = b.shape[0]
             boxes_t = torch.as_tensor(self.transform.apply_boxes(b, self.original_size), dtype=torch.float, device=self.device)
         if mask_input is not None:
@@ -279,24 +297,6 @@ class SamPredictor:
         if len(set(sizes.values())) > 1:
             raise PromptError(f"prompt counts differ: {sizes}")
         return coords_t, labels_t, boxes_t, mask_t
-
-    def shared_decoder_products(self):
-        """The mask decoder's products that depend on the image only (low_rank_decoder.py), filled by
-        the first prompt and kept while the image and the decoder's and prompt encoder's weights stay
-        the same: on 2 cores they cost about 50 ms, more than one prompt's own work."""
-        from .low_rank_decoder import SharedProducts
-
-        self._require_image()
-        # Identity, memory and in-place version of each tensor they derive from: an optimizer step or
-        # load_state_dict bumps a version, `.to()` moves the memory, an assigned parameter is another
-        # tensor. (Writes through `.data` escape all three: call clear_cache() after those.)
-        tensors = (self.features, *self.model.mask_decoder.parameters(), *self.model.prompt_encoder.parameters(),
-                   *self.model.prompt_encoder.buffers())
-        versions = [(t.data_ptr(), t._version) for t in tensors]
-        kept = self._products
-        if kept is None or len(kept[0]) != len(tensors) or any(a is not b for a, b in zip(kept[0], tensors)) or kept[1] != versions:
-            kept = self._products = (tensors, versions, SharedProducts())
-        return kept[2]
 
     # ------------------------------------------------------------------ state
 
@@ -311,26 +311,27 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features = None
-        self._products = None
         self.original_size = self.input_size = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
 
     def clear_cache(self) -> None:
+        """Forget every kept image embedding (the current image stays set)."""
         self._cache.clear()
         self._batch = []
-        self._products = None
 
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
 
-    def _precision(self):
+    def autocast(self):
+        """The context the networks run in: autocast to `autocast_dtype`, or nothing for float32."""
         if self.autocast_dtype is None or self.autocast_dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
 
-def _check_inside(xy: np.ndarray, width: int, height: int, what: str) -> None:
+def check_inside(xy: np.ndarray, width: int, height: int, what: str) -> None:
+    """Every (x, y) finite and within the width x height image, else a PromptError naming the first."""
     if not np.isfinite(xy).all():
         raise PromptError(f"{what} coordinates must be finite numbers")
     outside = (xy[:, 0] < 0) | (xy[:, 0] > width) | (xy[:, 1] < 0) | (xy[:, 1] > height)

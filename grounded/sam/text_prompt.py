@@ -187,7 +187,7 @@ def predict_from_text(predictor, projection: TextPromptProjection, text_embeddin
     N x C x H x W, N x C, N x C x 256 x 256, like `predict_many`. Optional points (in image pixels,
     K x 2 with K labels for one prompt, N x K x 2 for N) are added to the text token (and to the
     locator's peak, when the projection has a locator: `decode_text`)."""
-    predictor._require_image()
+    features = predictor.get_image_embedding()  # (raises when no image is set)
     emb = torch.as_tensor(np.asarray(text_embedding) if not torch.is_tensor(text_embedding) else text_embedding)
     single = emb.ndim == 1
     if emb.ndim not in (1, 2):
@@ -199,13 +199,13 @@ def predict_from_text(predictor, projection: TextPromptProjection, text_embeddin
         labels = np.asarray(point_labels) if point_labels is not None else None
         if single and coords is not None:
             coords, labels = coords[None], (labels[None] if labels is not None else None)
-        coords_t, labels_t, _, _ = predictor._prompt_tensors(coords, labels, None, None)
+        coords_t, labels_t, _, _ = predictor.transform_prompts(coords, labels)
         if coords_t.shape[0] != emb.shape[0]:
             raise ValueError(f"{coords_t.shape[0]} point prompts for {emb.shape[0]} text embeddings")
         points = (coords_t, labels_t)
     model = predictor.model
-    with predictor._precision():
-        low_res, iou = decode_text(model, projection, predictor.features.to(model.dtype), emb.to(predictor.device),
+    with predictor.autocast():
+        low_res, iou = decode_text(model, projection, features.to(model.dtype), emb.to(predictor.device),
                                    points, multimask_output, tuple(predictor.input_size))
     low_res = low_res.float()
     masks = model.threshold_masks(low_res, predictor.input_size, predictor.original_size)

@@ -1,8 +1,8 @@
 """TinyViT, MobileSAM's image encoder (`vit_t`), with the state-dict names of MobileSAM's
 `tiny_vit_sam.py` so the official `mobile_sam.pt` loads unchanged. Window attention uses
-`scaled_dot_product_attention` with the learned per-offset bias as its additive mask. While exporting
-to ONNX (`torch.onnx.is_in_onnx_export()`), some modules take a layout onnxruntime runs faster: the
-same function, checked in tests/test_sam_onnx_encoder.py; the PyTorch path is untouched."""
+`scaled_dot_product_attention` with the learned per-offset bias as its additive mask. (The CPU wing
+folds the batch norms and fuses the linear layers: grounded/sam/cpu/tiny_vit.py, which also holds
+the layout the ONNX export takes.)"""
 
 import itertools
 from functools import partial
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, linear
+from .common import LayerNorm2d
 
 
 class Conv2d_BN(nn.Sequential):
@@ -25,16 +25,6 @@ class Conv2d_BN(nn.Sequential):
         nn.init.constant_(bn.weight, bn_weight_init)
         nn.init.constant_(bn.bias, 0)
         self.add_module("bn", bn)
-
-    def forward(self, x):
-        if self.training:
-            return self.bn(self.c(x))
-        # Inference folds the batch norm into the convolution: one pass over x instead of two.
-        c, bn = self.c, self.bn
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = c.weight * scale.view(-1, 1, 1, 1)
-        bias = bn.bias - bn.running_mean * scale
-        return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
 
 
 class DropPath(nn.Module):
@@ -102,8 +92,6 @@ class PatchMerging(nn.Module):
         x = self.act(self.conv1(x))
         x = self.act(self.conv2(x))
         x = self.conv3(x)
-        if torch.onnx.is_in_onnx_export():  # see TinyViTBlock.forward
-            return x.permute(0, 2, 3, 1).flatten(1, 2)
         return x.flatten(2).transpose(1, 2)
 
 
@@ -133,32 +121,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.act = act_layer()
 
-    def forward(self, x, residual=None):
-        """fc2(act(fc1(norm(x)))), plus residual when given (fused into fc2 where common.linear can)."""
-        if torch.onnx.is_in_onnx_export():
-            out = self._forward_for_export(x)
-            return out if residual is None else residual + out
-        return linear(linear(self.norm(x), self.fc1, self.act), self.fc2, residual=residual)
-
-    def _forward_for_export(self, x):
-        # The same MLP as two 1x1 convolutions over the tokens laid out as a channels-last column:
-        # onnxruntime runs fc1, GELU and fc2 in its blocked convolution layout (10-15% faster than
-        # two Gemms here) and folds the permutes into that layout's reorders. (The attention's qkv
-        # gains from this too; its output projection, between transposes, does not.)
-        column = _as_column(self.norm(x))
-        return _from_column(_pointwise(self.act(_pointwise(column, self.fc1)), self.fc2), x.shape[:-1])
-
-
-def _as_column(tokens):  # ... x C tokens -> 1 x C x tokens x 1, a channels-last view
-    return tokens.reshape(1, -1, 1, tokens.shape[-1]).permute(0, 3, 1, 2)
-
-
-def _from_column(column, lead):  # the inverse of _as_column, for tokens of shape lead x C
-    return column.permute(0, 2, 3, 1).reshape(*lead, -1)
-
-
-def _pointwise(column, linear: nn.Linear):  # `linear` as a 1x1 convolution
-    return F.conv2d(column, linear.weight[:, :, None, None], linear.bias)
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(self.norm(x))))
 
 
 class Attention(nn.Module):
@@ -184,20 +148,12 @@ class Attention(nn.Module):
 
     def forward(self, x):  # B x N x C
         B, N, _ = x.shape
-        if torch.onnx.is_in_onnx_export():  # see Mlp._forward_for_export
-            qkv = _from_column(_pointwise(_as_column(self.norm(x)), self.qkv), x.shape[:-1])
-        else:
-            qkv = linear(self.norm(x), self.qkv)
-        qkv = qkv.view(B, N, self.num_heads, -1)
+        qkv = self.qkv(self.norm(x)).view(B, N, self.num_heads, -1)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # B x nH x N x d
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)  # nH x N x N
-        if x.device.type == "cpu":
-            # With a mask broadcast over windows, CPU SDPA takes its unfused path: twice as slow here.
-            x = torch.softmax((q * self.key_dim**-0.5) @ k.transpose(-2, -1) + bias, dim=-1) @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return linear(x.transpose(1, 2).reshape(B, N, self.dh), self.proj)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(x.transpose(1, 2).reshape(B, N, self.dh))
 
 
 class TinyViTBlock(nn.Module):
@@ -216,37 +172,35 @@ class TinyViTBlock(nn.Module):
     def forward(self, x):  # B x L x C
         H, W = self.input_resolution
         B, L, C = x.shape
-        ws = self.window_size
         res_x = x
-        if H == ws and W == ws:
+        if H == self.window_size and W == self.window_size:
             x = self.attn(x)
         else:
-            x = x.view(B, H, W, C)
-            pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
-            if pad_b or pad_r:
-                x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-            pH, pW = H + pad_b, W + pad_r
-            nH, nW = pH // ws, pW // ws
-            x = x.view(B, nH, ws, nW, ws, C).transpose(2, 3).reshape(B * nH * nW, ws * ws, C)
-            x = self.attn(x)
-            x = x.view(B, nH, nW, ws, ws, C).transpose(2, 3).reshape(B, pH, pW, C)
-            if pad_b or pad_r:
-                x = x[:, :H, :W].contiguous()
-            x = x.view(B, L, C)
+            windows, padded = window_partition(x.view(B, H, W, C), self.window_size)
+            x = window_unpartition(self.attn(windows), self.window_size, padded, (H, W)).view(B, L, C)
         x = res_x + self.drop_path(x)
-        if torch.onnx.is_in_onnx_export():
-            # The same tensors through 4-D permutes rather than 3-D transposes: onnxruntime folds
-            # these into its convolution's channels-last layout reorders (16 fewer Transposes in the
-            # encoder). Export only: in PyTorch the other form keeps the strides, and so the
-            # numerics, the encoder always had.
-            x = self.local_conv(x.view(B, H, W, C).permute(0, 3, 1, 2))
-            x = x.permute(0, 2, 3, 1).reshape(B, L, C)
-        else:
-            x = self.local_conv(x.transpose(1, 2).reshape(B, C, H, W))
-            x = x.view(B, C, L).transpose(1, 2)
-        if not self.training or isinstance(self.drop_path, nn.Identity):  # DropPath is the identity in eval
-            return self.mlp(x, residual=x)
+        x = self.local_conv(x.transpose(1, 2).reshape(B, C, H, W))
+        x = x.view(B, C, L).transpose(1, 2)
         return x + self.drop_path(self.mlp(x))
+
+
+def window_partition(x, ws):
+    """B x H x W x C -> (B * windows) x ws*ws x C, H and W zero-padded up to multiples of ws;
+    returns the windows and the padded size."""
+    B, H, W, C = x.shape
+    pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
+    if pad_b or pad_r:
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+    pH, pW = H + pad_b, W + pad_r
+    return x.view(B, pH // ws, ws, pW // ws, ws, C).transpose(2, 3).reshape(-1, ws * ws, C), (pH, pW)
+
+
+def window_unpartition(windows, ws, padded, size):
+    """The inverse of `window_partition`: B x H x W x C without the padding."""
+    (pH, pW), (H, W) = padded, size
+    C = windows.shape[-1]
+    x = windows.view(-1, pH // ws, pW // ws, ws, ws, C).transpose(2, 3).reshape(-1, pH, pW, C)
+    return x[:, :H, :W].contiguous() if (pH, pW) != (H, W) else x
 
 
 class BasicLayer(nn.Module):
@@ -327,24 +281,9 @@ class TinyViT(nn.Module):
         )
 
     def forward(self, x):  # B x 3 x img_size x img_size -> B x out_chans x img_size/16 x img_size/16
-        # The convolutional stages (depthwise 3x3 above all) run 2-3x faster channels-last on the CPU;
-        # the attention stages' token layout is channels-last already.
-        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
+        x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
         B, _, C = x.shape
         x = x.view(B, self.feature_size[0], self.feature_size[1], C).permute(0, 3, 1, 2)
-        if torch.onnx.is_in_onnx_export():
-            return self._neck_for_export(x)
         return self.neck(x)
-
-    def _neck_for_export(self, x):
-        # The neck's channel layer norms as ONNX LayerNormalization over channels-last tensors (one
-        # fused kernel instead of the seven elementwise ops LayerNorm2d exports to); onnxruntime folds
-        # the permutes into its convolutions' layout reorders. Same function, export only, so the
-        # PyTorch encoder's numerics stay as they are.
-        conv1, norm1, conv2, norm2 = self.neck
-        for conv, norm in ((conv1, norm1), (conv2, norm2)):
-            x = conv(x).permute(0, 2, 3, 1)
-            x = F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
-        return x

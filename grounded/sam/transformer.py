@@ -85,9 +85,8 @@ class TwoWayAttentionBlock(nn.Module):
         keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
         return queries, keys
 
-
     def token_self_attention(self, queries: Tensor, query_pe: Tensor) -> Tensor:
-        """The first step, on the prompt tokens alone (shared by the decoder's inference paths)."""
+        """The first step, on the prompt tokens alone (the CPU wing's decoder runs it too)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:

@@ -12,7 +12,8 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local: this process (default); ray: Ray Data, reading in parallel and the models in a pool of actors")
     group = parser.add_argument_group("with --executor ray")
     group.add_argument("--ray-address", metavar="ADDRESS",
-                       help="an existing Ray cluster (auto, ray://HEAD:10001 or HEAD:6379); default: start a local Ray")
+                       help="an existing Ray cluster, run from one of its nodes: auto (the cluster of this machine) "
+                       "or HEAD:6379 (its head); default: start a local Ray. Ray Client (ray://) cannot run Ray Data")
     group.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of a local Ray (default: all)")
     group.add_argument("--ray-actors", type=int, metavar="N", help="pipeline actors (default: one per GPU, else 1)")
     group.add_argument("--ray-actor-cpus", type=float, metavar="C",

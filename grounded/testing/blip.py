@@ -1,7 +1,7 @@
 """A tiny random BLIP captioner (transformers `BlipForConditionalGeneration` + `BlipProcessor`),
 saved as a Hugging Face folder laid out like `Salesforce/blip-image-captioning-base`: config.json,
 model.safetensors, preprocessor_config.json and a BERT WordPiece tokenizer whose bos token is
-"[DEC]" (BLIP's decoder start token), trained offline on a small corpus."""
+"[DEC]" (BLIP's decoder start token), built offline from a small corpus."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Tiny random Grounding DINO for both backends, built from configs and saved where the real
 loading code reads them:
 
-- `tiny_text_encoder(dir)`: a BERT WordPiece tokenizer trained offline on the test prompts' words,
+- `tiny_text_encoder(dir)`: a BERT WordPiece tokenizer holding the test prompts' words whole,
   laid out so [CLS], [SEP], "." and "?" have bert-base-uncased's ids (101, 102, 1012, 1029:
   transformers' Grounding DINO hard-codes those ids to find phrase boundaries), and a tiny random
   `BertModel`; the folder groundingdino-py's `text_encoder_type` points at.
@@ -16,8 +16,6 @@ The two configs describe the same architecture, so an official checkpoint conver
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
@@ -25,7 +23,7 @@ import torch
 
 from . import randomize_
 
-# Words of every prompt the detection tests use (the tokenizer is trained on these).
+# Words of every prompt the detection tests use (the tokenizer holds each of them whole).
 PROMPT_CORPUS = [
     "dog . cat . red car .",
     "a dog . a cat . a person . a red car . a bicycle . a tree . the sky .",
@@ -46,11 +44,10 @@ def tiny_text_encoder(out_dir: Union[str, Path], corpus: Iterable[str] = PROMPT_
     """A BERT tokenizer (bert-base-uncased's special-token ids) + tiny random BertModel in `out_dir`."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from .tokenizers import wordpiece_tokenizer
+    from .tokenizers import wordpiece_vocabulary
 
     out_dir = Path(out_dir)
-    trained = wordpiece_tokenizer(out_dir / "_trained", list(corpus))
-    pieces = [t for t, _ in sorted(trained.get_vocab().items(), key=lambda kv: kv[1]) if t not in BERT_BASE_IDS]
+    pieces = [t for t in wordpiece_vocabulary(corpus) if t not in BERT_BASE_IDS]
     size = max(max(BERT_BASE_IDS.values()) + 1, len(pieces) + len(BERT_BASE_IDS)) + 8
     vocab = [None] * size
     for token, idx in BERT_BASE_IDS.items():
@@ -61,11 +58,8 @@ def tiny_text_encoder(out_dir: Union[str, Path], corpus: Iterable[str] = PROMPT_
     vocab = [t if t is not None else f"[unused{i}]" for i, t in enumerate(vocab)]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(out_dir / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast.from_pretrained(out_dir, do_lower_case=True)  # (5.x: no vocab_file argument)
     tokenizer.save_pretrained(out_dir)
-    for path in sorted((out_dir / "_trained").iterdir()):
-        path.unlink()
-    (out_dir / "_trained").rmdir()
     torch.manual_seed(seed)
     bert = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=1,
                                 num_attention_heads=2, intermediate_size=2 * hidden_size,
@@ -101,12 +95,11 @@ def write_official_config(path: Union[str, Path], cfg: Dict[str, Any]) -> Path:
 
 
 def build_official(cfg: Dict[str, Any]) -> torch.nn.Module:
-    """groundingdino-py's model from a config dict, by the library's own builder."""
-    from groundingdino.models import build_model
-    from groundingdino.util.slconfig import SLConfig
+    """groundingdino-py's model from a config dict, by the library's own builder (as the official
+    backend builds it)."""
+    from ..detect.official import build_official_model
 
-    with contextlib.redirect_stdout(io.StringIO()):  # the builder prints the text encoder path
-        return build_model(SLConfig(dict(cfg))).eval()
+    return build_official_model(cfg).eval()
 
 
 def tiny_official(folder: Union[str, Path], seed: int = 0, std: float = 0.02,

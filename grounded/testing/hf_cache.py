@@ -31,13 +31,10 @@ def install_in_hf_cache(folder: Union[str, Path], cache_dir: Union[str, Path], r
 
 def point_hf_cache_at(monkeypatch, cache_dir: Union[str, Path]) -> None:
     """For a test: make this process's huggingface_hub read `cache_dir` offline. The library reads
-    HF_HUB_CACHE once at import, so its constant is patched too."""
-    import huggingface_hub
+    HF_HUB_CACHE once at import, so its constant is patched too; transformers 5 and diffusers read
+    that constant (transformers 4 kept a copy of its own, `transformers.utils.hub.TRANSFORMERS_CACHE`)."""
+    from huggingface_hub import constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache_dir))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache_dir))
-    # transformers keeps its own copy of the default cache folder, also read at import.
-    import transformers.utils.hub
-
-    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(cache_dir))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))

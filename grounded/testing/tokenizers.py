@@ -1,5 +1,5 @@
 """Tokenizers built offline: the usual test tokenizers are hub downloads, and a test whose prompt
-words become [UNK] proves nothing, so these are trained on a corpus holding the test's words."""
+words become [UNK] proves nothing, so these hold every word of a corpus of the test's words."""
 
 from __future__ import annotations
 
@@ -11,27 +11,33 @@ from typing import Iterable, List, Sequence, Union
 BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def wordpiece_tokenizer(out_dir: Union[str, Path], corpus: Iterable[str], vocab_size: int = 400,
-                        extra_tokens: Sequence[str] = (), lowercase: bool = True):
-    """Train a BERT WordPiece vocabulary on `corpus` (every word of it stays a whole token when the
-    vocabulary is big enough) and save a `BertTokenizerFast` (vocab.txt + tokenizer.json) to `out_dir`.
-    `extra_tokens` are added to the vocabulary whole (e.g. "[DEC]" for BLIP). Returns the tokenizer."""
-    from tokenizers import BertWordPieceTokenizer
+def wordpiece_vocabulary(corpus: Iterable[str], extra_tokens: Sequence[str] = (), lowercase: bool = True) -> List[str]:
+    """A BERT WordPiece vocabulary holding every word of `corpus` whole: the special tokens,
+    `extra_tokens`, every character alone and as a "##" continuation (so any other word still
+    tokenizes, letter by letter, never to [UNK]), then the words, each group sorted. Built, not
+    trained: the same corpus gives the same ids on every run and every `tokenizers` version (its
+    trainer orders tokens of equal frequency differently from run to run)."""
+    lines: List[str] = list(corpus)
+    # Punctuation that prompts use ("dog . cat .", "?") must be in the vocabulary as itself.
+    words = {w for line in lines for w in _basic_words(line, lowercase)} | {".", "?", ","}
+    chars = {c for w in words for c in w}
+    specials = BERT_SPECIAL_TOKENS + [t for t in extra_tokens if t not in BERT_SPECIAL_TOKENS]
+    pieces = sorted(chars) + sorted(f"##{c}" for c in chars) + sorted(words - chars)
+    return specials + [p for p in pieces if p not in specials]
+
+
+def wordpiece_tokenizer(out_dir: Union[str, Path], corpus: Iterable[str], extra_tokens: Sequence[str] = (),
+                        lowercase: bool = True):
+    """A `BertTokenizerFast` on `wordpiece_vocabulary(corpus)` saved (vocab.txt + tokenizer.json) to
+    `out_dir`. `extra_tokens` are special tokens kept whole (e.g. "[DEC]" for BLIP). Returns the tokenizer."""
     from transformers import BertTokenizerFast
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines: List[str] = list(corpus)
-    # Punctuation that prompts use ("dog . cat .", "?") must be in the vocabulary as itself.
-    words = sorted({w for line in lines for w in _basic_words(line, lowercase)})
-    trainer = BertWordPieceTokenizer(lowercase=lowercase)
-    trainer.train_from_iterator(lines + [" ".join(words)], vocab_size=max(vocab_size, len(words) + 200),
-                                special_tokens=BERT_SPECIAL_TOKENS + list(extra_tokens), min_frequency=1)
-    vocab = trainer.get_vocab()
-    missing = [w for w in list(words) + [".", "?", ","] if w not in vocab]
-    ordered = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])] + missing
-    (out_dir / "vocab.txt").write_text("\n".join(ordered) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(out_dir / "vocab.txt"), do_lower_case=lowercase)
+    vocab = wordpiece_vocabulary(corpus, extra_tokens, lowercase)
+    (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # Read back as a saved folder: transformers 5's constructor takes no vocab_file (it ignores it).
+    tokenizer = BertTokenizerFast.from_pretrained(out_dir, do_lower_case=lowercase)
     if extra_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": list(extra_tokens)})
     tokenizer.save_pretrained(out_dir)

@@ -92,22 +92,32 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path, overrides: Optional[Dict[str, Any]] = None) -> "TrainConfig":
-        import yaml
+        return _build(cls, read_yaml_config(path, overrides, "training config"), str(path))
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a training config is a mapping of keys to values")
-        for key, value in (overrides or {}).items():
-            target = data
-            *parents, last = key.split(".")
-            for p in parents:
-                target = target.setdefault(p, {})
-            target[last] = value
-        data.setdefault("base_dir", str(path.parent))
-        return _build(cls, data, str(path))
+
+def read_yaml_config(path, overrides: Optional[Dict[str, Any]], what: str,
+                     scalar_keys: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """A YAML config as a dict, `--set` overrides applied (a dotted key reaches into mappings; a
+    scalar that an override reaches below becomes {scalar_keys[key]: scalar}, else a new mapping),
+    and base_dir set to the file's folder. Shared by `grounded train` and `grounded pretrain`."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a {what} is a mapping of keys to values")
+    for key, value in (overrides or {}).items():
+        target = data
+        *parents, last = key.split(".")
+        for p in parents:
+            if not isinstance(target.get(p, {}), dict):
+                target[p] = {scalar_keys[p]: target[p]} if p in (scalar_keys or {}) else {}
+            target = target.setdefault(p, {})
+        target[last] = value
+    data.setdefault("base_dir", str(path.parent))
+    return data
 
 
 def _build(cls, data: Dict[str, Any], where: str):

@@ -50,7 +50,7 @@ def polygons_to_mask(polygons: List[List[float]], height: int, width: int) -> np
 
 def segmentation_to_mask(segmentation, height: int, width: int, where: str = "") -> np.ndarray:
     """A COCO `segmentation` (polygon list, compressed or uncompressed RLE) -> H x W bool."""
-    from ...io.masks import decode_rle
+    from ...rle import decode_rle
 
     if isinstance(segmentation, list):
         return polygons_to_mask(segmentation, height, width)

@@ -164,12 +164,15 @@ def run_interactive(sam, image_embedding: torch.Tensor, targets: torch.Tensor, i
                       torch.as_tensor(labels, dtype=torch.int, device=device))
         num_prompts = coords.shape[1] + (boxes is not None) + (prev_logits is not None)
         multimask = num_prompts == 1
-        sparse, dense = pe(points=points, boxes=boxes, masks=prev_logits)
+        mask_prompt = None if prev_logits is None else prev_logits.to(pe.no_mask_embed.weight.dtype)
+        sparse, dense = pe(points=points, boxes=boxes, masks=mask_prompt)
         logits, iou_pred = decode(decoder, image_embedding, image_pe, sparse, dense, multimask)
         result = sam_loss(logits, iou_pred, targets, iou_weight=config.iou_weight)
         if backward is not None:
             backward(result.loss / len(schedule))
         total += float(result.loss.detach())
+        # The fed-back logits stay float32: the next round samples its point from them through numpy,
+        # which has no bf16 (autocast gives bf16 logits); the prompt encoder gets them in its own dtype.
         fed = logits.detach().float()[torch.arange(n, device=device), result.chosen][:, None]
         records.append(RoundRecord(
             added_point=bool(adds_point and r > 0), multimask=multimask, had_mask_prompt=prev_logits is not None,
@@ -177,50 +180,15 @@ def run_interactive(sam, image_embedding: torch.Tensor, targets: torch.Tensor, i
             ious=result.ious.gather(1, result.chosen[:, None])[:, 0].cpu(),
             mask_input=prev_logits.cpu() if keep_mask_inputs and prev_logits is not None else None,
         ))
-        prev_logits = fed.to(dense.dtype)
+        prev_logits = fed
     return InteractiveResult(total / len(schedule), records)
-
-
-def trunk_is_frozen(decoder, *inputs: torch.Tensor) -> bool:
-    """True when nothing before the output heads needs a gradient: no trainable parameter in the
-    two-way transformer, the upscaling or the output tokens, and prompt embeddings that need none."""
-    trunk = [decoder.transformer, decoder.output_upscaling, decoder.iou_token, decoder.mask_tokens]
-    if any(p.requires_grad for m in trunk for p in m.parameters()):
-        return False
-    return not any(t.requires_grad for t in inputs)
 
 
 def decode(decoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
            multimask_output: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """The mask decoder for training. When only the output heads (hypernetwork MLPs, IoU head) train,
-    the transformer and upscaling run without autograd on the regrouped inference path
-    (grounded/sam/fast_decoder.py, the same function), and only the heads record a graph; this is
-    several times cheaper on a CPU. Otherwise it is the reference-structured decoder with autograd."""
-    if torch.is_grad_enabled() and not trunk_is_frozen(decoder, sparse, dense):
-        return decoder(image_embeddings=image_embeddings, image_pe=image_pe, sparse_prompt_embeddings=sparse,
-                       dense_prompt_embeddings=dense, multimask_output=multimask_output)
-    from ..fast_decoder import run_transformer
-
-    wanted = range(1, decoder.num_mask_tokens) if multimask_output else range(0, 1)
-    n = sparse.shape[0]
-    _, c, h, w = image_embeddings.shape
-    with torch.no_grad():
-        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0).to(sparse.dtype)
-        tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
-        shared = dense.shape[0] == 1 or dense.stride(0) == 0
-        src = image_embeddings + (dense[:1] if shared else dense)
-        image_tokens = src.flatten(2).transpose(1, 2)
-        pe = image_pe.flatten(2).transpose(1, 2)
-        hs_all, features = [], []
-        for start in range(0, n, decoder.prompt_chunk_size):
-            chunk = slice(start, start + decoder.prompt_chunk_size)
-            hs, keys = run_transformer(decoder.transformer, image_tokens if image_tokens.shape[0] == 1 else image_tokens[chunk],
-                                       pe, tokens[chunk])
-            keys = keys.expand(hs.shape[0], -1, -1)
-            features.append(decoder.output_upscaling(keys.transpose(1, 2).reshape(-1, c, h, w)).flatten(2))
-            hs_all.append(hs)
-        hs, features = torch.cat(hs_all), torch.cat(features)  # N x T x C, N x C/8 x 16hw
-    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in wanted], dim=1)
-    masks = (hyper_in.float() @ features.float()).view(n, len(wanted), 4 * h, 4 * w)
-    iou = decoder.iou_prediction_head(hs[:, 0])[:, wanted.start:wanted.stop]
-    return masks, iou
+    the CPU wing runs the transformer and upscaling without autograd and records a graph for the
+    heads only (`decoder/training`, grounded/sam/cpu/decoder.py: the same function, several times
+    cheaper on a CPU); otherwise, and under autocast, the reference decoder with autograd."""
+    return decoder(image_embeddings=image_embeddings, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                   dense_prompt_embeddings=dense, multimask_output=multimask_output)

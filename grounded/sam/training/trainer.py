@@ -10,7 +10,6 @@ uninterrupted one would; the model, optimizer, scheduler, step and the global RN
 import hashlib
 import math
 import os
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...checkpoint_state import plain, restore_rng, rng_state
+from ..cpu import clear_cache
 from .config import TrainConfig
 from .data import TrainItem, select_masks
 from .interactive import run_interactive
@@ -124,13 +125,17 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, model=None, dataset=None, clip=None):
         from ..build import from_pretrained
+        from ..onnx_encoder import use_exported_encoder
         from .data import ConcatDataset, build_dataset
 
         self.config = config
         self.device = torch.device(config.device)
         self.model = model if model is not None else from_pretrained(str(config.path(config.model))
                                                                      if Path(config.base_dir, config.model).exists()
-                                                                     else config.model, device=self.device)
+                                                                     else config.model, device=self.device,
+                                                                     image_encoder_backend="torch")
+        # Training runs the PyTorch encoder, never an export (which computes no gradients).
+        use_exported_encoder(self.model, "torch")
         self.model.to(self.device)
         if dataset is None:
             if not config.data:
@@ -276,6 +281,7 @@ class Trainer:
             last.append(result.last_iou)
         if losses:
             self.optimizer.step()
+            clear_cache(self.model)  # the decoder's kept image-only products came from the old weights
         self.scheduler.step()
         self.step += 1
         record = {"step": self.step, "loss": float(np.mean(losses)) if losses else math.nan,
@@ -316,17 +322,14 @@ class Trainer:
     def state(self) -> dict:
         model_state = {k: v for k, v in self.model.state_dict().items()
                        if not (self.config.freeze_image_encoder and k.startswith("image_encoder."))}
-        np_state = np.random.get_state()
         return {
             "step": self.step,
             "model": model_state,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "numpy": [np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]],
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": rng_state(),
             "history": self.history,
-            "config": _plain(self.config.to_dict()),
+            "config": plain(self.config.to_dict()),
             "text_prompt": self.projection.state_dict() if self.projection is not None else {},
         }
 
@@ -360,13 +363,7 @@ class Trainer:
             self.projection.load_state_dict(state["text_prompt"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        random.setstate(_tuples(rng["python"]))
-        n = rng["numpy"]
-        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_rng(state["rng"])
         return path
 
     def save_model(self, folder: Optional[Path] = None) -> Path:
@@ -379,16 +376,3 @@ class Trainer:
             if not any(p.requires_grad for p in self.model.parameters()):
                 return self.out_dir / "text_prompt"
         return save_pretrained(self.model, folder or self.out_dir / "final")
-
-
-def _plain(value):
-    """Config values as plain containers (what torch.load(weights_only=True) reads back)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _tuples(value):
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -180,7 +180,7 @@ def area_from_rle(rle: Dict[str, Any]) -> int:
 
 def coco_encode_rle(uncompressed_rle: Dict[str, Any]) -> Dict[str, Any]:
     """Uncompressed RLE -> COCO's compressed RLE with a str `counts` (JSON-ready), as pycocotools."""
-    from grounded.io.masks import compress_rle
+    from grounded.rle import compress_rle
 
     return compress_rle(uncompressed_rle)
 

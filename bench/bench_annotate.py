@@ -1,0 +1,117 @@
+"""Decoder latency in the annotation page (headless Chromium, onnxruntime-web WebAssembly, 2 threads):
+`performance.now()` around the decoder call, after warm-up, 100 hover prompts per graph (standard,
+split, int8 split) on real MobileSAM and a sample photo, median and p95; the split graph's hover on an
+8000x6000 image; the in-page MobileSAM encoding and the server's embedding time.
+
+    bin/python bench/bench_annotate.py [--prompts 100] [--threads 2]
+"""
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+TIME_PROMPTS = """async ([prompts, graph, warm]) => {
+  const g = window.grounded;
+  for (let i = 0; i < warm; i++) await g.decode(prompts[i % prompts.length], graph);
+  g.timings.length = 0;
+  for (const p of prompts) await g.decode(p, graph);
+  return g.timings.map((t) => t.ms);
+}"""
+
+
+def serve(session):
+    from grounded.annotate import make_server
+
+    server = make_server(session)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def hover_prompts(width, height, count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"points": [{"x": float(x), "y": float(y), "label": 1}], "box": None, "mask": None}
+            for x, y in zip(rng.uniform(0, width, count), rng.uniform(0, height, count))]
+
+
+def stats(values):
+    values = np.asarray(values)
+    return f"{np.median(values):.1f} ms", f"{np.percentile(values, 95):.1f} ms"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompts", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    from demo_helpers import browser
+
+    from grounded import weights
+    from grounded.annotate import collect_images, sam_embedder
+    from grounded.annotate.server import Session
+    from grounded.annotate.store import AnnotationStore
+    from grounded.export import export_onnx
+
+    work = Path(tempfile.mkdtemp(prefix="bench-annotate-"))
+    try:
+        images = work / "images"
+        images.mkdir()
+        shutil.copy(ROOT / "samples" / "chelsea.jpg", images / "a_chelsea.jpg")
+        yy, xx = np.mgrid[:6000, :8000]
+        big = np.stack([(xx // 40) % 256, (yy // 30) % 256, ((xx + yy) // 50) % 256], -1).astype(np.uint8)
+        Image.fromarray(big).save(images / "b_8000x6000.jpg", quality=90)
+        embed, sam = embedder = sam_embedder(str(weights.locate("mobile_sam") or weights.fetch("mobile_sam")))
+        folder = export_onnx(sam, work / "graphs", encoder=True)
+        from grounded.io.image import load_image
+
+        photo = load_image(images / "a_chelsea.jpg")
+        embed(photo)
+        start = time.perf_counter()
+        embed(photo[::-1].copy())
+        server_embed_ms = 1000 * (time.perf_counter() - start)
+        del embedder
+        rows = []
+        with browser(work / "profile") as context:
+            for in_page in (False, True):
+                records, _ = collect_images([str(images)])
+                session = Session(records, AnnotationStore(work / f"out{in_page}", records), folder,
+                                  None if in_page else embed, sam.image_encoder.img_size, embed_in_page=in_page)
+                server = serve(session)
+                page = context.new_page()
+                page.goto(f"http://localhost:{server.server_address[1]}/?threads={args.threads}")
+                page.wait_for_function("window.grounded.ready || window.grounded.error", timeout=600_000)
+                if in_page:
+                    rows.append(("MobileSAM encoder in the page (onnxruntime-web)", f"{page.evaluate('window.grounded.encoderMs'):.0f} ms", ""))
+                    page.close()
+                    server.shutdown()
+                    break
+                h, w = photo.shape[:2]
+                for graph in ("standard", "split", "int8"):
+                    times = page.evaluate(TIME_PROMPTS, [hover_prompts(w, h, args.prompts), graph, 10])
+                    rows.append((f"hover decoder, {graph} graph, {w}x{h}", *stats(times)))
+                page.keyboard.press("n")
+                page.wait_for_function("window.grounded.ready && window.grounded.state.index === 1", timeout=600_000)
+                times = page.evaluate(TIME_PROMPTS, [hover_prompts(8000, 6000, args.prompts), "split", 10])
+                rows.append(("hover decoder, split graph, 8000x6000", *stats(times)))
+                page.close()
+                server.shutdown()
+        rows.append(("server embedding, MobileSAM (grounded, auto encoder backend), 451x300", f"{server_embed_ms:.0f} ms", ""))
+        print(f"\n{args.prompts} prompts after 10 warm-up, {args.threads} threads, headless Chromium\n")
+        print("| case | median | p95 |\n|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""Exports of grounded's models for other runtimes: SAM's prompt encoder and mask decoder (standard
+and split), int8 copies and MobileSAM's encoder as ONNX graphs for the annotation page."""
+
+from .onnx import EXPORT_VERSION, export_onnx
+
+__all__ = ["EXPORT_VERSION", "export_onnx"]
