@@ -80,6 +80,15 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
         dets = _shared.process_one(pipeline, sample, lock).detections
         return _draw_clicks(_shared.mask_overlay(image, dets), clicks), _shared.describe_detections(dets)
 
+    app = _blocks(segment, _shared.notice(real, tiny))
+    app.models = models
+    return app
+
+
+def _blocks(segment, notice: str):
+    """The page: inputs on the left, the mask and its summary on the right; `segment` runs on the button."""
+    import gradio as gr
+
     def add_click(image, clicks, kind, evt: gr.SelectData):
         if image is None:
             raise gr.Error("Upload an image first.")
@@ -89,7 +98,7 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
 
     with gr.Blocks(title="grounded: text to mask") as app:
         gr.Markdown("## Text to mask\nType what to segment, click on it, give a box as two clicks, or brush over it.")
-        gr.Markdown(_shared.notice(real, tiny), elem_id="models")
+        gr.Markdown(notice, elem_id="models")
         # Clicks live in a hidden JSON component (not a State), so API clients can send them too.
         clicks = gr.JSON(value=[], visible=False, label="clicks [[x, y, label], ...]")
         with gr.Row():
@@ -111,7 +120,6 @@ def build_app(sam: Optional[str] = None, detector: Optional[str] = None, clip: O
         image.upload(lambda: ([], "No clicks."), None, [clicks, clicks_view])
         clear.click(lambda: ([], "No clicks."), None, [clicks, clicks_view])
         button.click(segment, [image, mode, text, clicks, brush], [output, summary], api_name="segment")
-    app.models = models
     return app
 
 

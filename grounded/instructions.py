@@ -350,14 +350,16 @@ _PUT = _alts(PUT_VERBS)
 _BE = r"(?:should|must|shall|will|would|could|can|needs? to|has to|have to|ought to|is going to|is to)?\s*(?:be|become|turn into|look like|get)|becomes|turns into|looks like|is"
 
 
-def _command(clause: str) -> List[Edit]:
-    """The edits of one clause (no fillers left), or [] when it is none of the known forms."""
-    c = clause.strip(" ,")
-    c = re.sub(rf" (?:from|in|on) (?:the|this|my|our) {SCENE_WORDS}$", "", c)  # "... from the picture"
+def _substitution(c: str) -> Optional[List[Edit]]:
+    """Substitution, "substitute X for Y": Y goes, X comes (before the colour forms, which read "for" otherwise)."""
     m = re.fullmatch(r"(?:substitute|swap in|switch in|sub in|sub|put in|bring in) (.+?) (?:for|in place of|instead of) (.+)", c)
     if m:
         return _thing("replace", m.group(2), m.group(1))
-    # ---- colour first: "change the colour of X to Y", "give X a Y colour", "paint X Y" ----------
+    return None
+
+
+def _colour_of(c: str) -> Optional[List[Edit]]:
+    """A colour change: "change the colour of X to Y", "give X a Y colour", "paint X Y"."""
     m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (?:the )?color of (.+) (?:to|into|in|as) (.+)", c) \
         or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?)(?:'s|')? color (?:to|into|in|as) (.+)", c)
     if m and color_phrase(m.group(2).split()):
@@ -368,7 +370,11 @@ def _command(clause: str) -> List[Edit]:
     m = re.fullmatch(rf"(?:the )?color of (.+?) (?:{_BE}) (.+)", c)
     if m and color_phrase(m.group(2).split()):
         return _many("recolor", m.group(1), color_phrase(m.group(2).split()))
-    # ---- removing --------------------------------------------------------------------------
+    return None
+
+
+def _removal(c: str) -> Optional[List[Edit]]:
+    """A removal: "remove X", "make X disappear", "I don't want X", "no more X"."""
     m = re.fullmatch(r"(?:make|let) (.+?) (?:disappear|vanish|go away|go|be gone|invisible)", c) \
         or re.fullmatch(rf"(?:{_REMOVE}) (.+?)(?: (?:out|away|off|out of (?:the|this) {SCENE_WORDS}))?", c) \
         or re.fullmatch(r"(?:i )?(?:do not|don't|dont) (?:want|need|like) (?:to see )?(.+?)(?: (?:in|there|here).*)?", c) \
@@ -379,7 +385,11 @@ def _command(clause: str) -> List[Edit]:
         or re.fullmatch(r"(?:no more|without|lose) (.+)", c)
     if m:
         return _many("remove", m.group(1))
-    # ---- replacing: new thing after "with"/"by"/"for" ------------------------------------------
+    return None
+
+
+def _replacement(c: str) -> Optional[List[Edit]]:
+    """A new thing after "with"/"by"/"for"/"instead of"."""
     m = re.fullmatch(rf"(?:{_REPLACE}) (.+?)(?: out)? (?:with|by|for|to) (.+)", c)
     if m and " with " in c:  # the last "with": "replace the man with the hat with a woman"
         m = re.fullmatch(rf"(?:{_REPLACE}) (.+)(?<! out)(?: out)? with (.+)", c)
@@ -397,7 +407,11 @@ def _command(clause: str) -> List[Edit]:
     m = re.fullmatch(rf"instead of (.+?)(?:, (?:{put} )?| {put} )(.+)", c)
     if m:
         return _thing("replace", m.group(1), m.group(2))
-    # ---- changing: "into/to/for"; a colour makes it a recolour --------------------------------
+    return None
+
+
+def _change(c: str) -> Optional[List[Edit]]:
+    """A change: "turn X into Y", "X should be Y"; a colour makes it a recolour."""
     m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+?) (?:into|in to|to look like|look like|resemble|to become|become|"
                      rf"to be|be) (.+)", c) \
         or re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+) (?<!next )(?<!close )(?:to|for) (.+)", c)
@@ -417,7 +431,12 @@ def _command(clause: str) -> List[Edit]:
     m = re.fullmatch(r"(?:i want|i'd like|i would like|i'd prefer|i would prefer|i prefer|make|have) (.+) in (.+)", c)
     if m and color_phrase(m.group(2).split()):  # "i'd prefer the car in red"
         return _many("recolor", m.group(1), color_phrase(m.group(2).split()))
-    # ---- "make the leaves look autumn orange": a look that ends in a colour ---------------------
+    return None
+
+
+def _look_material_or_colour(c: str) -> Optional[List[Edit]]:
+    """A look, a material or a colour: "make the leaves look orange", "make the table wooden", "turn the car blue"."""
+    # "make the leaves look autumn orange": a look that ends in a colour
     m = re.fullmatch(rf"(?:{_CHANGE}) (.+?) (?:look|appear|seem) (.+)", c)
     if m:
         words = m.group(2).split()
@@ -425,12 +444,12 @@ def _command(clause: str) -> List[Edit]:
         if color:
             return _many("recolor", m.group(1), color)
         return _thing("replace", m.group(1), m.group(2))
-    # ---- "make the table wooden": a material makes a new object of that material ---------------
+    # "make the table wooden": a material makes a new object of that material
     m = re.fullmatch(rf"(?:{_CHANGE}) (.+) (\w+)", c)
     if m and m.group(2) in MATERIALS and color_phrase([m.group(2)]) is None and clean_target(m.group(1)):
         target = clean_target(m.group(1))
         return [Edit("replace", target, f"{m.group(2)} {target}")]
-    # ---- "turn the car blue", "paint the wall light green", "make the sky purple" -------------
+    # "turn the car blue", "paint the wall light green", "make the sky purple"
     m = re.fullmatch(rf"(?:{_CHANGE}|{_PAINT}) (.+)", c)
     if m:
         words = m.group(1).split()
@@ -444,7 +463,21 @@ def _command(clause: str) -> List[Edit]:
             for i in range(len(words) - 1, 0, -1):
                 if words[i] in ("a", "an", "some") and i > 0:
                     return _thing("replace", " ".join(words[:i]), " ".join(words[i:]))
+    return None
+
+
+def _command(clause: str) -> List[Edit]:
+    """The edits of one clause (no fillers left), or [] when it is none of the known forms. The forms are
+    tried in order; the first that matches decides, even when it finds no edit."""
+    c = clause.strip(" ,")
+    c = re.sub(rf" (?:from|in|on) (?:the|this|my|our) {SCENE_WORDS}$", "", c)  # "... from the picture"
+    for form in (_substitution, _colour_of, _removal, _replacement, _change, _look_material_or_colour):
+        edits = form(c)
+        if edits is not None:
+            return edits
     return []
+
+
 
 
 def edits_as_dicts(edits: Sequence[Edit]) -> List[Dict[str, Optional[str]]]:

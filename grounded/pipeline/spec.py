@@ -104,6 +104,80 @@ def load_pipeline(path, overrides: Sequence[str] = (), *, extra_nodes: Optional[
     return parse_pipeline(text, str(path), overrides, extra_nodes=extra_nodes)
 
 
+def _apply_overrides(overrides: Sequence[str], filename: str, ids: List[str], classes: List[type],
+                     params: List[Dict[str, Any]], variables: Dict[str, Any], batch_size: int,
+                     problems: List[SpecProblem], set_by: Dict[Tuple[int, str], str]) -> int:
+    """--set overrides: NODE.PARAM=VALUE sets a parameter, NAME=VALUE a var (or batch_size). Fills `params`,
+    `variables` and `set_by` in place, adds to `problems`, and returns the batch size."""
+    for raw in overrides:
+        key, sep, text_value = raw.partition("=")
+        key = key.strip()
+        where = f"--set {raw}"
+        if not sep or not key:
+            problems.append(SpecProblem(where, "", "expected KEY=VALUE", "write NODE.PARAM=VALUE or VAR=VALUE"))
+            continue
+        if "." in key:
+            node_id, _, pname = key.partition(".")
+            if node_id not in ids:
+                problems.append(SpecProblem(where, "", f"no node {node_id!r} in {filename}",
+                                            f"{did_you_mean(node_id, ids)}nodes: {', '.join(ids)}"))
+                continue
+            i = ids.index(node_id)
+            declared = classes[i].params.get(pname)
+            params[i][pname] = _typed(text_value, str if declared is not None and str in declared.kinds() else None)
+            set_by[(i, pname)] = where
+        elif key == "batch_size":
+            value = _typed(text_value)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(SpecProblem(where, "", f"batch_size must be a whole number >= 1, got {text_value!r}",
+                                            "e.g. --set batch_size=8"))
+            else:
+                batch_size = value
+        elif key in variables:
+            variables[key] = _typed(text_value, str if isinstance(variables[key], str) else None)
+        else:
+            vars_text = ", ".join(variables) or "none"
+            problems.append(SpecProblem(where, "", f"{key!r} is neither a var of {filename} nor NODE.PARAM",
+                                        f"{did_you_mean(key, list(variables))}vars: {vars_text}; nodes: {', '.join(ids)} "
+                                        f"(set a node parameter as NODE.PARAM=VALUE, e.g. {ids[0]}.{next(iter(classes[0].params), 'param')}=...)"))
+    return batch_size
+
+
+def _build_nodes(entries: List[Dict[str, Any]], classes: List[type], ids: List[str], params: List[Dict[str, Any]],
+                 variables: Dict[str, Any], set_by: Dict[Tuple[int, str], str], lines: "_Lines",
+                 problems: List[SpecProblem]) -> list:
+    """${var} substitution, then the nodes themselves (parameter names, types, choices); every bad
+    parameter is added to `problems`."""
+    nodes = []
+    for i, (entry, cls) in enumerate(zip(entries, classes)):
+        values = {}
+        for pname, value in params[i].items():
+            try:
+                values[pname] = _substitute(value, variables)
+            except KeyError as err:
+                location = set_by.get((i, pname)) or lines.at(("nodes", i, "params", pname))
+                problems.append(SpecProblem(location, f"nodes[{i}].params.{pname}", f"unknown var ${{{err.args[0]}}}",
+                                            f"{did_you_mean(err.args[0], list(variables))}declare it under `vars:` "
+                                            f"(vars: {', '.join(variables) or 'none'})"))
+        # Each parameter on its own first, so every bad one is reported, not only the first.
+        errors = []
+        for pname, value in values.items():
+            try:
+                resolve_params(cls, {pname: value}, ids[i], defaults=False)
+            except ParamError as err:
+                errors.append(err)
+        if not errors:
+            try:
+                nodes.append(cls(node_id=entry.get("id"), **values))
+            except ParamError as err:
+                errors.append(err)
+        for err in errors:
+            path = ("nodes", i, "params", err.param) if err.param in params[i] else ("nodes", i)
+            location = set_by.get((i, err.param)) or lines.at(path)
+            problems.append(SpecProblem(location, f"nodes[{i}] ({ids[i]})", err.problem, err.fix))
+    return nodes
+
+
 def parse_pipeline(text: str, filename: str = "<spec>", overrides: Sequence[str] = (), *,
                    extra_nodes: Optional[Mapping[str, type]] = None) -> Pipeline:
     import yaml
@@ -143,69 +217,10 @@ def parse_pipeline(text: str, filename: str = "<spec>", overrides: Sequence[str]
         raise SpecError(problems)
     ids = _node_ids([_Named(e.get("id"), c.name) for e, c in zip(entries, classes)])
 
-    # --set overrides: NODE.PARAM=VALUE sets a parameter, NAME=VALUE a var (or batch_size).
     params: List[Dict[str, Any]] = [dict(e.get("params") or {}) for e in entries]
     set_by: Dict[Tuple[int, str], str] = {}
-    for raw in overrides:
-        key, sep, text_value = raw.partition("=")
-        key = key.strip()
-        where = f"--set {raw}"
-        if not sep or not key:
-            problems.append(SpecProblem(where, "", "expected KEY=VALUE", "write NODE.PARAM=VALUE or VAR=VALUE"))
-            continue
-        if "." in key:
-            node_id, _, pname = key.partition(".")
-            if node_id not in ids:
-                problems.append(SpecProblem(where, "", f"no node {node_id!r} in {filename}",
-                                            f"{did_you_mean(node_id, ids)}nodes: {', '.join(ids)}"))
-                continue
-            i = ids.index(node_id)
-            declared = classes[i].params.get(pname)
-            params[i][pname] = _typed(text_value, str if declared is not None and str in declared.kinds() else None)
-            set_by[(i, pname)] = where
-        elif key == "batch_size":
-            value = _typed(text_value)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(SpecProblem(where, "", f"batch_size must be a whole number >= 1, got {text_value!r}",
-                                            "e.g. --set batch_size=8"))
-            else:
-                batch_size = value
-        elif key in variables:
-            variables[key] = _typed(text_value, str if isinstance(variables[key], str) else None)
-        else:
-            vars_text = ", ".join(variables) or "none"
-            problems.append(SpecProblem(where, "", f"{key!r} is neither a var of {filename} nor NODE.PARAM",
-                                        f"{did_you_mean(key, list(variables))}vars: {vars_text}; nodes: {', '.join(ids)} "
-                                        f"(set a node parameter as NODE.PARAM=VALUE, e.g. {ids[0]}.{next(iter(classes[0].params), 'param')}=...)"))
-
-    # ${var} substitution, then the nodes themselves (parameter names, types, choices).
-    nodes = []
-    for i, (entry, cls) in enumerate(zip(entries, classes)):
-        values = {}
-        for pname, value in params[i].items():
-            try:
-                values[pname] = _substitute(value, variables)
-            except KeyError as err:
-                location = set_by.get((i, pname)) or lines.at(("nodes", i, "params", pname))
-                problems.append(SpecProblem(location, f"nodes[{i}].params.{pname}", f"unknown var ${{{err.args[0]}}}",
-                                            f"{did_you_mean(err.args[0], list(variables))}declare it under `vars:` "
-                                            f"(vars: {', '.join(variables) or 'none'})"))
-        # Each parameter on its own first, so every bad one is reported, not only the first.
-        errors = []
-        for pname, value in values.items():
-            try:
-                resolve_params(cls, {pname: value}, ids[i], defaults=False)
-            except ParamError as err:
-                errors.append(err)
-        if not errors:
-            try:
-                nodes.append(cls(node_id=entry.get("id"), **values))
-            except ParamError as err:
-                errors.append(err)
-        for err in errors:
-            path = ("nodes", i, "params", err.param) if err.param in params[i] else ("nodes", i)
-            location = set_by.get((i, err.param)) or lines.at(path)
-            problems.append(SpecProblem(location, f"nodes[{i}] ({ids[i]})", err.problem, err.fix))
+    batch_size = _apply_overrides(overrides, filename, ids, classes, params, variables, batch_size, problems, set_by)
+    nodes = _build_nodes(entries, classes, ids, params, variables, set_by, lines, problems)
     if problems:
         raise SpecError(sorted(problems, key=_order))
 
