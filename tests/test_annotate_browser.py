@@ -1,6 +1,7 @@
 """The annotation page in headless Chromium (playwright), on real MobileSAM weights and a sample photo:
 the decoder run by onnxruntime-web in the page equals grounded's Python predictor (standard and split
-graphs, every prompt kind), and an annotation session driven end to end, through a server restart."""
+graphs, every prompt kind), and an annotation session driven end to end, through a server restart and a
+reloaded tab."""
 
 import json
 import shutil
@@ -250,6 +251,12 @@ def test_an_annotation_session_end_to_end(model, headless_chromium, photo_folder
         click_image(page, 250, 100)
         wait_result(page)
         accept(page, "mug")
+        page.reload(wait_until="networkidle")  # a reloaded tab: every accepted mask comes back
+        page.wait_for_function("window.grounded.ready && window.grounded.state.index === 0", timeout=WAIT_MS)
+        assert sorted(page.locator("#masks li .label").all_inner_texts()) == ["cat", "cushion"]
+        page.keyboard.press("n")
+        page.wait_for_function("window.grounded.ready && window.grounded.state.index === 1", timeout=WAIT_MS)
+        assert page.locator("#masks li .label").all_inner_texts() == ["mug"]
         page.keyboard.press("n")  # the broken image: a clear message, the session goes on
         page.wait_for_function("document.querySelector('#status').className === 'error'", timeout=WAIT_MS)
         assert "cannot open" in page.inner_text("#status")

@@ -193,15 +193,32 @@ def test_a_huge_image_is_shown_scaled_and_saved_at_full_size(tmp_path):
         assert status == 200 and json.loads(payload)["annotation"]["segmentation"]["size"] == [2200, 3000]
 
 
-def test_the_command_serves_the_page_on_localhost_and_stops_on_ctrl_c(folder, tmp_path):
-    """`grounded annotate FOLDER --out DIR` end to end as a user starts it: the model loads, its page
-    graphs export, the server answers on 127.0.0.1 (the page, the session, a foreign Host refused),
-    and Ctrl-C stops it."""
-    import os
+def start_command(repo, env, folder, model):
+    """`grounded annotate` in a process of its own; returns it, its port and what it printed."""
     import re
-    import signal
     import subprocess
     import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "grounded", "annotate", str(folder / "images"), "--out",
+                             str(folder / "out"), "--model", str(model), "--port", "0", "--no-browser"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said = []
+    for line in proc.stdout:
+        said.append(line)
+        started = re.search(r"annotating (\d+) images into .* at http://localhost:(\d+)/", line)
+        if started:
+            assert started.group(1) == "3"  # a.png, b.jpg and the broken one (shown with a message in the page)
+            return proc, int(started.group(2)), said
+    proc.wait()
+    raise AssertionError("".join(said))
+
+
+def test_the_command_serves_on_localhost_survives_a_kill_and_stops_on_ctrl_c(folder, tmp_path):
+    """`grounded annotate FOLDER --out DIR` end to end as a user starts it: the model loads, its page
+    graphs export, the server answers on 127.0.0.1 (the page, the session, a foreign Host refused); the
+    process killed (SIGKILL) right after an accept and started again loses nothing; Ctrl-C stops it."""
+    import os
+    import signal
     from pathlib import Path
 
     from grounded.sam import save_pretrained
@@ -211,24 +228,21 @@ def test_the_command_serves_the_page_on_localhost_and_stops_on_ctrl_c(folder, tm
     model = tmp_path / "model"
     save_pretrained(tiny_sam("vit", seed=7), model)
     env = dict(os.environ, PYTHONPATH=str(repo), GROUNDED_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.Popen([sys.executable, "-m", "grounded", "annotate", str(folder / "images"), "--out",
-                             str(folder / "out"), "--model", str(model), "--port", "0", "--no-browser"],
-                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    said = []
+    proc, port, said = start_command(repo, env, folder, model)
     try:
-        for line in proc.stdout:
-            said.append(line)
-            started = re.search(r"annotating (\d+) images into .* at http://localhost:(\d+)/", line)
-            if started:
-                break
-        assert started, "".join(said)
-        assert started.group(1) == "3"  # a.png, b.jpg and the broken one (shown with a message in the page)
-        port = int(started.group(2))
         status, page, _ = request(port, "/")
         assert status == 200 and b"<html" in page.lower()
         status, info, _ = request(port, "/api/session")
         assert status == 200 and len(json.loads(info)["images"]) == 3
         assert request(port, "/", host="evil.example:80")[0] in (400, 403, 421)
+        token = {"X-Grounded-Token": json.loads(info)["token"]}
+        status, _, _ = request(port, "/api/annotations/1/accept", "POST", accept_body(0, label="cup"), headers=token)
+        assert status == 200
+        proc.kill()  # no shutdown code runs: what was accepted must already be on disk
+        proc.wait()
+        proc, port, said = start_command(repo, env, folder, model)
+        saved = json.loads(request(port, "/api/annotations/1")[1])
+        assert saved["version"] == 1 and [a["label"] for a in saved["annotations"]] == ["cup"]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) in (0, 130), "".join(said)
     finally:

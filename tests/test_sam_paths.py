@@ -8,7 +8,9 @@ compares the results with segment_anything's (ViT) or MobileSAM's (TinyViT) on t
 - fp32: low-res logits within 1e-4 x max |logit|, IoU predictions within 1e-5, masks identical
   except pixels whose reference logit lies within 1e-4 of the threshold, embeddings within 1e-5
   relative; the training path's gradients within 1e-4 relative of the reference modules';
-- bf16/fp16 autocast: masks at IoU >= 0.98 with the reference's fp32 masks.
+- fp16 autocast: masks at IoU >= 0.98 with the reference's fp32 masks; bf16 autocast: on average as
+  close to them as segment_anything's own masks under the same autocast (which reach only about 0.92
+  on some outputs of these random tiny weights), none below 0.85.
 
 Besides: the core imports nothing of the wing, the core modules' sizes against the reference's, and
 the decoder's kept products (cpu/cache.py) case by case (function lengths: tests/test_code_habits.py).
@@ -112,22 +114,29 @@ def assert_masks_match(ours, ref_logits, threshold=0.0):
 
 def compare_predictors(ours, ref, encoder, autocast=None):
     """Every prompt kind, multimask on and off, a mask input fed back, and batched predict_torch, on
-    non-square images; fp32 tolerances, or mask IoU >= 0.98 under autocast. (TinyViT's decoder runs
+    non-square images; fp32 tolerances, or the autocast bounds of the module's docstring. (TinyViT's decoder runs
     on a 64x64 grid, 64 times the tiny ViT's: one image and one multimask setting per prompt kind.)"""
     from segment_anything import SamPredictor as RefPredictor
 
     p_ours, p_ref = SamPredictor(ours, autocast_dtype=autocast), RefPredictor(ref)
+    # The reference itself under the same autocast: how far the reduced precision alone moves its masks.
+    p_ref_low = RefPredictor(ref) if autocast is not None else None
     sizes = ((100, 120), (150, 90)) if encoder == "vit" and autocast is None else ((150, 90),)
+    autocast_ious = []
     for size in sizes:
         image = _image(*size)
         p_ours.set_image(image)
         p_ref.set_image(image)
+        if p_ref_low is not None:
+            with torch.autocast("cpu", dtype=autocast):
+                p_ref_low.set_image(image)
         if autocast is None:
             a, b = p_ours.get_image_embedding(), p_ref.get_image_embedding()
             assert ((a - b).norm() / b.norm()) < 1e-5
         for k, (name, prompt) in enumerate(PROMPTS.items()):
             for multimask in (True, False) if encoder == "vit" else (k % 2 == 0,):
-                compare_prompt(p_ours, p_ref, dict(prompt, multimask_output=multimask), autocast, first=k == 0)
+                autocast_ious.append(compare_prompt(p_ours, p_ref, dict(prompt, multimask_output=multimask), autocast,
+                                                    first=k == 0, p_ref_low=p_ref_low))
         if autocast is None:
             boxes = p_ref.transform.apply_boxes_torch(BOXES, image.shape[:2])
             for multimask in (True, False) if encoder == "vit" else (True,):
@@ -137,21 +146,48 @@ def compare_predictors(ours, ref, encoder, autocast=None):
                 assert_logits_close(low, ref_low)
                 torch.testing.assert_close(scores, ref_scores, rtol=0, atol=1e-5)
                 assert_masks_match(masks, ref_logits)
+    if autocast is not None:
+        ours, reference_own = (np.concatenate(x) for x in zip(*autocast_ious))
+        print(f"{autocast}: mask IoU with the reference's fp32 masks: ours mean {ours.mean():.4f} min {ours.min():.4f}; "
+              f"the reference's own under autocast mean {reference_own.mean():.4f} min {reference_own.min():.4f}")
+        if autocast == torch.float16:
+            assert ours.min() >= 0.98
+        else:
+            # bf16 keeps 8 bits of mantissa: on these random tiny weights the reference's own bf16 masks
+            # reach only about 0.92 on some outputs, so 0.98 per mask holds for neither side (it holds on
+            # the real MobileSAM weights, test_sam_real.py). Ours must be as close as the reference's
+            # own on average, and no output fall far.
+            assert ours.mean() >= reference_own.mean() - 0.01 and ours.min() >= 0.85
 
 
-def compare_prompt(p_ours, p_ref, kwargs, autocast, first):
+def mask_ious(masks, ref_masks):
+    inter = np.logical_and(masks, ref_masks).sum((-1, -2))
+    union = np.logical_or(masks, ref_masks).sum((-1, -2))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def reference_masks_under_autocast(p_ref, kwargs, dtype):
+    """segment_anything's masks for `kwargs` with its decoder under autocast (its `predict` cannot turn
+    bf16 scores into numpy, so the prompts are transformed here, as `predict` does, for `predict_torch`)."""
+    coords = labels = box = None
+    if "point_coords" in kwargs:
+        coords = torch.as_tensor(p_ref.transform.apply_coords(kwargs["point_coords"], p_ref.original_size), dtype=torch.float)[None]
+        labels = torch.as_tensor(kwargs["point_labels"], dtype=torch.int)[None]
+    if "box" in kwargs:
+        box = torch.as_tensor(p_ref.transform.apply_boxes(kwargs["box"], p_ref.original_size), dtype=torch.float)[None]
+    with torch.autocast("cpu", dtype=dtype):
+        masks, _, _ = p_ref.predict_torch(coords, labels, box, None, kwargs["multimask_output"])
+    return masks[0].numpy()
+
+
+def compare_prompt(p_ours, p_ref, kwargs, autocast, first, p_ref_low=None):
     masks, scores, low = p_ours.predict(**kwargs)
     ref_logits, ref_scores, ref_low = p_ref.predict(**kwargs, return_logits=True)
     if autocast is not None:
-        inter = np.logical_and(masks, ref_logits > 0).sum((-1, -2))
-        union = np.logical_or(masks, ref_logits > 0).sum((-1, -2))
-        iou = (inter[union > 0] / union[union > 0]).min()
-        print(f"{autocast} {kwargs}: mask IoU {iou:.3f}")
-        # bf16 keeps 8 bits of mantissa: on these random tiny weights some single-mask outputs reach
-        # only 0.87-0.98 (0.89-0.99 before the wing existed); fp16 holds 0.98 here, and bf16 holds it
-        # on the real MobileSAM weights (test_sam_real.py).
-        assert iou >= (0.98 if autocast == torch.float16 else 0.85), kwargs
-        return
+        ref_low_masks = reference_masks_under_autocast(p_ref_low, kwargs, autocast)
+        ious, ref_own = mask_ious(masks, ref_logits > 0), mask_ious(ref_low_masks, ref_logits > 0)
+        print(f"{autocast} {kwargs}: mask IoU {ious.min():.3f} (the reference's own under autocast: {ref_own.min():.3f})")
+        return ious, ref_own
     assert_logits_close(low, ref_low)
     np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-5)
     assert_masks_match(masks, ref_logits)
