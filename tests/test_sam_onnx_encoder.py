@@ -198,7 +198,7 @@ def test_auto_keeps_torch_on_a_gpu_and_the_drop_in_registry_stays_torch(tmp_path
     """`auto` never exports for a GPU (asked of the chooser with the device, as no GPU is here), and
     segment_anything's drop-in `sam_model_registry` builds the PyTorch encoder whatever the model."""
     from grounded.sam import sam_model_registry
-    from grounded.sam.onnx_encoder import BACKENDS, auto_backend
+    from grounded.sam.onnx_encoder import BACKENDS, ExportedImageEncoder, auto_backend
     from grounded.sam.tiny_vit import TinyViT
 
     model = tiny_sam("tiny_vit")
@@ -206,4 +206,5 @@ def test_auto_keeps_torch_on_a_gpu_and_the_drop_in_registry_stays_torch(tmp_path
     assert auto_backend(model, device="cuda") == ("torch", "on cuda")
     assert auto_backend(model, dtype=torch.float16)[0] == "torch"
     registry_model = sam_model_registry["vit_t"]()
-    assert type(registry_model.image_encoder) is TinyViT
+    assert isinstance(registry_model.image_encoder, TinyViT)  # the CPU wing's subclass: still PyTorch
+    assert not isinstance(registry_model.image_encoder, ExportedImageEncoder)
