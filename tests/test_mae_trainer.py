@@ -248,3 +248,15 @@ def test_a_preset_name_takes_dotted_overrides(tmp_path):
     assert config.base_dir == str(tmp_path)
     with pytest.raises(FileNotFoundError, match="pre-training config .*missing.yaml does not exist"):
         PretrainConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_the_schedule_warms_up_linearly_then_falls_by_a_half_cosine(tmp_path):
+    trainer = Pretrainer(config(tmp_path, steps=12, warmup_steps=4, lr=1e-3, min_lr=1e-5))
+    lrs = [trainer.lr_at(step) for step in range(13)]
+    np.testing.assert_allclose(lrs[:4], [2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4] == pytest.approx(1e-3) and lrs[12] == pytest.approx(1e-5)
+    assert lrs[8] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)  # half-way down the cosine
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))
+    trainer.train(until=3)  # the optimiser ran each step at that step's rate
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lrs[2])
+    assert config(tmp_path, "default", steps=100, warmup_steps=None).warmup == 5  # 5% of the steps by default
