@@ -15,10 +15,11 @@ import pytest
 
 MISSING_TOOL = re.compile(r"\bnot installed\b|could not import|no module named|command not found|"
                           r"\b(?:espeak-ng|sox|chromium|ffmpeg)\b|bin/system-deps", re.IGNORECASE)
-# What other programs keep in the temporary folder under one name and reuse (not one per run):
-# pytest's own folders, torch's compile cache (open_clip's import makes it), and onnxruntime's
-# telemetry session file, which it writes whatever disable_telemetry_events() says.
-REUSED = re.compile(r"pytest-of-.+|torchinductor_.+|\.ses")
+# What other programs leave in the temporary folder, which no test makes or can clean up: pytest's
+# own folders, torch's compile cache (open_clip's import makes it), onnxruntime's
+# telemetry session file, which it writes whatever disable_telemetry_events() says, and the
+# PulseAudio client's runtime folder, which Chromium's audio makes when XDG_RUNTIME_DIR is unset.
+REUSED = re.compile(r"pytest-of-.+|torchinductor_.+|\.ses|pulse-\w+")
 
 
 def skip_reason(report) -> str:
