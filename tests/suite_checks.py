@@ -18,7 +18,7 @@ MISSING_TOOL = re.compile(r"\bnot installed\b|could not import|no module named|c
 # What other programs leave in the temporary folder, which no test makes or can clean up: pytest's
 # own folders, torch's compile cache (open_clip's import makes it), onnxruntime's
 # telemetry session file, which it writes whatever disable_telemetry_events() says, and the
-# PulseAudio client's runtime folder, which Chromium's audio makes when XDG_RUNTIME_DIR is unset.
+# runtime folder the PulseAudio client library (Chromium's audio, espeak-ng) makes when XDG_RUNTIME_DIR is unset.
 REUSED = re.compile(r"pytest-of-.+|torchinductor_.+|\.ses|pulse-\w+")
 
 
