@@ -172,9 +172,28 @@ def test_opening_a_coco_file_shows_its_masks(folder):
     assert annotation["label"] == "fish" and store.get("a")["annotations"] == []
 
 
-def test_the_page_is_built_into_the_package():
+def test_the_page_is_built_into_the_package(tmp_path):
+    """The built page is in the source tree and in a wheel built from it (a pip user needs no npm)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
     assert (STATIC_DIR / "index.html").is_file()
     assert list(STATIC_DIR.glob("ort/*.wasm")), "onnxruntime-web's wasm files ship with the page"
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy, so the build's folders stay out of the clone
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
+    shutil.copytree(repo / "grounded", source / "grounded", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("grounded-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "grounded/annotate/static/index.html" in names and "grounded/annotate/static/app.js" in names
+    assert any(n.startswith("grounded/annotate/static/ort/") and n.endswith(".wasm") for n in names)
 
 
 def test_a_huge_image_is_shown_scaled_and_saved_at_full_size(tmp_path):
