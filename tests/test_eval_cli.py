@@ -353,10 +353,7 @@ def test_text_mode_sam3_scores_sam3s_own_instances(data, tiny_sam_dir, tmp_path,
     assert kept > 0 and dropped > 0
 
 
-def test_the_progress_bar_moves_per_image(data, tiny_sam_dir, tmp_path, capsys, monkeypatch):
-    # tqdm redraws at most every 0.1 s by default; its environment overrides make it draw every step
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")
-    monkeypatch.setenv("TQDM_MINITERS", "1")
+def test_the_progress_bar_moves_per_image(data, tiny_sam_dir, tmp_path, capsys):
     ds = load_dataset([str(data["coco"])])
     segmenters = load_segmenters([tiny_sam_dir[0]])
     evaluate(["boxes"], ds, segmenters, tmp_path / "out", Options(bootstrap=0))

@@ -132,8 +132,9 @@ def run_tasks(tasks: Sequence[Task], dataset: Dataset, segmenters: Sequence[Segm
 
 def _run_images(tasks, dataset, segmenters, folder, progress, tqdm) -> None:
     pairs = [(t, s) for t in tasks for s in segmenters if t.reference or s.kind != "reference"]
+    # Drawn at every image (an image takes seconds; tqdm's 0.1 s default would skip fast ones).
     bar = tqdm(dataset.images, desc=f"eval {','.join(t.name for t in tasks)}", unit="image", disable=not progress,
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0, miniters=1)
     for item in bar:
         todo = [(t, s) for t, s in pairs if item.name not in folder.lines(t.name, s.label)]
         if not todo:
