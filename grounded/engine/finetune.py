@@ -1,0 +1,152 @@
+"""Between rounds: fine-tune on everything labelled so far, measure on the held-out split, keep or not.
+
+Training: the existing trainer (grounded.sam.training.Trainer) once per seed (at least 3), each from
+the model in force, on the newest dataset version (images still in the data folder); checkpoints
+in the round folder, so a killed round resumes its training where it stopped; the encoder's
+embeddings are cached once for the project (the encoder is frozen).
+
+Measurement: grounded eval's `points` protocol (grounded.eval.evaluate, resumable) on the held-out
+split, for the model in force and each seed's model: per object, the single-click mIoU (the centre
+click's top-scoring mask) and NoC@90 (clicks until IoU 0.9, up to 20).
+
+The acceptance rule (ACCEPTANCE_RULE): per held-out object, the seeds' mean minus the model in force;
+the fine-tuned model is kept when the mean NoC@90 difference is below 0 or the mean IoU difference
+above 0 beyond the bootstrap 95% interval over objects (the whole interval on the better side), and
+neither figure's interval lies wholly on the worse side. The seed kept is the one with the highest
+held-out mIoU. Otherwise the model in force stays, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+ACCEPTANCE_RULE = ("kept if, over >= 3 seeds, the per-object held-out NoC@90 difference (seeds' mean - model in force) "
+                   "has its bootstrap 95% interval wholly below 0, or the single-click IoU difference wholly above 0, "
+                   "and neither interval lies wholly on the worse side")
+MIN_SEEDS = 3
+
+
+def training_items(project, dataset_path: Path):
+    """TrainItems of the dataset version's images that are still in the data folder."""
+    from ..io.image import load_image
+    from ..rle import decode_rle
+    from ..sam.training.data import TrainItem
+    from .project import read_json
+
+    coco = read_json(dataset_path, "a dataset version")
+    by_image: Dict[int, list] = {}
+    for a in coco["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(decode_rle(a["segmentation"]))
+    items = []
+    for im in coco["images"]:
+        path = project.data / im["file_name"]
+        if im["id"] not in by_image or not path.exists():
+            continue  # an image removed from the data folder: its masks stay in the dataset, out of training
+        items.append(TrainItem(f"engine-{im['id']}", load_image(path), np.stack(by_image[im["id"]])))
+    return items
+
+
+def train_seeds(project, entry: dict, items, log=print) -> List[Path]:
+    """One fine-tuned model per seed (folders with save_pretrained's layout); finished seeds are kept."""
+    import torch
+
+    from ..sam.build import save_pretrained
+    from ..sam.training import TrainConfig, Trainer
+    from ..sam.training.data import ArrayDataset
+    from .stages import load_model
+
+    settings = project.state["train"]
+    seeds = [int(s) for s in settings["seeds"]]
+    if len(seeds) < MIN_SEEDS:
+        raise ValueError(f"the acceptance rule needs at least {MIN_SEEDS} seeds; the project has {seeds}")
+    folders = []
+    start = time.time()
+    for seed in seeds:
+        out = project.round_dir(entry) / "train" / f"seed_{seed}"
+        final = out / "final"
+        folders.append(final)
+        if (final / "model.safetensors").exists():
+            continue
+        model = load_model(entry["model"])
+        config = TrainConfig(model=entry["model"], out_dir=str(out), steps=int(settings["steps"]), lr=float(settings["lr"]),
+                             max_masks=int(settings["max_masks"]), trainable=list(settings["trainable"]),
+                             interactive=dict(settings["interactive"]), seed=seed, progress=False,
+                             checkpoint_every=max(1, int(settings["steps"]) // 4),
+                             embedding_cache=str(project.root / "cache" / "embeddings"))
+        with torch.inference_mode(False), torch.enable_grad():
+            torch.manual_seed(seed)
+            trainer = Trainer(config, model=model, dataset=ArrayDataset(items))
+            if trainer.latest_checkpoint() is not None:
+                trainer.load_checkpoint()
+                log(f"  seed {seed}: resumed at step {trainer.step}")
+            history = trainer.train()
+        tmp = out / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_pretrained(trainer.model, tmp)
+        os.replace(tmp, final)
+        last = history[-1] if history else {}
+        log(f"  seed {seed}: {trainer.step} steps, last loss {last.get('loss', float('nan')):.4f}")
+    entry["train_seconds"] = entry.get("train_seconds", 0.0) + (time.time() - start)
+    return folders
+
+
+def heldout_dataset(project):
+    from ..eval import load_dataset
+
+    return load_dataset([str(project.root / project.state["heldout"]["coco"])], images_dir=str(project.data))
+
+
+def evaluate_models(project, out: Path, models: Dict[str, str], log=print) -> Dict[str, Dict[str, np.ndarray]]:
+    """The points protocol on the held-out split for {label: model spec}: per label, the per-object
+    single-click IoU ("iou") and NoC@90 ("noc90"), in the same object order for every label."""
+    import torch
+
+    from ..eval import evaluate
+    from ..eval.tasks.base import Options, slug
+    from ..eval.tasks.points import noc
+    from .stages import load_model, segmenter_for
+
+    settings = project.state["train"]
+    data = heldout_dataset(project)
+    with torch.inference_mode(False), torch.no_grad():
+        shared: dict = {}
+        segmenters = [segmenter_for(load_model(spec), label, shared) for label, spec in models.items()]
+        evaluate(["points"], data, segmenters, out, Options(clicks=int(settings["clicks"]), bootstrap=int(settings["bootstrap"])),
+                 resume=True, progress=False, log=lambda *_: None)
+    figures = {}
+    for label in models:
+        lines = [json.loads(t) for t in (out / "records" / "points" / f"{slug(label)}.jsonl").read_text().splitlines() if t.strip()]
+        objects = sorted(((line["image"], o["id"], o) for line in lines for o in line["record"]["objects"]), key=lambda x: x[:2])
+        iou = np.array([o["center"]["ious"][int(np.argmax(o["center"]["scores"]))] for _, _, o in objects])
+        noc90 = np.array([noc(np.asarray(o["clicks"]), 0.90) for _, _, o in objects], np.float64)
+        figures[label] = {"iou": iou, "noc90": noc90}
+    return figures
+
+
+def decide(figures: Dict[str, Dict[str, np.ndarray]], seeds: List[str], baseline: str = "current",
+           bootstrap: int = 1000) -> dict:
+    """The acceptance rule (module docstring) on evaluate_models' figures."""
+    from ..eval.stats import mean_ci
+
+    base = figures[baseline]
+    d_iou = np.mean([figures[s]["iou"] for s in seeds], axis=0) - base["iou"]
+    d_noc = np.mean([figures[s]["noc90"] for s in seeds], axis=0) - base["noc90"]
+    iou_ci, noc_ci = mean_ci(d_iou, bootstrap), mean_ci(d_noc, bootstrap)
+    better = (noc_ci.high is not None and noc_ci.high < 0) or (iou_ci.low is not None and iou_ci.low > 0)
+    worse = (noc_ci.low is not None and noc_ci.low > 0) or (iou_ci.high is not None and iou_ci.high < 0)
+    best = max(seeds, key=lambda s: (figures[s]["iou"].mean(), -figures[s]["noc90"].mean()))
+    per_model = {label: {"mIoU": mean_ci(f["iou"], bootstrap).to_json(), "NoC@90": mean_ci(f["noc90"], bootstrap).to_json()}
+                 for label, f in figures.items()}
+    return {"accepted": bool(better and not worse), "kept_seed": best if better and not worse else None,
+            "difference": {"mIoU": iou_ci.to_json(), "NoC@90": noc_ci.to_json()}, "models": per_model,
+            "objects": int(len(d_iou)), "rule": ACCEPTANCE_RULE,
+            "why": ("better beyond the 95% interval" if better and not worse else
+                    "worse beyond the 95% interval: kept out" if worse else
+                    "not better beyond the 95% interval: the model in force stays")}
