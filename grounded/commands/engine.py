@@ -77,8 +77,6 @@ def run_init(args) -> int:
         train["steps"] = args.steps
     if args.seeds:
         train["seeds"] = [int(s) for s in args.seeds.split(",")]
-        if len(train["seeds"]) < 3:
-            raise ValueError("--seeds: the acceptance rule needs at least 3 seeds")
     stage_settings = None
     if args.points_per_side:
         stage_settings = {k: {"points_per_side": args.points_per_side} for k in ("semi", "auto")}

@@ -229,12 +229,15 @@ def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[s
     missing = [h for h in heldout if not annotations.get(h)]
     if missing:
         raise ValueError(f"held-out images need masks (from --coco) to evaluate on: {missing} have none")
+    settings = dict(DEFAULT_TRAIN, **(train or {}))
+    if len(settings["seeds"]) < 3:
+        raise ValueError(f"the acceptance rule needs at least 3 fine-tuning seeds, got {settings['seeds']}")
     out.mkdir(parents=True, exist_ok=True)
     project = Project(out, {
         "format": FORMAT, "version": VERSION, "data": str(data), "image_ids": ids,
         "heldout": {"images": heldout, "coco": "heldout.json"},
-        "model": {"base": model, "current": model},
-        "train": dict(DEFAULT_TRAIN, **(train or {})), "rounds": [], "created": time.time(),
+        "model": {"base": str(model), "current": str(model)},
+        "train": settings, "rounds": [], "created": time.time(),
         "stage_settings": {"semi": dict(SEMI_SETTINGS, **(stage_settings or {}).get("semi", {})),
                            "auto": dict(AUTO_SETTINGS, **(stage_settings or {}).get("auto", {}))},
     })

@@ -188,14 +188,15 @@ def auto_ap(project: Project, entry: dict, truth_coco: dict) -> dict:
     from .project import image_key, masks_by_file
 
     truth, _ = masks_by_file(truth_coco, sorted(project.state["image_ids"]), "--truth")
-    names = [n for n in entry["images"] if n in truth]
+    labels_dir = project.round_dir(entry) / "labels" / "images"
+    names = [n for n in entry["images"] if n in truth and (labels_dir / f"{image_key(n)}.json").exists()]
     if not names:
         return {"images": 0}
     ids = project.state["image_ids"]
     gt = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "object"}]}
     dt = []
     for name in names:
-        state = read_json(project.round_dir(entry) / "labels" / "images" / f"{image_key(name)}.json", "a round's saved image")
+        state = read_json(labels_dir / f"{image_key(name)}.json", "a round's saved image")
         h, w = state["image"]["height"], state["image"]["width"]
         gt["images"].append({"id": ids[name], "file_name": name, "height": h, "width": w})
         for a in truth[name]:

@@ -144,17 +144,16 @@ def label_auto(project, entry: dict, store, segmenter, settings: dict, log=print
         record.height, record.width = image.shape[:2]
         records = auto_masks(segmenter, image, settings)
         state = store.get(record.key)
-        if records:
-            masks = np.stack([decode_rle(r["segmentation"]) for r in records])
-            logs = [{"clicks": [], "box": None, "num_clicks": 0, "seconds": None, "candidate": None,
-                     "score": float(r["predicted_iou"]), "stability": float(r["stability_score"]), "automatic": True}
-                    for r in records]
-            # A resumed round may find this image half saved (killed between the write and the mark):
-            # what the store holds of it is replaced, never doubled.
-            if state["annotations"]:
-                for a in state["annotations"]:
-                    state["version"] = store.delete(record.key, state["version"], a["id"])["version"]
-            store.add_many(record.key, state["version"], masks, "object", [r["predicted_iou"] for r in records], logs)
+        # A resumed round may find this image half saved (killed between the write and the mark):
+        # what the store holds of it is replaced, never doubled.
+        for a in state["annotations"]:
+            state["version"] = store.delete(record.key, state["version"], a["id"])["version"]
+        masks = [decode_rle(r["segmentation"]) for r in records]
+        logs = [{"clicks": [], "box": None, "num_clicks": 0, "seconds": None, "candidate": None,
+                 "score": float(r["predicted_iou"]), "stability": float(r["stability_score"]), "automatic": True}
+                for r in records]
+        # Saved even when empty: the image was looked at, and found to hold nothing.
+        store.add_many(record.key, state["version"], masks, "object", [r["predicted_iou"] for r in records], logs)
         log(f"  {record.file_name}: {len(records)} automatic masks")
         entry["labelled"].append(record.file_name)
         project.save()
