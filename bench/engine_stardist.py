@@ -40,27 +40,11 @@ def load_nuclei():
     return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2)), labels
 
 
-SHORT = {"per_quadrant": 4, "crop": True, "steps": 2, "clicks": 5, "points_per_side": 8}
-FULL = {"per_quadrant": None, "crop": False, "steps": 20, "clicks": 20, "points_per_side": 32}
-
-
 def run_proof(out: Path, checkpoint: str, settings: dict, log=print) -> dict:
-    """The three rounds into project folder out/project; returns project.json's state."""
-    from grounded.engine import Project, init_project, run_round, start_round
-    from grounded.testing.engine_data import write_quadrants
+    from grounded.testing.engine_data import run_stardist_rounds
 
     image, labels = load_nuclei()
-    data = write_quadrants(image, labels, out / "data", settings["per_quadrant"], settings["crop"])
-    grid = {"points_per_side": settings["points_per_side"]}
-    init_project(data / "images", out / "project", coco=str(data / "heldout.json"), heldout=["q4.png"], model=checkpoint,
-                 train={"steps": settings["steps"], "clicks": settings["clicks"]}, stage_settings={"semi": grid, "auto": grid})
-    for stage in ("manual", "semi", "auto"):
-        start = time.time()
-        with Project.open(out / "project") as project:
-            entry = start_round(project, stage, take=1)
-            run_round(project, entry, truth=str(data / "truth.json"), log=log)
-        log(f"round {entry['index']} ({stage}) took {time.time() - start:.0f} s")
-    return Project.open(out / "project").state
+    return run_stardist_rounds(image, labels, out, checkpoint, settings, log)
 
 
 def main(argv=None) -> int:
@@ -75,6 +59,8 @@ def main(argv=None) -> int:
     from grounded import weights
 
     torch.set_num_threads(args.threads)
+    from grounded.testing.engine_data import FULL, SHORT
+
     settings = SHORT if args.short else FULL
     start = time.time()
     with contextlib.ExitStack() as stack:

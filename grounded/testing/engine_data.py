@@ -54,3 +54,30 @@ def write_quadrants(image: np.ndarray, labels: np.ndarray, folder, per_quadrant:
     for name, coco in cocos.items():
         (folder / f"{name}.json").write_text(json.dumps(coco))
     return folder
+
+
+# The proof's settings: FULL is bench/engine_stardist.py's; SHORT the CI variant (4 nuclei per
+# quadrant, cropped to them, 2 training steps, 5 clicks in the held-out protocol, an 8x8 grid).
+SHORT = {"per_quadrant": 4, "crop": True, "steps": 2, "clicks": 5, "points_per_side": 8}
+FULL = {"per_quadrant": None, "crop": False, "steps": 20, "clicks": 20, "points_per_side": 32}
+
+
+def run_stardist_rounds(image: np.ndarray, labels: np.ndarray, out, checkpoint: str, settings: dict, log=print) -> dict:
+    """Round 1 manual on q1, round 2 semi on q2 (both fine-tuned), round 3 auto on q3, by the simulated
+    annotator, into project folder out/project; returns project.json's state."""
+    import time
+
+    from ..engine import Project, init_project, run_round, start_round
+
+    out = Path(out)
+    data = write_quadrants(image, labels, out / "data", settings["per_quadrant"], settings["crop"])
+    grid = {"points_per_side": settings["points_per_side"]}
+    init_project(data / "images", out / "project", coco=str(data / "heldout.json"), heldout=["q4.png"], model=checkpoint,
+                 train={"steps": settings["steps"], "clicks": settings["clicks"]}, stage_settings={"semi": grid, "auto": grid})
+    for stage in ("manual", "semi", "auto"):
+        start = time.time()
+        with Project.open(out / "project") as project:
+            entry = start_round(project, stage, take=1)
+            run_round(project, entry, truth=str(data / "truth.json"), log=log)
+        log(f"round {entry['index']} ({stage}) took {time.time() - start:.0f} s")
+    return Project.open(out / "project").state
