@@ -118,7 +118,7 @@ def test_a_second_round_at_once_is_refused(data, tiny_model, capsys):
 
 
 def test_rounds_version_datasets_resume_and_keep_out_a_worse_model(data, tiny_model, monkeypatch):
-    project = new_project(data, tiny_model)
+    new_project(data, tiny_model)
     with Project.open(data / "proj") as project:
         entry = start_round(project, "manual", take=2)
         assert entry["images"] == ["a.png", "b.png"]

@@ -92,6 +92,10 @@ def write_report(project) -> Path:
                         f"COCOeval segm over {ap.get('images')} images: AP {_num(ap.get('AP'), 3)}, AP50 {_num(ap.get('AP50'), 3)}, "
                         f"AP75 {_num(ap.get('AP75'), 3)}, AR@100 {_num(ap.get('AR@100'), 3)} ({ap.get('masks')} masks, "
                         f"{ap.get('truth')} true objects).", ""]
+        if entry["stage"] == "semi" and "prefilled" in entry:
+            f_ = round_figures(project, entry)
+            details += [f"Round {entry['index']} (semi): the model in force pre-filled {entry['prefilled']} confident masks; "
+                        f"{f_['confirmed']} were accepted as they were, {f_['corrected']} corrected.", ""]
         if entry.get("unreviewed_prefill"):
             details += [f"Round {entry['index']}: {entry['unreviewed_prefill']} pre-filled masks were never reviewed and "
                         "are not in the dataset.", ""]

@@ -93,6 +93,7 @@ def prefill(project, entry: dict, segmenter, settings: dict, log=print) -> Dict[
         done[record.key] = masks
         atomic_write(path, json.dumps(done))  # image by image: a killed round keeps what is done
         log(f"  pre-filled {len(masks)} confident masks on {record.file_name}")
+    entry["prefilled"] = sum(len(v) for v in done.values())
     return done
 
 
