@@ -301,3 +301,40 @@ def test_cli_init_status_and_bad_input(data, tiny_model, capsys):
     assert main(["engine", "init", str(data / "images"), "--out", str(data / "p2"), "--seeds", "0,1"]) == 1
     assert "at least 3 fine-tuning seeds" in capsys.readouterr().err
     shutil.rmtree(data / "proj")
+
+
+def test_a_killed_round_resumes_where_it_stopped(data, tiny_model, capsys):
+    """`grounded engine round` killed (SIGKILL) during fine-tuning: the lock is free again, and the same
+    command resumes the training from its checkpoint and finishes the round."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from grounded.cli import main
+
+    new_project(data, tiny_model, steps=80)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.Popen([sys.executable, "-m", "grounded", "engine", "round", str(data / "proj"), "--stage", "manual",
+                              "--take", "1", "--truth", str(data / "truth.json")], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    checkpoints = data / "proj" / "rounds" / "001-manual" / "train" / "seed_0" / "checkpoints"
+    try:
+        deadline = time.monotonic() + 300
+        while not list(checkpoints.glob("step_*.pt")) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling a condition: the first checkpoint of the first seed
+        assert child.poll() is None, "the round ended before it could be killed"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    state = json.loads((data / "proj" / "project.json").read_text())
+    assert state["rounds"][0]["status"] == "training"
+    assert main(["engine", "round", str(data / "proj")]) == 0
+    out = capsys.readouterr().out
+    assert "resuming round 1 (manual) at training" in out and "seed 0: resumed at step" in out
+    state = json.loads((data / "proj" / "project.json").read_text())
+    assert state["rounds"][0]["status"] == "done" and state["rounds"][0]["masks"] == 3
+    assert len(list((data / "proj" / "rounds" / "001-manual" / "train").glob("seed_*/final/model.safetensors"))) == 3

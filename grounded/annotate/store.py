@@ -37,8 +37,14 @@ LOG_SCHEMA = {
     "candidate": "which decoder output was accepted (0 single-mask, 1-3 multimask)",
     "score": "the decoder's predicted IoU of the accepted mask",
     "corrects": "the annotation id this mask replaced (a correction), or null",
-    "confirmed": "true when a pre-filled mask (semi-automatic stage) was accepted as it was (no clicks)",
     "time": "UNIX time of the accept",
+}
+# Fields `grounded engine` adds to the lines it writes (the page's lines have LOG_SCHEMA's only).
+ENGINE_LOG_FIELDS = {
+    "confirmed": "true: a pre-filled mask (semi stage) accepted as it was, with no clicks",
+    "simulated": "true: saved by the simulated annotator (seconds is null)",
+    "automatic": "true: an automatic mask (auto stage); with its stability score in stability",
+    "label_studio": "true: imported from a reviewed Label Studio task",
 }
 
 
