@@ -85,6 +85,19 @@ def main(argv=None) -> int:
             if entry.get("auto_ap"):
                 print(f"  automatic masks vs truth: {entry['auto_ap']}")
         print(f"model in force at the end: {state['model']['current']}")
+        auto = state["rounds"][-1]
+        if auto["model"] != state["model"]["base"]:  # the auto round used a fine-tuned model: the base one beside it
+            from grounded.engine.project import read_json
+            from grounded.engine.rounds import auto_ap
+            from grounded.engine.stages import auto_masks, load_model, segmenter_for
+            from grounded.io.image import load_image
+
+            segmenter = segmenter_for(load_model(state["model"]["base"]))
+            detections = {name: [{"segmentation": r["segmentation"], "score": r["predicted_iou"]} for r in
+                                 auto_masks(segmenter, load_image(project.data / name), state["stage_settings"]["auto"])]
+                          for name in auto["images"]}
+            base_ap = auto_ap(project, auto, read_json(out / "data" / "truth.json", "truth"), detections)
+            print(f"  the base model's automatic masks on the same image, for comparison: {base_ap}")
         print(f"report: {out / 'project' / 'report.md'}")
     wall = time.time() - start
     print(f"wall time {wall:.0f} s ({wall / 60:.1f} min) with {args.threads} threads; CPU {time.process_time():.0f} s; "

@@ -75,6 +75,7 @@ def run_round(project: Project, entry: dict, truth: Optional[str] = None, serve:
                 raise ValueError(f"round {entry['index']} ({entry['stage']}) needs a person on the page, or --truth "
                                  "for the simulated annotator")
             serve(stages.page_session(project, entry, model))
+            project.save()
             log(f"labelling saved in {project.round_dir(entry) / 'labels'}; run the same command to go on labelling, "
                 f"or `grounded engine round {project.root} --finish` when the round's images are done")
             return entry
@@ -175,9 +176,10 @@ def write_dataset(project: Project, entry: dict) -> Path:
     return path
 
 
-def auto_ap(project: Project, entry: dict, truth_coco: dict) -> dict:
+def auto_ap(project: Project, entry: dict, truth_coco: dict, detections: Optional[dict] = None) -> dict:
     """COCOeval segm AP of the round's automatic masks against the ground truth of its images (one
-    class: every mask an object)."""
+    class: every mask an object). `detections` ({file name: [{segmentation, score}]}) scores other
+    masks of the same images instead (bench/engine_stardist.py: the base model's, for comparison)."""
     import contextlib
     import io
 
@@ -203,7 +205,7 @@ def auto_ap(project: Project, entry: dict, truth_coco: dict) -> dict:
             gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": ids[name], "category_id": 1,
                                       "segmentation": a["segmentation"], "iscrowd": 0,
                                       "area": float(rle_area(a["segmentation"]))})
-        for a in state["annotations"]:
+        for a in (state["annotations"] if detections is None else detections.get(name, [])):
             dt.append({"image_id": ids[name], "category_id": 1, "segmentation": a["segmentation"], "score": a["score"]})
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
