@@ -142,10 +142,10 @@ def test_rounds_version_datasets_resume_and_keep_out_a_worse_model(data, tiny_mo
 
     # resumed: the fine-tuned seeds come out worse on the held-out split, so the model stays
     def worse(project, out, models, log=print):
-        base = {"iou": np.full(30, 0.8), "noc90": np.full(30, 2.0)}
+        base = {"iou": np.full(30, 0.8), "noc90": np.full(30, 2.0), "ar100": np.full(30, 0.5)}
         rng = np.random.default_rng(0)
-        return {label: base if label == "current" else {"iou": 0.6 + 0.01 * rng.random(30), "noc90": np.full(30, 4.0)}
-                for label in models}
+        return {label: base if label == "current" else {"iou": 0.6 + 0.01 * rng.random(30), "noc90": np.full(30, 4.0),
+                                                          "ar100": np.full(30, 0.5)} for label in models}
 
     monkeypatch.setattr(finetune, "evaluate_models", worse)
     with Project.open(data / "proj") as project:
@@ -162,7 +162,7 @@ def test_rounds_version_datasets_resume_and_keep_out_a_worse_model(data, tiny_mo
     # a better one is kept, as models/v002, and the next round starts from it
     def better(project, out, models, log=print):
         return {label: {"iou": np.full(30, 0.5 if label == "current" else 0.9) + 0.01 * np.arange(30) / 30,
-                        "noc90": np.full(30, 5.0 if label == "current" else 2.0)} for label in models}
+                        "noc90": np.full(30, 5.0 if label == "current" else 2.0), "ar100": np.full(30, 0.4)} for label in models}
 
     monkeypatch.setattr(finetune, "evaluate_models", better)
     with Project.open(data / "proj") as project:
@@ -189,7 +189,7 @@ def test_images_added_and_removed_between_rounds(data, tiny_model, monkeypatch):
     from grounded.engine.report import status_text
 
     monkeypatch.setattr(finetune, "evaluate_models", lambda project, out, models, log=print: {
-        label: {"iou": np.full(5, 0.5), "noc90": np.full(5, 3.0)} for label in models})
+        label: {"iou": np.full(5, 0.5), "noc90": np.full(5, 3.0), "ar100": np.full(5, 0.2)} for label in models})
     new_project(data, tiny_model)
     with Project.open(data / "proj") as project:
         entry = start_round(project, "manual", images=["a.png", "b.png"])
@@ -210,16 +210,21 @@ def test_images_added_and_removed_between_rounds(data, tiny_model, monkeypatch):
 
 def test_acceptance_rule_needs_the_interval_and_three_seeds(data, tiny_model):
     rng = np.random.default_rng(1)
-    base = {"iou": rng.uniform(0.5, 0.9, 40), "noc90": rng.integers(1, 10, 40).astype(float)}
-    noisy = {f"seed_{s}": {"iou": base["iou"] + rng.normal(0, 0.05, 40), "noc90": base["noc90"] + rng.normal(0, 1, 40)}
+    base = {"iou": rng.uniform(0.5, 0.9, 40), "noc90": rng.integers(1, 10, 40).astype(float), "ar100": rng.uniform(0, 1, 40)}
+    sign = np.where(np.arange(40) % 2 == 0, 1.0, -1.0)  # as many objects better as worse
+    noisy = {f"seed_{s}": {"iou": base["iou"] + 0.05 * sign, "noc90": base["noc90"] - sign, "ar100": base["ar100"]}
              for s in range(3)}
     decision = finetune.decide({"current": base, **noisy}, list(noisy), bootstrap=500)
     assert not decision["accepted"] and decision["kept_seed"] is None
     low, high = decision["difference"]["mIoU"]["ci95"]
     assert low < 0 < high
-    fewer_clicks = {s: {"iou": base["iou"], "noc90": base["noc90"] - 1} for s in noisy}
+    fewer_clicks = {s: {"iou": base["iou"], "noc90": base["noc90"] - 1, "ar100": base["ar100"]} for s in noisy}
     decision = finetune.decide({"current": base, **fewer_clicks}, list(fewer_clicks), bootstrap=500)
     assert decision["accepted"] and decision["difference"]["NoC@90"]["ci95"][1] < 0
+    # clicking better while the automatic masks stop being found: kept out
+    lost = {s: dict(v, ar100=base["ar100"] * 0.2) for s, v in fewer_clicks.items()}
+    decision = finetune.decide({"current": base, **lost}, list(lost), bootstrap=500)
+    assert not decision["accepted"] and decision["difference"]["AR@100"]["ci95"][1] < 0 and "worse" in decision["why"]
     with pytest.raises(ValueError, match="at least 3 fine-tuning seeds"):
         new_project(data, tiny_model, seeds=[0, 1])
 

@@ -5,9 +5,12 @@ the model in force, on the newest dataset version (images still in the data fold
 in the round folder, so a killed round resumes its training where it stopped; the encoder's
 embeddings are cached once for the project (the encoder is frozen).
 
-Measurement: grounded eval's `points` protocol (grounded.eval.evaluate, resumable) on the held-out
-split, for the model in force and each seed's model: per object, the single-click mIoU (the centre
-click's top-scoring mask) and NoC@90 (clicks until IoU 0.9, up to 20).
+Measurement: grounded eval's `points` and `proposals` protocols (grounded.eval.evaluate, resumable)
+on the held-out split, for the model in force and each seed's model: per object, the single-click
+IoU (the centre click's top-scoring mask), NoC@90 (clicks until IoU 0.9, up to 20) and the automatic
+masks' recall (AR@100, with the auto stage's settings). The last guards the semi and auto stages: a
+decoder fine-tuned on clicks can click better while its predicted IoU and stability, which select
+the automatic masks, stop finding any (measured on the stardist proof, bench/engine_stardist.py).
 
 The acceptance rule (ACCEPTANCE_RULE): per held-out object, the seeds' mean minus the model in force;
 the fine-tuned model is kept when the mean NoC@90 difference is below 0 or the mean IoU difference
@@ -29,7 +32,8 @@ import numpy as np
 
 ACCEPTANCE_RULE = ("kept if, over >= 3 seeds, the per-object held-out NoC@90 difference (seeds' mean - model in force) "
                    "has its bootstrap 95% interval wholly below 0, or the single-click IoU difference wholly above 0, "
-                   "and neither interval lies wholly on the worse side")
+                   "and neither interval, nor that of the automatic masks' recall (AR@100 with the auto stage's "
+                   "settings), lies wholly on the worse side")
 MIN_SEEDS = 3
 
 
@@ -104,13 +108,15 @@ def heldout_dataset(project):
 
 
 def evaluate_models(project, out: Path, models: Dict[str, str], log=print) -> Dict[str, Dict[str, np.ndarray]]:
-    """The points protocol on the held-out split for {label: model spec}: per label, the per-object
-    single-click IoU ("iou") and NoC@90 ("noc90"), in the same object order for every label."""
+    """The points and proposals protocols on the held-out split for {label: model spec}: per label, the
+    per-object single-click IoU ("iou"), NoC@90 ("noc90") and automatic-mask recall ("ar100"), in the
+    same object order for every label."""
     import torch
 
     from ..eval import evaluate
-    from ..eval.tasks.base import Options, slug
+    from ..eval.tasks.base import Options
     from ..eval.tasks.points import noc
+    from ..eval.tasks.proposals import recall_per_object
     from .stages import load_model, segmenter_for
 
     settings = project.state["train"]
@@ -118,16 +124,26 @@ def evaluate_models(project, out: Path, models: Dict[str, str], log=print) -> Di
     with torch.inference_mode(False), torch.no_grad():
         shared: dict = {}
         segmenters = [segmenter_for(load_model(spec), label, shared) for label, spec in models.items()]
-        evaluate(["points"], data, segmenters, out, Options(clicks=int(settings["clicks"]), bootstrap=int(settings["bootstrap"])),
-                 resume=True, progress=False, log=lambda *_: None)
+        options = Options(clicks=int(settings["clicks"]), bootstrap=int(settings["bootstrap"]),
+                          amg=dict(project.state["stage_settings"]["auto"]))
+        evaluate(["points", "proposals"], data, segmenters, out, options, resume=True, progress=False, log=lambda *_: None)
     figures = {}
     for label in models:
-        lines = [json.loads(t) for t in (out / "records" / "points" / f"{slug(label)}.jsonl").read_text().splitlines() if t.strip()]
+        lines = _records(out, "points", label)
         objects = sorted(((line["image"], o["id"], o) for line in lines for o in line["record"]["objects"]), key=lambda x: x[:2])
         iou = np.array([o["center"]["ious"][int(np.argmax(o["center"]["scores"]))] for _, _, o in objects])
         noc90 = np.array([noc(np.asarray(o["clicks"]), 0.90) for _, _, o in objects], np.float64)
-        figures[label] = {"iou": iou, "noc90": noc90}
+        proposals = sorted(_records(out, "proposals", label), key=lambda line: line["image"])
+        ar100 = np.array(recall_per_object([(None, line["record"]) for line in proposals], "all", 100), np.float64)
+        figures[label] = {"iou": iou, "noc90": noc90, "ar100": ar100}
     return figures
+
+
+def _records(out: Path, task: str, label: str) -> List[dict]:
+    from ..eval.tasks.base import slug
+
+    path = out / "records" / task / f"{slug(label)}.jsonl"
+    return [json.loads(t) for t in path.read_text().splitlines() if t.strip()]
 
 
 def decide(figures: Dict[str, Dict[str, np.ndarray]], seeds: List[str], baseline: str = "current",
@@ -138,14 +154,17 @@ def decide(figures: Dict[str, Dict[str, np.ndarray]], seeds: List[str], baseline
     base = figures[baseline]
     d_iou = np.mean([figures[s]["iou"] for s in seeds], axis=0) - base["iou"]
     d_noc = np.mean([figures[s]["noc90"] for s in seeds], axis=0) - base["noc90"]
-    iou_ci, noc_ci = mean_ci(d_iou, bootstrap), mean_ci(d_noc, bootstrap)
+    d_ar = np.mean([figures[s]["ar100"] for s in seeds], axis=0) - base["ar100"]
+    iou_ci, noc_ci, ar_ci = mean_ci(d_iou, bootstrap), mean_ci(d_noc, bootstrap), mean_ci(d_ar, bootstrap)
     better = (noc_ci.high is not None and noc_ci.high < 0) or (iou_ci.low is not None and iou_ci.low > 0)
-    worse = (noc_ci.low is not None and noc_ci.low > 0) or (iou_ci.high is not None and iou_ci.high < 0)
+    worse = ((noc_ci.low is not None and noc_ci.low > 0) or (iou_ci.high is not None and iou_ci.high < 0)
+             or (ar_ci.high is not None and ar_ci.high < 0))
     best = max(seeds, key=lambda s: (figures[s]["iou"].mean(), -figures[s]["noc90"].mean()))
-    per_model = {label: {"mIoU": mean_ci(f["iou"], bootstrap).to_json(), "NoC@90": mean_ci(f["noc90"], bootstrap).to_json()}
-                 for label, f in figures.items()}
+    per_model = {label: {"mIoU": mean_ci(f["iou"], bootstrap).to_json(), "NoC@90": mean_ci(f["noc90"], bootstrap).to_json(),
+                         "AR@100": mean_ci(f["ar100"], bootstrap).to_json()} for label, f in figures.items()}
     return {"accepted": bool(better and not worse), "kept_seed": best if better and not worse else None,
-            "difference": {"mIoU": iou_ci.to_json(), "NoC@90": noc_ci.to_json()}, "models": per_model,
+            "difference": {"mIoU": iou_ci.to_json(), "NoC@90": noc_ci.to_json(), "AR@100": ar_ci.to_json()},
+            "models": per_model,
             "objects": int(len(d_iou)), "rule": ACCEPTANCE_RULE,
             "why": ("better beyond the 95% interval" if better and not worse else
                     "worse beyond the 95% interval: kept out" if worse else

@@ -78,13 +78,13 @@ def write_report(project) -> Path:
         if models:
             details.append(f"### Round {entry['index']} ({entry['stage']}): held-out figures over {decision['objects']} objects")
             details.append("")
-            details.append("| model | mIoU (single click) | NoC@90 |")
-            details.append("|---|---|---|")
+            details.append("| model | mIoU (single click) | NoC@90 | automatic masks AR@100 |")
+            details.append("|---|---|---|---|")
             for label, m in models.items():
-                details.append(f"| {label} | {_stat(m['mIoU'])} | {_stat(m['NoC@90'], 2)} |")
+                details.append(f"| {label} | {_stat(m['mIoU'])} | {_stat(m['NoC@90'], 2)} | {_stat(m.get('AR@100'))} |")
             d = decision["difference"]
             details += ["", f"Seeds' mean - model in force, per object: mIoU {_stat(d['mIoU'], 4)}, NoC@90 "
-                        f"{_stat(d['NoC@90'], 3)}. Decision: {decision['why']}" +
+                        f"{_stat(d['NoC@90'], 3)}, AR@100 {_stat(d.get('AR@100'), 4)}. Decision: {decision['why']}" +
                         (f"; kept {decision['kept_seed']} as models/v{entry['index']:03d}." if decision.get("accepted") else "."), ""]
         if entry.get("auto_ap"):
             ap = entry["auto_ap"]
