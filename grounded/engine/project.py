@@ -200,8 +200,6 @@ def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[s
     seeded `heldout_fraction` of the images with masks; its masks are heldout.json."""
     import numpy as np
 
-    from .stages import AUTO_SETTINGS, SEMI_SETTINGS
-
     data, out = Path(data).expanduser().resolve(), Path(out).expanduser()
     if not data.is_dir():
         raise FileNotFoundError(f"no data folder {data}")
@@ -253,6 +251,14 @@ def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[s
     project.save()
     return project
 
+
+# The automatic-mask settings of the stages (stages.py): auto, the SAM paper's; semi, stricter (confident
+# masks only); the crop layer that auto --crops adds.
+AUTO_SETTINGS = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
+                 "box_nms_thresh": 0.7}
+CROP_SETTINGS = {"crop_n_layers": 1, "crop_n_points_downscale_factor": 2, "crop_nms_thresh": 0.7}
+SEMI_SETTINGS = {"points_per_side": 32, "pred_iou_thresh": 0.92, "stability_score_thresh": 0.95,
+                 "box_nms_thresh": 0.7}
 
 # Fine-tuning between rounds, as the stardist proof measured it (bench/finetune_stardist.py): the
 # decoder's output heads train, the encoder's embeddings are cached.

@@ -21,11 +21,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-AUTO_SETTINGS = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
-                 "box_nms_thresh": 0.7}
-CROP_SETTINGS = {"crop_n_layers": 1, "crop_n_points_downscale_factor": 2, "crop_nms_thresh": 0.7}
-SEMI_SETTINGS = {"points_per_side": 32, "pred_iou_thresh": 0.92, "stability_score_thresh": 0.95,
-                 "box_nms_thresh": 0.7}
+from .project import AUTO_SETTINGS, CROP_SETTINGS, SEMI_SETTINGS  # noqa: F401  (the stages' settings, named here)
 
 
 def round_records(project, names: List[str]):
