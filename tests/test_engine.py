@@ -157,7 +157,7 @@ def test_rounds_version_datasets_resume_and_keep_out_a_worse_model(data, tiny_mo
     assert [p.stat().st_mtime_ns for p in seeds] == stamps  # nothing trained twice
     assert len((round_dir / "labels" / "log.jsonl").read_text().splitlines()) == 6  # nothing labelled twice
     report = (data / "proj" / "report.md").read_text()
-    assert "worse beyond the 95% interval: kept out" in report and (data / "proj" / "report_heldout.png").exists()
+    assert "worse beyond the 95% interval (NoC@90, mIoU): kept out" in report and (data / "proj" / "report_heldout.png").exists()
 
     # a better one is kept, as models/v002, and the next round starts from it
     def better(project, out, models, log=print):
@@ -224,7 +224,7 @@ def test_acceptance_rule_needs_the_interval_and_three_seeds(data, tiny_model):
     # clicking better while the automatic masks stop being found: kept out
     lost = {s: dict(v, ar100=base["ar100"] * 0.2) for s, v in fewer_clicks.items()}
     decision = finetune.decide({"current": base, **lost}, list(lost), bootstrap=500)
-    assert not decision["accepted"] and decision["difference"]["AR@100"]["ci95"][1] < 0 and "worse" in decision["why"]
+    assert not decision["accepted"] and decision["difference"]["AR@100"]["ci95"][1] < 0 and "(automatic-mask recall)" in decision["why"]
     with pytest.raises(ValueError, match="at least 3 fine-tuning seeds"):
         new_project(data, tiny_model, seeds=[0, 1])
 

@@ -157,8 +157,10 @@ def decide(figures: Dict[str, Dict[str, np.ndarray]], seeds: List[str], baseline
     d_ar = np.mean([figures[s]["ar100"] for s in seeds], axis=0) - base["ar100"]
     iou_ci, noc_ci, ar_ci = mean_ci(d_iou, bootstrap), mean_ci(d_noc, bootstrap), mean_ci(d_ar, bootstrap)
     better = (noc_ci.high is not None and noc_ci.high < 0) or (iou_ci.low is not None and iou_ci.low > 0)
-    worse = ((noc_ci.low is not None and noc_ci.low > 0) or (iou_ci.high is not None and iou_ci.high < 0)
-             or (ar_ci.high is not None and ar_ci.high < 0))
+    worse_in = [name for name, bad in (("NoC@90", noc_ci.low is not None and noc_ci.low > 0),
+                                       ("mIoU", iou_ci.high is not None and iou_ci.high < 0),
+                                       ("automatic-mask recall", ar_ci.high is not None and ar_ci.high < 0)) if bad]
+    worse = bool(worse_in)
     best = max(seeds, key=lambda s: (figures[s]["iou"].mean(), -figures[s]["noc90"].mean()))
     per_model = {label: {"mIoU": mean_ci(f["iou"], bootstrap).to_json(), "NoC@90": mean_ci(f["noc90"], bootstrap).to_json(),
                          "AR@100": mean_ci(f["ar100"], bootstrap).to_json()} for label, f in figures.items()}
@@ -167,5 +169,5 @@ def decide(figures: Dict[str, Dict[str, np.ndarray]], seeds: List[str], baseline
             "models": per_model,
             "objects": int(len(d_iou)), "rule": ACCEPTANCE_RULE,
             "why": ("better beyond the 95% interval" if better and not worse else
-                    "worse beyond the 95% interval: kept out" if worse else
+                    f"worse beyond the 95% interval ({', '.join(worse_in)}): kept out" if worse else
                     "not better beyond the 95% interval: the model in force stays")}

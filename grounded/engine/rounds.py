@@ -125,7 +125,8 @@ def run_round(project: Project, entry: dict, truth: Optional[str] = None, serve:
         entry["status"] = "done"
         project.save()
         log(f"round {entry['index']}: {decision['why']} (mIoU difference {fmt(decision['difference']['mIoU'])}, "
-            f"NoC@90 difference {fmt(decision['difference']['NoC@90'])})")
+            f"NoC@90 difference {fmt(decision['difference']['NoC@90'])}, "
+            f"AR@100 difference {fmt(decision['difference']['AR@100'])})")
     entry["finished"] = entry.get("finished") or time.time()
     project.save()
     from .report import write_report
