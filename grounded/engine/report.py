@@ -119,8 +119,9 @@ def write_plots(project) -> List[Path]:
     rounds = [e for e in project.rounds if (e.get("decision") or {}).get("models")]
     out = []
     if rounds:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, metric in zip(axes, ("mIoU", "NoC@90")):
+        metrics = [m for m in ("mIoU", "NoC@90", "AR@100") if all(m in e["decision"]["models"]["current"] for e in rounds)]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4))
+        for ax, metric in zip(axes, metrics):
             for offset, which, name in ((-0.1, "before", "model in force"), (0.1, "after", "fine-tuned (best seed)")):
                 xs, ys, lo, hi = [], [], [], []
                 for e in rounds:
