@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .commands import annotate
 
     annotate.add_cli(sub)
+    from .commands import engine
+
+    engine.add_cli(sub)
     return parser
 
 

@@ -80,8 +80,9 @@ class Session:
 
     def __init__(self, images: List[ImageRecord], store: AnnotationStore, model_dir: Optional[Path],
                  embed: Optional[Callable[[np.ndarray], np.ndarray]], image_size: int = 1024,
-                 labels: Optional[List[str]] = None, embed_in_page: bool = False) -> None:
+                 labels: Optional[List[str]] = None, embed_in_page: bool = False, stage: Optional[str] = None) -> None:
         self.images, self.store, self.model_dir, self.embed = images, store, model_dir, embed
+        self.stage = stage  # the engine's round stage (manual, semi), shown in the page
         self.image_size, self.labels, self.embed_in_page = image_size, labels or ["object"], embed_in_page
         self.token = secrets.token_urlsafe(24)
         self._embeddings: Dict[str, bytes] = {}
@@ -126,6 +127,7 @@ class Session:
     def info(self) -> dict:
         manifest = json.loads((self.model_dir / "manifest.json").read_text()) if self.model_dir else None
         return {"token": self.token, "labels": self.labels, "manifest": manifest, "embed_in_page": self.embed_in_page,
+                "stage": self.stage,
                 "images": [{"index": i, "key": r.key, "file_name": r.file_name} for i, r in enumerate(self.images)]}
 
     def accept(self, record: ImageRecord, body: dict) -> dict:
@@ -236,6 +238,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, s.accept(record, body))
         if action == "delete":
             return self._json(200, s.store.delete(record.key, body["version"], int(body["id"])))
+        if action == "confirm":
+            seconds = body.get("seconds")
+            return self._json(200, s.store.confirm(record.key, body["version"], int(body["id"]), body.get("label"),
+                                                   None if seconds is None else float(seconds)))
         if action == "relabel":
             return self._json(200, s.store.relabel(record.key, body["version"], int(body["id"]), str(body["label"])))
         raise Refused(404, "no such action")

@@ -39,6 +39,13 @@ LOG_SCHEMA = {
     "corrects": "the annotation id this mask replaced (a correction), or null",
     "time": "UNIX time of the accept",
 }
+# Fields `grounded engine` adds to the lines it writes (the page's lines have LOG_SCHEMA's only).
+ENGINE_LOG_FIELDS = {
+    "confirmed": "true: a pre-filled mask (semi stage) accepted as it was, with no clicks",
+    "simulated": "true: saved by the simulated annotator (seconds is null)",
+    "automatic": "true: an automatic mask (auto stage); with its stability score in stability",
+    "label_studio": "true: imported from a reviewed Label Studio task",
+}
 
 
 class VersionConflict(Exception):
@@ -110,6 +117,51 @@ class AnnotationStore:
             with open(self.out_dir / "log.jsonl", "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
             return {"version": self._state[key]["version"], "annotation": annotation}
+
+    def add_many(self, key: str, version: int, masks: np.ndarray, label: str, scores, logs: List[dict]) -> dict:
+        """Several masks saved on image `key` in one write (the engine's automatic stage and simulated
+        annotator); one log line each."""
+        rles = [encode_rle(m) for m in masks]
+        with self._lock:
+            state = self._checked(key, version)
+            record = self.by_key[key]
+            annotations = list(state["annotations"])
+            lines = []
+            for rle, score, log in zip(rles, scores, logs):
+                annotation = {"id": self._next_id, "image_id": record.image_id, "label": label,
+                              "segmentation": compress_rle(rle), "area": rle_area(rle), "bbox": rle_to_bbox(rle),
+                              "iscrowd": 0, "score": float(score)}
+                self._next_id += 1
+                annotations.append(annotation)
+                lines.append({"image": key, "file_name": record.file_name, "annotation_id": annotation["id"],
+                              "label": label, "corrects": None, "time": time.time(), **log})
+            self._commit(key, annotations)
+            with open(self.out_dir / "log.jsonl", "a") as handle:
+                handle.write("".join(json.dumps(line) + "\n" for line in lines))
+            return {"version": self._state[key]["version"]}
+
+    def confirm(self, key: str, version: int, annotation_id: int, label: Optional[str] = None,
+                seconds: Optional[float] = None) -> dict:
+        """A pre-filled mask (the engine's semi-automatic stage) accepted as it is: it stops being a
+        proposal, and the log records it with no clicks."""
+        with self._lock:
+            state = self._checked(key, version)
+            found = [a for a in state["annotations"] if a["id"] == annotation_id]
+            if not found:
+                raise KeyError(f"image {key} has no annotation {annotation_id}")
+            if not found[0].get("prefill"):
+                raise ValueError(f"annotation {annotation_id} of image {key} is not a pre-filled mask")
+            label = label or found[0]["label"]
+            annotations = [{k: v for k, v in a.items() if k != "prefill"} | {"label": label}
+                           if a["id"] == annotation_id else a for a in state["annotations"]]
+            self._commit(key, annotations)
+            record = self.by_key[key]
+            entry = {"image": key, "file_name": record.file_name, "annotation_id": annotation_id, "label": label,
+                     "corrects": None, "time": time.time(), "clicks": [], "box": None, "num_clicks": 0,
+                     "seconds": seconds, "candidate": None, "score": found[0].get("score", 0.0), "confirmed": True}
+            with open(self.out_dir / "log.jsonl", "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+            return {"version": self._state[key]["version"]}
 
     def delete(self, key: str, version: int, annotation_id: int) -> dict:
         with self._lock:

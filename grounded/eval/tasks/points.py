@@ -15,8 +15,9 @@ maximum when it never does). An object predicted perfectly keeps its mask for th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -36,16 +37,40 @@ def noc(curve: np.ndarray, threshold: float) -> int:
 def interactive(segmenter: Segmenter, truths: np.ndarray, first_masks: np.ndarray, first_scores: np.ndarray,
                 first_low_res: np.ndarray, first_points: np.ndarray, clicks: int) -> np.ndarray:
     """IoU after each click (N x clicks) of the interactive protocol, from the first click's outputs."""
+    return click_until(segmenter, truths, first_masks, first_scores, first_low_res, first_points, clicks).curve
+
+
+@dataclass
+class Clicked:
+    """What the interactive protocol ends with, per object: the IoU after each prompt (N x clicks),
+    the final masks (N x H x W), their low-res logits and predicted IoU, and the points clicked."""
+
+    curve: np.ndarray
+    masks: np.ndarray
+    low_res: np.ndarray
+    scores: np.ndarray
+    points: List[list]  # per object: [(x, y, label), ...] in click order
+
+
+def click_until(segmenter: Segmenter, truths: np.ndarray, first_masks: np.ndarray, first_scores: np.ndarray,
+                first_low_res: np.ndarray, first_points: Optional[np.ndarray], clicks: int,
+                stop_iou: Optional[float] = None, boxes: Optional[np.ndarray] = None) -> Clicked:
+    """The interactive protocol from the first prompt's outputs (its top-scoring mask is kept): each
+    next click at the most interior pixel of the largest error region, SAM predicting one mask from
+    all clicks (and `boxes`, when the first prompt was a box) with the previous low-res logits as mask
+    input, up to `clicks` prompts. With `stop_iou` an object stops being clicked once its IoU reaches
+    it (the simulated annotator of `grounded engine` accepts then); its curve keeps that value."""
     n = len(truths)
     rows = np.arange(n)
     best = first_scores.argmax(axis=1)
     prediction = first_masks[rows, best]
     logits = first_low_res[rows, best]
-    coords = [[tuple(p)] for p in first_points]
-    labels = [[1] for _ in range(n)]
+    scores = first_scores[rows, best].astype(np.float64)
+    coords = [[tuple(p)] for p in first_points] if first_points is not None else [[] for _ in range(n)]
+    labels = [[1] for _ in range(n)] if first_points is not None else [[] for _ in range(n)]
     curve = np.zeros((n, clicks))
     curve[:, 0] = mask_iou(prediction, truths)
-    active = np.ones(n, bool)
+    active = np.ones(n, bool) if stop_iou is None else curve[:, 0] < stop_iou
     for k in range(1, clicks):
         for i in np.flatnonzero(active):
             click = next_click(prediction[i], truths[i])
@@ -56,13 +81,17 @@ def interactive(segmenter: Segmenter, truths: np.ndarray, first_masks: np.ndarra
             labels[i].append(click[2])
         idx = np.flatnonzero(active)
         if len(idx):
-            masks, _, low_res = segmenter.predict(
+            masks, predicted, low_res = segmenter.predict(
                 coords=np.array([coords[i] for i in idx], np.float64), labels=np.array([labels[i] for i in idx]),
-                mask_input=logits[idx][:, None], multimask=False)
+                boxes=None if boxes is None else boxes[idx], mask_input=logits[idx][:, None], multimask=False)
             prediction[idx] = masks[:, 0]
             logits[idx] = low_res[:, 0]
+            scores[idx] = predicted[:, 0]
         curve[:, k] = mask_iou(prediction, truths)
-    return curve
+        if stop_iou is not None:
+            active &= curve[:, k] < stop_iou
+    points = [[(float(x), float(y), int(lab)) for (x, y), lab in zip(c, lab_)] for c, lab_ in zip(coords, labels)]
+    return Clicked(curve, prediction, logits, scores, points)
 
 
 class PointsTask(Task):

@@ -11,7 +11,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   info: null, index: 0, version: 0, width: 0, height: 0, annotations: [], scale: 1, embedding: null, products: null,
   points: [], box: null, history: [], result: null, outputs: [0], candidate: 0, started: null, replaces: null,
-  selected: null, hover: null, drag: null,
+  selected: null, hover: null, drag: null, lastSaved: 0,
 };
 const sessions = {};
 const hooks = (window.grounded = { ready: false, decoderRuns: 0, timings: [], state, decode: null, error: null });
@@ -123,6 +123,7 @@ async function openImage(index) {
       : new Float32Array(await api(`/api/embedding/${state.index}`));
     if ($("graph").value !== "standard") await imageProducts();
     status(`ready: ${image.file_name}`);
+    state.lastSaved = performance.now();
     hooks.ready = true;
   } catch (err) {
     status(`cannot open ${image.file_name}: ${err.message} (n/p moves on)`, "error");
@@ -141,25 +142,37 @@ async function loadAnnotations() {
 
 function showProgress() {
   const done = state.info.images.length;
-  $("progress").textContent = `${state.index + 1} / ${done} · ${state.annotations.length} masks`;
+  const proposed = state.annotations.filter((a) => a.prefill).length;
+  $("progress").textContent = `${state.index + 1} / ${done} · ${state.annotations.length - proposed} masks`
+    + (proposed ? ` · ${proposed} pre-filled to review` : "");
 }
 
 function listMasks() {
-  const list = $("masks");
-  list.replaceChildren();
+  // The annotator's own masks, and apart from them (the engine's semi stage) the model's pre-filled
+  // proposals, each to accept as it is, correct (its box re-prompts SAM) or delete.
+  const own = $("masks"), proposed = $("prefilled");
+  own.replaceChildren();
+  proposed.replaceChildren();
   for (const a of state.annotations) {
     const item = document.createElement("li");
     item.dataset.id = a.id;
     item.className = a.id === state.selected ? "selected" : "";
-    item.innerHTML = `<span class="label"></span> (${a.area} px) <button class="relabel">relabel</button> `
+    const first = a.prefill ? `<button class="confirm">accept</button> ` : `<button class="relabel">relabel</button> `;
+    item.innerHTML = `<span class="label"></span> (${a.area} px) ${first}`
       + `<button class="correct">correct</button> <button class="delete">delete</button>`;
-    item.querySelector(".label").textContent = a.label;
+    item.querySelector(".label").textContent = a.prefill ? `${a.label} · IoU ${(a.score ?? 0).toFixed(2)}` : a.label;
     item.querySelector(".label").onclick = () => { state.selected = a.id; listMasks(); draw(); };
     item.querySelector(".delete").onclick = () => change("delete", { id: a.id });
-    item.querySelector(".relabel").onclick = () => change("relabel", { id: a.id, label: $("label").value });
+    if (a.prefill) {
+      item.querySelector(".confirm").onclick = () => change("confirm", { id: a.id,
+        seconds: (performance.now() - state.lastSaved) / 1000 });
+    } else {
+      item.querySelector(".relabel").onclick = () => change("relabel", { id: a.id, label: $("label").value });
+    }
     item.querySelector(".correct").onclick = () => correct(a);
-    list.append(item);
+    (a.prefill ? proposed : own).append(item);
   }
+  $("prefilled-box").hidden = !state.annotations.some((a) => a.prefill);
   showProgress();
 }
 
@@ -167,6 +180,7 @@ async function change(action, body) {
   try {
     const result = await api(`/api/annotations/${state.index}/${action}`, { version: state.version, ...body });
     state.version = result.version;
+    state.lastSaved = performance.now();
     status(`${action} saved`);
   } catch (err) {
     status(err.status === 409 ? `conflict: ${err.message}` : `not saved: ${err.message}`, err.status === 409 ? "conflict" : "error");
@@ -250,7 +264,9 @@ function draw() {
   const ctx = $("overlay").getContext("2d");
   const [w, h] = [$("overlay").width, $("overlay").height];
   ctx.clearRect(0, 0, w, h);
-  state.annotations.forEach((a) => ctx.drawImage(savedMaskCanvas(a, a.id === state.selected ? [255, 200, 0, 140] : [0, 160, 255, 90]), 0, 0));
+  // pre-filled proposals in green, the annotator's masks in blue, the selected one in yellow
+  state.annotations.forEach((a) => ctx.drawImage(savedMaskCanvas(a, a.id === state.selected ? [255, 200, 0, 140]
+    : a.prefill ? [40, 200, 80, 90] : [0, 160, 255, 90]), 0, 0));
   if (state.result) ctx.drawImage(lowResCanvas(state.result.logits, state.candidate, [255, 40, 120, 120]), 0, 0, w, h);
   for (const p of state.points) {
     ctx.fillStyle = p.label ? "#0c0" : "#d00";
@@ -336,6 +352,7 @@ async function accept() {
   try {
     const saved = await api(`/api/annotations/${state.index}/accept`, { version: state.version, ...body });
     state.version = saved.version;
+    state.lastSaved = performance.now();
     clearPrompt();
     status(`saved mask ${saved.annotation.id} (${saved.annotation.label})`);
     await loadAnnotations();
@@ -364,6 +381,7 @@ function onKey(event) {
 
 async function main() {
   state.info = await api("/api/session");
+  if (state.info.stage) $("stage-name").textContent = `${state.info.stage} stage`;
   for (const label of state.info.labels) $("labels").append(Object.assign(document.createElement("option"), { value: label }));
   $("label").value = state.info.labels[0];
   const overlay = $("overlay");

@@ -1,0 +1,219 @@
+"""Interchange with Label Studio: a round's masks as tasks with brush pre-annotations, and the reviewed
+tasks back as a new dataset version.
+
+Label Studio's brush format ("format": "rle"): the mask as an RGBA image of width x height, flattened
+(row-major, 4 channels, every channel the mask's value 0 or 255), run-length encoded into a bit
+stream: 32 bits of length, 5 bits of word size - 1, four 4-bit run-size classes - 1 (3, 4, 8, 16
+bits), then per run either `1 CC LEN VALUE` (a run of one value) or `0 CC LEN VALUES...` (literal
+values), padded to whole bytes and written as a list of byte values. `encode_brush` writes exactly
+the bytes label_studio_converter.brush.mask2rle does (tested against 0.0.59); `decode_brush`
+reads any stream in that format (the page editor writes literal runs as well).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+FROM_NAME, TO_NAME = "tag", "image"
+RUN_CLASSES = (3, 4, 8, 16)
+
+
+def encode_brush(mask: np.ndarray) -> List[int]:
+    """An H x W mask -> Label Studio brush RLE bytes (as label_studio_converter's mask2rle)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a brush mask is H x W, got shape {mask.shape}")
+    flat = np.where(mask.ravel() > 0, 255, 0).astype(np.int64)
+    n = flat.size * 4
+    parts = [f"{n:032b}", f"{8 - 1:05b}", "".join(f"{c - 1:04b}" for c in RUN_CLASSES)]
+    if flat.size:
+        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        starts = np.concatenate([[0], change])
+        lengths = np.diff(np.concatenate([starts, [flat.size]])) * 4  # every pixel is 4 equal channel values
+        for length, value in zip(lengths.tolist(), flat[starts].tolist()):
+            bits = f"{value:08b}"
+            if length <= 8:
+                parts.append(f"100{length - 1:03b}{bits}")
+            elif length <= 16:
+                parts.append(f"101{length - 1:04b}{bits}")
+            elif length <= 256:
+                parts.append(f"110{length - 1:08b}{bits}")
+            else:
+                while length > 2**16:
+                    parts.append(f"111{2**16 - 1:016b}{bits}")
+                    length -= 2**16
+                parts.append(f"111{length - 1:016b}{bits}")
+    stream = "".join(parts)
+    stream += "0" * (8 - len(stream) % 8)  # as mask2rle: always padded, a whole zero byte when aligned
+    return np.packbits(np.frombuffer(stream.encode(), np.uint8) - ord("0")).tolist()
+
+
+def decode_brush(rle, height: int, width: int) -> np.ndarray:
+    """Label Studio brush RLE bytes -> H x W bool (the alpha channel, set where > 0)."""
+    bits = np.unpackbits(np.asarray(rle, np.uint8))
+    pos = 0
+
+    def read(count: int) -> int:
+        nonlocal pos
+        value = 0
+        for b in bits[pos:pos + count]:
+            value = (value << 1) | int(b)
+        pos += count
+        return value
+
+    total = read(32)
+    word = read(5) + 1
+    classes = [read(4) + 1 for _ in range(4)]
+    if total != height * width * 4:
+        raise ValueError(f"brush RLE holds {total} values; a {width}x{height} RGBA image has {height * width * 4}")
+    out = np.zeros(total, np.uint8)
+    i = 0
+    while i < total:
+        repeat = read(1)
+        end = i + 1 + read(classes[read(2)])
+        if end > total:
+            raise ValueError("brush RLE runs past the image's end (corrupted)")
+        if repeat:
+            out[i:end] = read(word)
+        else:
+            for k in range(i, end):
+                out[k] = read(word)
+        i = end
+    return out.reshape(height, width, 4)[:, :, 3] > 0
+
+
+def brush_result(mask: np.ndarray, label: str, index: int, score: Optional[float] = None) -> dict:
+    h, w = mask.shape
+    result = {"id": f"grounded-{index}", "from_name": FROM_NAME, "to_name": TO_NAME, "type": "brushlabels",
+              "original_width": int(w), "original_height": int(h), "image_rotation": 0,
+              "value": {"format": "rle", "rle": encode_brush(mask), "brushlabels": [label]}}
+    if score is not None:
+        result["score"] = float(score)
+    return result
+
+
+LABEL_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image">
+{labels}  </BrushLabels>
+</View>"""
+
+
+def label_config(labels: List[str]) -> str:
+    """The Label Studio labelling config the exported tasks fit."""
+    from xml.sax.saxutils import quoteattr
+
+    return LABEL_CONFIG.format(labels="".join(f"    <Label value={quoteattr(n)}/>\n" for n in labels))
+
+
+def export_tasks(project, out, round_index: Optional[int] = None, image_url: str = "/data/local-files/?d={path}") -> int:
+    """Tasks for a round's images (its saved masks, pre-filled ones included) or, without a round,
+    for every image of the newest dataset version; the masks as brush pre-annotations. Writes `out`
+    and, beside it, OUT.config.xml (the labelling config). Returns the number of tasks."""
+    from ..rle import decode_rle
+    from .project import image_key, read_json
+
+    if round_index is not None:
+        entries = [e for e in project.rounds if e["index"] == round_index]
+        if not entries:
+            raise ValueError(f"the project has no round {round_index} (rounds: {[e['index'] for e in project.rounds]})")
+        entry = entries[0]
+        per_image = []
+        for name in entry["images"]:
+            saved = project.round_dir(entry) / "labels" / "images" / f"{image_key(name)}.json"
+            annotations = read_json(saved, "a round's saved image")["annotations"] if saved.exists() else []
+            per_image.append((name, [(a["segmentation"], a["label"], a.get("score")) for a in annotations]))
+    else:
+        path = project.latest_dataset()
+        coco = read_json(path, "a dataset version")
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        per_image = [(im["file_name"], [(a["segmentation"], names[a["category_id"]], a.get("score"))
+                                        for a in coco["annotations"] if a["image_id"] == im["id"]]) for im in coco["images"]]
+    tasks, labels = [], set()
+    for name, masks in per_image:
+        results = []
+        for k, (segmentation, label, score) in enumerate(masks):
+            results.append(brush_result(decode_rle(segmentation), label, k, score))
+            labels.add(label)
+        path = project.data / name
+        tasks.append({"data": {"image": image_url.format(path=str(path), name=name), "grounded_file_name": name,
+                               "grounded_image_id": project.state["image_ids"].get(name)},
+                      "predictions": [{"model_version": project.state["model"]["current"], "result": results}]})
+    out = Path(out)
+    out.write_text(json.dumps(tasks))
+    out.with_name(out.name + ".config.xml").write_text(label_config(sorted(labels) or ["object"]))
+    return len(tasks)
+
+
+def task_masks(task: dict) -> Tuple[str, List[Tuple[np.ndarray, str]]]:
+    """A (reviewed) Label Studio task -> its image's file name and masks with labels: the newest
+    annotation that was not cancelled, or the pre-annotations when nobody annotated the task."""
+    data = task.get("data", {})
+    name = data.get("grounded_file_name")
+    if not name:
+        raise ValueError(f"task {task.get('id')} has no data.grounded_file_name (not exported by grounded engine export-ls)")
+    annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+    if annotations:
+        results = max(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))["result"]
+    else:
+        predictions = task.get("predictions") or [{"result": []}]
+        results = predictions[-1]["result"]
+    masks = []
+    for r in results:
+        if r.get("type", "").lower() != "brushlabels":
+            continue
+        value = r["value"]
+        labels = value.get("brushlabels") or ["object"]
+        masks.append((decode_brush(value["rle"], int(r["original_height"]), int(r["original_width"])), labels[0]))
+    return name, masks
+
+
+def import_tasks(project, tasks_file) -> Tuple[Path, int]:
+    """Reviewed tasks -> a `review` round (its labels saved as the page's are) and the dataset
+    version after it, where each reviewed image's masks replace what it had."""
+    import time
+
+    from .project import read_json
+    from .rounds import write_dataset
+    from .stages import open_store
+
+    tasks = read_json(Path(tasks_file), "the Label Studio tasks file")
+    if not isinstance(tasks, list):
+        raise ValueError(f"{tasks_file} is not a Label Studio JSON export (a list of tasks)")
+    if project.unfinished():
+        raise ValueError(f"round {project.unfinished()['index']} is unfinished: finish it before importing")
+    parsed = [task_masks(t) for t in tasks]
+    unknown = [n for n, _ in parsed if n not in project.state["image_ids"]]
+    if unknown:
+        raise ValueError(f"tasks name images the project does not know: {unknown[:5]}")
+    entry = {"index": len(project.rounds) + 1, "stage": "review", "images": [n for n, _ in parsed], "status": "labelling",
+             "model": project.model_spec(), "finetune": False, "started": time.time(), "source": str(tasks_file)}
+    project.rounds.append(entry)
+    project.save()
+    store = open_store(project, entry)
+    by_name = {r.file_name: r for r in store.images}
+    count = 0
+    for name, masks in parsed:
+        record = by_name[name]
+        state = store.get(record.key)
+        if state["annotations"]:  # a resumed import: this image is in already
+            continue
+        if masks:
+            record.height, record.width = masks[0][0].shape
+        for label in sorted({lab for _, lab in masks}):
+            chosen = [m for m, lab in masks if lab == label]
+            logs = [{"clicks": [], "box": None, "num_clicks": 0, "seconds": None, "candidate": None, "score": 1.0,
+                     "label_studio": True}] * len(chosen)
+            state["version"] = store.add_many(record.key, state["version"], np.stack(chosen), label, [1.0] * len(chosen), logs)["version"]
+        count += len(masks)
+    entry["status"] = "dataset"
+    project.save()
+    path = write_dataset(project, entry)
+    entry["status"] = "done"
+    entry["finished"] = time.time()
+    project.save()
+    return path, count

@@ -1,0 +1,314 @@
+"""The project folder of `grounded engine`: what it holds, its version, its lock.
+
+    PROJECT/project.json        format + version, the data folder, image ids, the held-out split, the
+                                model in force, the training settings, one entry per round
+    PROJECT/heldout.json        the held-out split's masks (COCO, RLE): never trained on
+    PROJECT/datasets/vNNN.json  everything labelled after round NNN (COCO, RLE; v000: the masks given
+                                at init); a version is written once and never changed
+    PROJECT/models/vNNN/        the fine-tuned SAM kept after round NNN (save_pretrained layout)
+    PROJECT/rounds/NNN-STAGE/   the round's work: labels/ (the annotation store: images/*.json,
+                                coco.json, log.jsonl), prefill.json (semi), train/seed_K/, eval/
+    PROJECT/report.md, report_*.png
+    PROJECT/.lock               held (flock) by the process running a round
+
+Every JSON file is written to a temporary file and renamed over the old one, so a killed process
+leaves the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+FORMAT = "grounded-engine-project"
+VERSION = 1
+STAGES = ("manual", "semi", "auto")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ProjectError(ValueError):
+    """A project folder that cannot be used as it is (the message names the file)."""
+
+
+class ProjectBusy(RuntimeError):
+    """Another process holds the project's lock (a round is running)."""
+
+
+def write_json(path: Path, value) -> None:
+    from ..annotate.store import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(value, indent=1))
+
+
+def read_json(path: Path, what: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ProjectError(f"{path} is missing: not a grounded engine project, or {what} was removed") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProjectError(f"{path} is corrupted ({what} is not valid JSON: {err})") from None
+
+
+def image_files(folder: Path) -> List[str]:
+    """The images of a data folder (not its subfolders), by name, sorted."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_key(file_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", file_name) or "image"
+
+
+class Project:
+    def __init__(self, root: Path, state: dict) -> None:
+        self.root = Path(root)
+        self.state = state
+        self._lock_handle = None
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, root) -> "Project":
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"no project folder {root}")
+        path = root / "project.json"
+        state = read_json(path, "the project file")
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ProjectError(f"{path} is not a grounded engine project file (format {state.get('format') if isinstance(state, dict) else None!r})")
+        if state.get("version") != VERSION:
+            raise ProjectError(f"{path} is a version {state.get('version')} project; this grounded reads version "
+                               f"{VERSION} (made by another grounded version: use that one, or start a new project)")
+        for key in ("data", "image_ids", "heldout", "model", "rounds", "train", "stage_settings"):
+            if key not in state:
+                raise ProjectError(f"{path} is corrupted: it lacks {key!r}")
+        return cls(root, state)
+
+    def save(self) -> None:
+        write_json(self.root / "project.json", self.state)
+
+    # ------------------------------------------------------------------ lock
+
+    def lock(self) -> "Project":
+        """Hold the project for one round; ProjectBusy when another process holds it. The lock is the
+        kernel's (flock): a killed process releases it, so a killed round can be resumed at once."""
+        handle = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise ProjectBusy(f"a round is already running on {self.root} ({holder or 'another process'}); "
+                              "wait for it to finish or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        self._lock_handle = handle
+        return self
+
+    def unlock(self) -> None:
+        if self._lock_handle is not None:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def __enter__(self) -> "Project":
+        return self.lock()
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+    # ------------------------------------------------------------------ contents
+
+    @property
+    def data(self) -> Path:
+        return Path(self.state["data"])
+
+    @property
+    def rounds(self) -> List[dict]:
+        return self.state["rounds"]
+
+    def scan(self) -> Dict[str, List[str]]:
+        """The data folder now, against what the project knew: new images get ids (they join the
+        unlabelled pool); images gone are reported and left out of training (their masks stay in the
+        dataset versions that hold them)."""
+        if not self.data.is_dir():
+            raise FileNotFoundError(f"the project's data folder {self.data} is gone (named in {self.root / 'project.json'})")
+        present = image_files(self.data)
+        ids = self.state["image_ids"]
+        added = [f for f in present if f not in ids]
+        for name in added:
+            ids[name] = max(ids.values(), default=0) + 1
+        removed = sorted(set(ids) - set(present))
+        return {"present": present, "added": added, "removed": removed}
+
+    def heldout_names(self) -> List[str]:
+        return list(self.state["heldout"]["images"])
+
+    def labelled_names(self) -> List[str]:
+        """Images some accepted round (or the init masks) labelled, in the newest dataset version."""
+        version = self.latest_dataset()
+        if version is None:
+            return []
+        coco = read_json(version, "a dataset version")
+        return sorted({im["file_name"] for im in coco["images"]})
+
+    def taken_names(self) -> List[str]:
+        """Images that some round took (labelled, or being labelled by an unfinished round)."""
+        names = set(self.labelled_names())
+        for entry in self.rounds:
+            names.update(entry["images"])
+        return sorted(names)
+
+    def pool(self, present: List[str]) -> List[str]:
+        """Images no round has taken and that are not held out."""
+        taken = set(self.taken_names()) | set(self.heldout_names())
+        return [f for f in present if f not in taken]
+
+    def dataset_path(self, version: int) -> Path:
+        return self.root / "datasets" / f"v{version:03d}.json"
+
+    def latest_dataset(self) -> Optional[Path]:
+        found = sorted((self.root / "datasets").glob("v*.json"))
+        return found[-1] if found else None
+
+    def round_dir(self, entry: dict) -> Path:
+        return self.root / "rounds" / f"{entry['index']:03d}-{entry['stage']}"
+
+    def model_spec(self) -> str:
+        """What grounded.sam.from_pretrained loads for the model in force (a project folder or a name)."""
+        current = self.state["model"]["current"]
+        path = self.root / current
+        return str(path) if current.startswith("models/") else current
+
+    def unfinished(self) -> Optional[dict]:
+        return next((r for r in self.rounds if r["status"] != "done"), None)
+
+
+def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[str]] = None,
+                 heldout_fraction: float = 0.0, model: str = "mobile_sam", train: Optional[dict] = None,
+                 seed: int = 0, stage_settings: Optional[dict] = None) -> Project:
+    """A new project over the images of `data`: `coco` gives masks some images already have (they
+    are dataset v000, except the held-out ones); the held-out split is `heldout` (file names) or a
+    seeded `heldout_fraction` of the images with masks; its masks are heldout.json."""
+    import numpy as np
+
+    data, out = Path(data).expanduser().resolve(), Path(out).expanduser()
+    if not data.is_dir():
+        raise FileNotFoundError(f"no data folder {data}")
+    if (out / "project.json").exists():
+        raise ProjectError(f"{out / 'project.json'} exists: {out} is a project already (grounded engine status {out})")
+    names = image_files(data)
+    if not names:
+        raise ValueError(f"no images in {data} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    ids = {name: i + 1 for i, name in enumerate(names)}
+    annotations: Dict[str, List[dict]] = {}
+    categories = [{"id": 1, "name": "object"}]
+    if coco:
+        given = read_json(Path(coco), "the --coco file")
+        if not isinstance(given, dict) or "images" not in given or "annotations" not in given:
+            raise ProjectError(f"{coco} is not a COCO file (it needs images and annotations)")
+        annotations, categories = masks_by_file(given, names, coco)
+    heldout = list(heldout or [])
+    unknown = [h for h in heldout if h not in ids]
+    if unknown:
+        raise ValueError(f"held-out images {unknown} are not in {data}")
+    if not heldout and heldout_fraction > 0:
+        with_masks = sorted(annotations)
+        count = max(1, round(heldout_fraction * len(with_masks))) if with_masks else 0
+        heldout = sorted(np.random.default_rng(seed).choice(with_masks, count, replace=False).tolist()) if count else []
+    missing = [h for h in heldout if not annotations.get(h)]
+    if missing:
+        raise ValueError(f"held-out images need masks (from --coco) to evaluate on: {missing} have none")
+    settings = dict(DEFAULT_TRAIN, **(train or {}))
+    if len(settings["seeds"]) < 3:
+        raise ValueError(f"the acceptance rule needs at least 3 fine-tuning seeds, got {settings['seeds']}")
+    out.mkdir(parents=True, exist_ok=True)
+    project = Project(out, {
+        "format": FORMAT, "version": VERSION, "data": str(data), "image_ids": ids,
+        "heldout": {"images": heldout, "coco": "heldout.json"},
+        "model": {"base": str(model), "current": str(model)},
+        "train": settings, "rounds": [], "created": time.time(),
+        "stage_settings": {"semi": dict(SEMI_SETTINGS, **(stage_settings or {}).get("semi", {})),
+                           "auto": dict(AUTO_SETTINGS, **(stage_settings or {}).get("auto", {}))},
+    })
+    from ..io.image import load_image
+
+    sizes = {}
+    for name in set(annotations) | set(heldout):
+        image = load_image(data / name)
+        sizes[name] = image.shape[:2]
+    write_json(out / "heldout.json", coco_file({h: annotations[h] for h in heldout}, ids, sizes, categories))
+    write_json(project.dataset_path(0), coco_file({k: v for k, v in annotations.items() if k not in heldout}, ids, sizes,
+                                                  categories))
+    project.save()
+    return project
+
+
+# The automatic-mask settings of the stages (stages.py): auto, the SAM paper's; semi, stricter (confident
+# masks only); the crop layer that auto --crops adds.
+AUTO_SETTINGS = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
+                 "box_nms_thresh": 0.7}
+CROP_SETTINGS = {"crop_n_layers": 1, "crop_n_points_downscale_factor": 2, "crop_nms_thresh": 0.7}
+SEMI_SETTINGS = {"points_per_side": 32, "pred_iou_thresh": 0.92, "stability_score_thresh": 0.95,
+                 "box_nms_thresh": 0.7}
+
+# Fine-tuning between rounds, as the stardist proof measured it (bench/finetune_stardist.py): the
+# decoder's output heads train, the encoder's embeddings are cached.
+DEFAULT_TRAIN = {
+    "steps": 20, "lr": 3e-4, "max_masks": 16, "seeds": [0, 1, 2],
+    "trainable": ["mask_decoder.output_hypernetworks_mlps", "mask_decoder.iou_prediction_head"],
+    "interactive": {"point_rounds": 0, "no_point_rounds": 0, "box_prob": 0.0},
+    "clicks": 20, "bootstrap": 1000,
+}
+
+
+def masks_by_file(coco: dict, names: List[str], where: str):
+    """A COCO file's masks per image file name (RLE or polygons, as COCO RLE), labelled by category."""
+    from ..eval.masks import to_rle
+
+    known = set(names)
+    cats = {c["id"]: c.get("name", str(c["id"])) for c in coco.get("categories", [])}
+    images = {}
+    for im in coco["images"]:
+        name = Path(im["file_name"]).name
+        if name not in known:
+            raise ProjectError(f"{where}: image {im['file_name']!r} is not in the data folder")
+        images[im["id"]] = (name, int(im["height"]), int(im["width"]))
+    out: Dict[str, List[dict]] = {}
+    for a in coco["annotations"]:
+        if a.get("image_id") not in images:
+            raise ProjectError(f"{where}: annotation {a.get('id')} names image {a.get('image_id')}, which the file lacks")
+        name, h, w = images[a["image_id"]]
+        out.setdefault(name, []).append({"segmentation": to_rle(a["segmentation"], h, w),
+                                         "label": cats.get(a.get("category_id"), "object"),
+                                         "score": float(a.get("score", 1.0))})
+    labels = sorted({a["label"] for v in out.values() for a in v}) or ["object"]
+    return out, [{"id": i + 1, "name": n} for i, n in enumerate(labels)]
+
+
+def coco_file(masks: Dict[str, List[dict]], ids: Dict[str, int], sizes: Dict[str, tuple],
+              categories: Optional[List[dict]] = None) -> dict:
+    """{file name: [{segmentation (RLE), label, score, ...}]} -> a COCO dict (areas and boxes from the RLE)."""
+    from ..rle import rle_area, rle_to_bbox
+
+    labels = sorted({a["label"] for v in masks.values() for a in v} | {c["name"] for c in categories or []}) or ["object"]
+    category = {n: i + 1 for i, n in enumerate(labels)}
+    images, annotations = [], []
+    for name in sorted(masks):
+        h, w = sizes[name]
+        images.append({"id": ids[name], "file_name": name, "height": int(h), "width": int(w)})
+        for a in masks[name]:
+            rle = a["segmentation"]
+            annotations.append({"id": len(annotations) + 1, "image_id": ids[name], "category_id": category[a["label"]],
+                                "segmentation": a["segmentation"], "area": rle_area(rle), "bbox": rle_to_bbox(rle),
+                                "iscrowd": 0, "score": float(a.get("score", 1.0))})
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": i, "name": n} for n, i in category.items()]}

@@ -1,0 +1,177 @@
+"""The three labelling stages of a round, over the round's annotation store.
+
+- manual: the annotation page (grounded.annotate) on the round's images with the model in force;
+  its ONNX graphs are exported for these weights (grounded.export.export_onnx keys its folder by
+  the weights, so a fine-tuned decoder gets new graphs and an unchanged one reuses the old).
+- semi: the model in force pre-fills the confident masks (automatic masks kept only above
+  SEMI_SETTINGS' predicted-IoU and stability thresholds), saved as `prefill` annotations that the
+  page shows apart; the annotator accepts, corrects or deletes them and adds what is missing.
+- auto: automatic masks with the SAM paper's settings (AUTO_SETTINGS: a 32x32 grid, the three
+  multimask outputs, predicted IoU >= 0.88, stability >= 0.95, box NMS at 0.7; `crops` adds the
+  paper's zoomed-in crop layer), saved with no person involved.
+
+With a ground-truth COCO (`truth`), the simulated annotator (annotator.py) labels manual and semi
+rounds; the page is not opened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .project import AUTO_SETTINGS, CROP_SETTINGS, SEMI_SETTINGS  # noqa: F401  (the stages' settings, named here)
+
+
+def round_records(project, names: List[str]):
+    from ..annotate.store import ImageRecord
+    from .project import image_key
+
+    ids = project.state["image_ids"]
+    return [ImageRecord(key=image_key(n), path=project.data / n, file_name=n, image_id=ids[n]) for n in names]
+
+
+def open_store(project, entry: dict, initial: Optional[Dict[str, List[dict]]] = None):
+    from ..annotate.store import AnnotationStore
+
+    records = [r for r in round_records(project, entry["images"]) if r.path.exists()]
+    return AnnotationStore(project.round_dir(entry) / "labels", records, initial)
+
+
+def load_model(spec: str):
+    from ..sam import from_pretrained
+
+    return from_pretrained(spec, image_encoder_backend="torch")
+
+
+def segmenter_for(model, label: str = "model", embeddings: Optional[dict] = None):
+    """grounded eval's Segmenter over an in-memory SAM. Fine-tuning keeps the image encoder frozen, so
+    the models of a round share it: `embeddings` ({encoder fingerprint: cache}) lets their predictors
+    share one embedding cache, and an image is encoded once for all of them."""
+    from ..eval.segmenters import GroundedSegmenter, weights_fingerprint
+    from ..sam import SamPredictor
+
+    predictor = SamPredictor(model, cache_size=4)
+    if embeddings is not None:
+        predictor._cache = embeddings.setdefault(weights_fingerprint(model.image_encoder), predictor._cache)
+    return GroundedSegmenter(label, predictor, weights_fingerprint(model))
+
+
+def auto_masks(segmenter, image: np.ndarray, settings: dict) -> List[dict]:
+    """Automatic masks (COCO RLE records with predicted_iou and stability_score)."""
+    return segmenter.generate(image, settings)
+
+
+def prefill(project, entry: dict, segmenter, settings: dict, log=print) -> Dict[str, List[dict]]:
+    """The semi stage's pre-filled masks per image key, computed once and kept in the round folder
+    (prefill.json) so that a resumed round shows the same ones."""
+    import json
+
+    from ..annotate.store import atomic_write
+    from ..io.image import load_image
+    from ..rle import rle_area, rle_to_bbox
+
+    path = project.round_dir(entry) / "prefill.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done: Dict[str, List[dict]] = json.loads(path.read_text()) if path.exists() else {}
+    next_id = 1 + max((a["id"] for v in done.values() for a in v), default=0)
+    for record in round_records(project, entry["images"]):
+        if record.key in done or not record.path.exists():
+            continue
+        records = auto_masks(segmenter, load_image(record.path), settings)
+        masks = []
+        for r in records:
+            masks.append({"id": next_id, "image_id": record.image_id, "label": "object", "segmentation": r["segmentation"],
+                          "area": rle_area(r["segmentation"]), "bbox": rle_to_bbox(r["segmentation"]), "iscrowd": 0,
+                          "score": float(r["predicted_iou"]), "prefill": True})
+            next_id += 1
+        done[record.key] = masks
+        atomic_write(path, json.dumps(done))  # image by image: a killed round keeps what is done
+        log(f"  pre-filled {len(masks)} confident masks on {record.file_name}")
+    entry["prefilled"] = sum(len(v) for v in done.values())
+    return done
+
+
+def truth_masks(truth_coco: Optional[dict], project) -> Dict[str, np.ndarray]:
+    """Ground truth per image file name (N x H x W bool) from a COCO file."""
+    from ..eval.masks import decode
+    from .project import masks_by_file
+
+    if truth_coco is None:
+        return {}
+    by_file, _ = masks_by_file(truth_coco, sorted(project.state["image_ids"]), "--truth")
+    return {name: decode([a["segmentation"] for a in v]) for name, v in by_file.items()}
+
+
+def label_simulated(project, entry: dict, store, segmenter, truths: Dict[str, np.ndarray], log=print) -> None:
+    """Manual or semi stage by the simulated annotator, image by image (done images are skipped on resume)."""
+    from ..io.image import load_image
+    from .annotator import label_manual, label_semi
+
+    done = set(entry.setdefault("labelled", []))
+    for record in store.images:
+        if record.file_name in done:
+            continue
+        if record.file_name not in truths:
+            raise ValueError(f"--truth has no masks for {record.file_name}: the simulated annotator needs them")
+        image = load_image(record.path)
+        record.height, record.width = image.shape[:2]
+        if entry["stage"] == "manual":
+            saved = label_manual(segmenter, store, record.key, image, truths[record.file_name])
+            log(f"  {record.file_name}: {saved} masks by clicks")
+        else:
+            counts = label_semi(segmenter, store, record.key, image, truths[record.file_name])
+            log(f"  {record.file_name}: pre-filled masks accepted {counts['accept']}, corrected {counts['correct']}, "
+                f"deleted {counts['delete']}; {counts['add']} added by clicks")
+        entry["labelled"].append(record.file_name)
+        project.save()
+
+
+def label_auto(project, entry: dict, store, segmenter, settings: dict, log=print) -> None:
+    """Auto stage: automatic masks on every image of the round, image by image."""
+    from ..io.image import load_image
+    from ..rle import decode_rle
+
+    done = set(entry.setdefault("labelled", []))
+    for record in store.images:
+        if record.file_name in done:
+            continue
+        image = load_image(record.path)
+        record.height, record.width = image.shape[:2]
+        records = auto_masks(segmenter, image, settings)
+        state = store.get(record.key)
+        # A resumed round may find this image half saved (killed between the write and the mark):
+        # what the store holds of it is replaced, never doubled.
+        for a in state["annotations"]:
+            state["version"] = store.delete(record.key, state["version"], a["id"])["version"]
+        masks = [decode_rle(r["segmentation"]) for r in records]
+        logs = [{"clicks": [], "box": None, "num_clicks": 0, "seconds": None, "candidate": None,
+                 "score": float(r["predicted_iou"]), "stability": float(r["stability_score"]), "automatic": True}
+                for r in records]
+        # Saved even when empty: the image was looked at, and found to hold nothing.
+        store.add_many(record.key, state["version"], masks, "object", [r["predicted_iou"] for r in records], logs)
+        log(f"  {record.file_name}: {len(records)} automatic masks")
+        entry["labelled"].append(record.file_name)
+        project.save()
+
+
+def page_session(project, entry: dict, model, labels: Optional[List[str]] = None):
+    """The annotation page's Session on the round's images with `model` (the model in force); its
+    graphs are exported into PROJECT/onnx for these weights (new weights: new graphs)."""
+    from ..annotate.server import Session
+    from ..export import export_onnx
+    from ..sam import SamPredictor
+
+    initial = None
+    if entry["stage"] == "semi":
+        initial = prefill(project, entry, segmenter_for(model), project.state["stage_settings"]["semi"])
+    store = open_store(project, entry, initial)
+    predictor = SamPredictor(model, cache_size=1)
+
+    def embed(image: np.ndarray) -> np.ndarray:
+        predictor.set_image(image)
+        return predictor.get_image_embedding().float().cpu().numpy()
+
+    model_dir = export_onnx(model, Path(project.root) / "onnx", encoder=False)
+    return Session(store.images, store, model_dir, embed, model.image_encoder.img_size, labels, stage=entry["stage"])

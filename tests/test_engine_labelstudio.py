@@ -1,0 +1,125 @@
+"""Label Studio interchange: grounded's brush RLE against label_studio_converter/brush.py from
+label-studio-converter 0.0.59 (loaded by file path from the wheel bin/reference-label-studio keeps,
+sha256-verified, in the environment), and a project's round exported as tasks and imported back
+with no mask or label lost."""
+
+import hashlib
+import importlib.util
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grounded.engine.labelstudio import decode_brush, encode_brush
+
+WHEEL = Path(sys.prefix) / "reference-wheels" / "label_studio_converter-0.0.59-py3-none-any.whl"
+WHEEL_SHA256 = "886b4ec3e8347cdef114f10a796ffee9699832fc811e8f8296664d65afcad5b2"
+
+
+@pytest.fixture(scope="module")
+def brush(tmp_path_factory):
+    assert WHEEL.is_file(), f"{WHEEL} is missing: run bin/reference-label-studio (it downloads and verifies the wheel)"
+    assert hashlib.sha256(WHEEL.read_bytes()).hexdigest() == WHEEL_SHA256, f"{WHEEL} is not the verified wheel"
+    folder = tmp_path_factory.mktemp("label_studio_converter")
+    with zipfile.ZipFile(WHEEL) as wheel:
+        wheel.extract("label_studio_converter/brush.py", folder)
+    spec = importlib.util.spec_from_file_location("ls_brush", folder / "label_studio_converter/brush.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def masks(seed=0):
+    rng = np.random.default_rng(seed)
+    out = [np.zeros((17, 23), bool), np.ones((9, 5), bool)]  # empty, full
+    yy, xx = np.mgrid[:61, :90]
+    out.append((yy - 30) ** 2 + (xx - 40) ** 2 < 400)  # runs of every size class
+    out.append(rng.random((40, 33)) > 0.5)  # many runs of one pixel (4 values)
+    wide = np.zeros((300, 300), bool)
+    wide[5:295, 3:297] = True  # runs longer than 2**16 values
+    big = np.zeros((140, 140), bool)
+    big[1:, :] = True  # one run of 78,400 values: the 2**16 split
+    return out + [wide, big]
+
+
+def test_brush_rle_equals_label_studio_converter(brush):
+    for mask in masks():
+        ours = encode_brush(mask)
+        theirs = brush.mask2rle(mask.astype(np.uint8) * 255)
+        assert ours == theirs, mask.shape
+        decoded = brush.decode_rle(ours).reshape(mask.shape[0], mask.shape[1], 4)[:, :, 3]
+        np.testing.assert_array_equal(decoded > 0, mask)
+        np.testing.assert_array_equal(decode_brush(theirs, *mask.shape), mask)
+
+
+def test_brush_decoding_reads_literal_runs_and_refuses_bad_sizes(brush):
+    # brush.encode_rle writes runs of length 1 as literal values, as Label Studio's editor may
+    values = np.array([0, 255, 0, 0, 255, 255, 255, 255], np.int64)
+    stream = brush.encode_rle(values)
+    np.testing.assert_array_equal(decode_brush(stream, 1, 2), [[False, True]])
+    with pytest.raises(ValueError, match="a 3x1 RGBA image"):
+        decode_brush(stream, 1, 3)
+
+
+def test_a_round_exported_as_tasks_and_imported_back_loses_nothing(tmp_path, brush):
+    from PIL import Image
+
+    from grounded.annotate.store import AnnotationStore
+    from grounded.engine import Project, init_project
+    from grounded.engine.labelstudio import export_tasks, import_tasks
+    from grounded.engine.stages import round_records
+    from grounded.rle import decode_rle
+
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "images" / name)
+    project = init_project(tmp_path / "images", tmp_path / "proj", model="unused")
+    entry = {"index": 1, "stage": "manual", "images": ["a.png", "b.png"], "status": "done", "model": "unused"}
+    project.rounds.append(entry)
+    project.save()
+    store = AnnotationStore(project.round_dir(entry) / "labels", round_records(project, ["a.png", "b.png"]))
+    for record in store.images:
+        record.height, record.width = 40, 50
+    cat = np.zeros((40, 50), bool)
+    cat[5:20, 10:30] = True
+    dog = np.zeros((40, 50), bool)
+    dog[22:38, 2:45] = True
+    v = store.add("a.png", 0, cat, "cat", 0.9, {})["version"]
+    store.add("a.png", v, dog, "dog", 0.8, {})
+    store.add("b.png", 0, dog, "dog", 0.7, {})
+
+    out = tmp_path / "tasks.json"
+    assert export_tasks(project, out, round_index=1) == 2
+    tasks = json.loads(out.read_text())
+    assert "<BrushLabels" in (tmp_path / "tasks.json.config.xml").read_text()
+    # the pre-annotations decode with Label Studio's own converter
+    first = tasks[0]["predictions"][0]["result"]
+    assert [r["value"]["brushlabels"] for r in first] == [["cat"], ["dog"]]
+    layers = brush.decode_from_annotation("tag", [dict(r, **r["value"]) for r in first])
+    np.testing.assert_array_equal(layers["tag-cat-0"] > 0, cat)
+    np.testing.assert_array_equal(layers["tag-dog-0"] > 0, dog)
+
+    # a reviewer keeps the cat, relabels the dog "wolf" (a.png) and leaves b.png as it was proposed
+    review = dict(first[1], value=dict(first[1]["value"], brushlabels=["wolf"]))
+    tasks[0]["annotations"] = [{"id": 7, "was_cancelled": False, "result": [first[0], review]}]
+    reviewed = tmp_path / "reviewed.json"
+    reviewed.write_text(json.dumps(tasks))
+    with Project.open(tmp_path / "proj") as project:
+        path, count = import_tasks(project, reviewed)
+        assert count == 3 and project.rounds[-1]["stage"] == "review" and project.rounds[-1]["status"] == "done"
+    coco = json.loads(path.read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    got = sorted((files[a["image_id"]], names[a["category_id"]], decode_rle(a["segmentation"]).tobytes()) for a in coco["annotations"])
+    want = sorted([("a.png", "cat", cat.tobytes()), ("a.png", "wolf", dog.tobytes()), ("b.png", "dog", dog.tobytes())])
+    assert got == want
+    with pytest.raises(ValueError, match="grounded_file_name"):
+        import_tasks(Project.open(tmp_path / "proj"), _write(tmp_path / "bad.json", [{"data": {"image": "x"}}]))
+
+
+def _write(path, value):
+    path.write_text(json.dumps(value))
+    return path
