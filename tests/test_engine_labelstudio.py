@@ -1,5 +1,5 @@
 """Label Studio interchange: grounded's brush RLE against label_studio_converter/brush.py from
-label-studio-converter 0.0.59 (loaded by file path from the wheel bin/reference-label-studio keeps,
+label-studio-converter 0.0.59 (loaded by file path from the wheel bin/env keeps,
 sha256-verified, in the environment), and a project's round exported as tasks and imported back
 with no mask or label lost."""
 
@@ -21,7 +21,7 @@ WHEEL_SHA256 = "886b4ec3e8347cdef114f10a796ffee9699832fc811e8f8296664d65afcad5b2
 
 @pytest.fixture(scope="module")
 def brush(tmp_path_factory):
-    assert WHEEL.is_file(), f"{WHEEL} is missing: run bin/reference-label-studio (it downloads and verifies the wheel)"
+    assert WHEEL.is_file(), f"{WHEEL} is missing: run bin/env (it downloads and verifies the reference wheels)"
     assert hashlib.sha256(WHEEL.read_bytes()).hexdigest() == WHEEL_SHA256, f"{WHEEL} is not the verified wheel"
     folder = tmp_path_factory.mktemp("label_studio_converter")
     with zipfile.ZipFile(WHEEL) as wheel:

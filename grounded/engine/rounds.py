@@ -50,38 +50,11 @@ def run_round(project: Project, entry: dict, truth: Optional[str] = None, serve:
     """Carry the round on from its recorded step. Manual and semi rounds are labelled by the simulated
     annotator when `truth` (a COCO file) is given, else on the page: `serve(session)` runs it until
     the person stops it, and the round waits at labelling until it is run again with `finish`."""
-    from . import stages
-
     if truth:  # kept in the entry: a resumed round uses the same ground truth
         entry["truth"] = str(Path(truth).resolve())
     truth_coco = read_json(Path(entry["truth"]), "the --truth file") if entry.get("truth") else None
-    if entry["status"] == "labelling":
-        log(f"round {entry['index']} ({entry['stage']}): labelling {len(entry['images'])} images with {entry['model']}")
-        model = stages.load_model(entry["model"])
-        if entry["stage"] == "auto":
-            store = stages.open_store(project, entry)
-            settings = dict(project.state["stage_settings"]["auto"])
-            if entry.get("crops"):
-                settings.update(stages.CROP_SETTINGS)
-            stages.label_auto(project, entry, store, stages.segmenter_for(model), settings, log)
-        elif truth_coco is not None:
-            segmenter = stages.segmenter_for(model)
-            initial = (stages.prefill(project, entry, segmenter, project.state["stage_settings"]["semi"], log)
-                       if entry["stage"] == "semi" else None)
-            store = stages.open_store(project, entry, initial)
-            stages.label_simulated(project, entry, store, segmenter, stages.truth_masks(truth_coco, project), log)
-        elif not finish:
-            if serve is None:
-                raise ValueError(f"round {entry['index']} ({entry['stage']}) needs a person on the page, or --truth "
-                                 "for the simulated annotator")
-            serve(stages.page_session(project, entry, model))
-            project.save()
-            log(f"labelling saved in {project.round_dir(entry) / 'labels'}; run the same command to go on labelling, "
-                f"or `grounded engine round {project.root} --finish` when the round's images are done")
-            return entry
-        entry["status"] = "dataset"
-        entry["labelling_finished"] = time.time()
-        project.save()
+    if entry["status"] == "labelling" and not _label(project, entry, truth_coco, serve, finish, log):
+        return entry
     if entry["status"] == "dataset":
         write_dataset(project, entry)
         if truth_coco is not None and entry["stage"] == "auto":
@@ -105,34 +78,74 @@ def run_round(project: Project, entry: dict, truth: Optional[str] = None, serve:
                 entry["status"] = "evaluating"
         project.save()
     if entry["status"] == "evaluating":
-        from .finetune import decide, evaluate_models
-
-        seeds = [f"seed_{s}" for s in project.state["train"]["seeds"]]
-        train_dir = project.round_dir(entry) / "train"
-        models = {"current": entry["model"], **{s: str(train_dir / s / "final") for s in seeds}}
-        log(f"round {entry['index']}: held-out evaluation of the model in force and {len(seeds)} fine-tuned seeds")
-        figures = evaluate_models(project, project.round_dir(entry) / "eval", models, log)
-        decision = decide(figures, seeds, bootstrap=int(project.state["train"]["bootstrap"]))
-        if decision["accepted"]:
-            target = project.root / "models" / f"v{entry['index']:03d}"
-            if not (target / "model.safetensors").exists():
-                tmp = target.with_name(target.name + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(train_dir / decision["kept_seed"] / "final", tmp)
-                tmp.rename(target)
-            project.state["model"]["current"] = f"models/{target.name}"
-        entry["decision"] = decision
-        entry["status"] = "done"
-        project.save()
-        log(f"round {entry['index']}: {decision['why']} (mIoU difference {fmt(decision['difference']['mIoU'])}, "
-            f"NoC@90 difference {fmt(decision['difference']['NoC@90'])}, "
-            f"AR@100 difference {fmt(decision['difference']['AR@100'])})")
+        _evaluate(project, entry, log)
     entry["finished"] = entry.get("finished") or time.time()
     project.save()
     from .report import write_report
 
     write_report(project)
     return entry
+
+
+def _label(project: Project, entry: dict, truth_coco: Optional[dict], serve: Optional[Callable], finish: bool,
+           log: Callable[[str], None]) -> bool:
+    """The labelling step; False when the round waits for a person on the page (run again to go on)."""
+    from . import stages
+
+    log(f"round {entry['index']} ({entry['stage']}): labelling {len(entry['images'])} images with {entry['model']}")
+    model = stages.load_model(entry["model"])
+    if entry["stage"] == "auto":
+        store = stages.open_store(project, entry)
+        settings = dict(project.state["stage_settings"]["auto"])
+        if entry.get("crops"):
+            settings.update(stages.CROP_SETTINGS)
+        stages.label_auto(project, entry, store, stages.segmenter_for(model), settings, log)
+    elif truth_coco is not None:
+        segmenter = stages.segmenter_for(model)
+        initial = (stages.prefill(project, entry, segmenter, project.state["stage_settings"]["semi"], log)
+                   if entry["stage"] == "semi" else None)
+        store = stages.open_store(project, entry, initial)
+        stages.label_simulated(project, entry, store, segmenter, stages.truth_masks(truth_coco, project), log)
+    elif not finish:
+        if serve is None:
+            raise ValueError(f"round {entry['index']} ({entry['stage']}) needs a person on the page, or --truth "
+                             "for the simulated annotator")
+        serve(stages.page_session(project, entry, model))
+        project.save()
+        log(f"labelling saved in {project.round_dir(entry) / 'labels'}; run the same command to go on labelling, "
+            f"or `grounded engine round {project.root} --finish` when the round's images are done")
+        return False
+    entry["status"] = "dataset"
+    entry["labelling_finished"] = time.time()
+    project.save()
+    return True
+
+
+def _evaluate(project: Project, entry: dict, log: Callable[[str], None]) -> None:
+    """Held-out figures of the model in force and of each seed, the acceptance rule; a kept model is
+    copied to models/vNNN and put in force."""
+    from .finetune import decide, evaluate_models
+
+    seeds = [f"seed_{s}" for s in project.state["train"]["seeds"]]
+    train_dir = project.round_dir(entry) / "train"
+    models = {"current": entry["model"], **{s: str(train_dir / s / "final") for s in seeds}}
+    log(f"round {entry['index']}: held-out evaluation of the model in force and {len(seeds)} fine-tuned seeds")
+    figures = evaluate_models(project, project.round_dir(entry) / "eval", models, log)
+    decision = decide(figures, seeds, bootstrap=int(project.state["train"]["bootstrap"]))
+    if decision["accepted"]:
+        target = project.root / "models" / f"v{entry['index']:03d}"
+        if not (target / "model.safetensors").exists():
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(train_dir / decision["kept_seed"] / "final", tmp)
+            tmp.rename(target)
+        project.state["model"]["current"] = f"models/{target.name}"
+    entry["decision"] = decision
+    entry["status"] = "done"
+    project.save()
+    log(f"round {entry['index']}: {decision['why']} (mIoU difference {fmt(decision['difference']['mIoU'])}, "
+        f"NoC@90 difference {fmt(decision['difference']['NoC@90'])}, "
+        f"AR@100 difference {fmt(decision['difference']['AR@100'])})")
 
 
 def fmt(stat: dict) -> str:
