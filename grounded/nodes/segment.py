@@ -34,8 +34,12 @@ def _load_sam_predictor(cache: ModelCache, name: str, device: str, dtype: Any, m
     # Reduced precision runs under autocast over the float32 weights (as `grounded segment
     # --dtype` does), which keeps the per-pixel mask logits in float32.
     from ..sam import SamPredictor
+    from ..sam2 import Sam2, SAM2ImagePredictor
 
-    return SamPredictor(cache.get(model_kind, name, device, None), autocast_dtype=dtype)
+    model = cache.get(model_kind, name, device, None)
+    if isinstance(model, Sam2):  # SAM 2 / 2.1 weights (from_pretrained tells them apart)
+        return SAM2ImagePredictor(model, autocast_dtype=dtype)
+    return SamPredictor(model, autocast_dtype=dtype)
 
 
 register_loader("sam", _load_sam)
@@ -59,7 +63,8 @@ def sam_predictor(models: ModelCache, name_or_path: Any, device: Any = "auto", d
 
 
 MODEL_PARAMS = {
-    "model": Param("mobile_sam", str, "SAM checkpoint: known name (see `grounded weights`), file, folder or hub id"),
+    "model": Param("mobile_sam", str, "SAM or SAM 2.1 checkpoint: known name (see `grounded weights`, e.g. "
+                                      "sam2.1_hiera_tiny), file, folder or hub id"),
     "device": Param("auto", str, "cpu, cuda, cuda:1, ... or auto (a GPU when there is one)", fingerprint=False),
     "dtype": Param("fp32", str, "precision: bf16/fp16 run under autocast (mask logits stay fp32)", choices=DTYPE_CHOICES),
     "encoder_backend": Param("auto", str, "image encoder runtime: auto (the fastest installed: openvino for MobileSAM on a "
@@ -108,10 +113,10 @@ class SegmentAuto(_SamNode):
     }
 
     def setup(self, ctx) -> None:
-        from ..sam.automatic import SamAutomaticMaskGenerator
+        from ..sam.automatic import mask_generator
 
         super().setup(ctx)
-        self.generator = SamAutomaticMaskGenerator(
+        self.generator = mask_generator(
             self.predictor.model, points_per_side=self.points_per_side, points_per_batch=self.points_per_batch,
             pred_iou_thresh=self.pred_iou_thresh, stability_score_thresh=self.stability_score_thresh,
             stability_score_offset=self.stability_score_offset, box_nms_thresh=self.box_nms_thresh,

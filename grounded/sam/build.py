@@ -120,13 +120,21 @@ def load_state_dict_strict(model: Sam, state_dict: Mapping[str, torch.Tensor], s
 def _build_variant(name: str, checkpoint: Optional[Union[str, Path]] = None) -> Sam:
     model = build_sam(OFFICIAL_CONFIGS[name])
     if checkpoint is not None:
-        load_state_dict_strict(model, _official_state_dict(read_state_dict(checkpoint)), str(checkpoint))
+        load_state_dict_strict(model, _official_state_dict(read_state_dict(checkpoint), str(checkpoint)), str(checkpoint))
     return model
 
 
-def _official_state_dict(sd: StateDict) -> StateDict:
+class IsSam2Error(CheckpointError):
+    """SAM 2 weights where SAM 1's were expected (`from_pretrained` hands them to grounded.sam2)."""
+
+
+def _official_state_dict(sd: StateDict, source: str = "checkpoint") -> StateDict:
+    from ..sam2.build import family_of
     from .hf import convert_hf_state_dict, is_hf_state_dict
 
+    if family_of(sd) in ("sam2", "sam2_hf"):
+        raise IsSam2Error(f"{source} is a SAM 2 checkpoint: load it with grounded.sam2.from_pretrained or "
+                          f"grounded.sam2.build_sam2 (grounded.sam.from_pretrained does so itself)")
     if is_hf_state_dict(sd):
         sd, _ = convert_hf_state_dict(sd)
     return sd
@@ -181,6 +189,9 @@ def from_pretrained(
     - a Hugging Face hub id such as `facebook/sam-vit-base` (read from the local HF cache when
       HF_HUB_OFFLINE=1).
 
+    SAM 2 / 2.1 weights (a file, folder, hub id or known name) are handed to `grounded.sam2.from_pretrained`,
+    which returns a `grounded.sam2.Sam2`.
+
     model_type ('vit_h', 'vit_l', 'vit_b', 'vit_t') checks the checkpoint is that variant; by default the
     dimensions come from the checkpoint itself. Raises FileNotFoundError naming every place tried.
     image_encoder_backend="onnxruntime" or "openvino" runs the image encoder's float32 CPU inference
@@ -193,7 +204,14 @@ def from_pretrained(
         raise ValueError(f"unknown image_encoder_backend {image_encoder_backend!r}; "
                          f"use one of auto, torch, {', '.join(BACKENDS)}")
     tried: List[str] = []
-    state_dict, config = _resolve(str(name_or_path), tried, cache_dir, revision)
+    try:
+        state_dict, config = _resolve(str(name_or_path), tried, cache_dir, revision)
+    except IsSam2Error:
+        if model_type is not None:
+            raise
+        from ..sam2 import from_pretrained as sam2_from_pretrained
+
+        return sam2_from_pretrained(name_or_path, device=device, dtype=dtype, cache_dir=cache_dir, revision=revision)
     if state_dict is None:
         raise FileNotFoundError(
             f"could not find SAM weights for {str(name_or_path)!r}. Tried:\n  - " + "\n  - ".join(tried)
@@ -224,14 +242,14 @@ def _resolve(
 
     path = Path(name).expanduser()
     if path.is_file():
-        return _official_state_dict(read_state_dict(path)), None
+        return _official_state_dict(read_state_dict(path), str(path)), None
     if path.is_dir():
         return _read_folder(path, tried)
     tried.append(f"local path {path} (does not exist)")
 
     if name in weights.CHECKPOINTS and weights.CHECKPOINTS[name].model_type:
         try:
-            return _official_state_dict(read_state_dict(weights.fetch(name, cache_dir=cache_dir))), None
+            return _official_state_dict(read_state_dict(weights.fetch(name, cache_dir=cache_dir)), name), None
         except FileNotFoundError as err:
             tried.append(f"known checkpoint {name!r}: {err}")
             return None, None
@@ -257,6 +275,8 @@ def _read_folder(folder: Path, tried: List[str]) -> Tuple[Optional[StateDict], O
         return read_state_dict(folder / WEIGHTS_FILE), config
     hf_config = folder / "config.json"
     if hf_config.is_file():
+        if json.loads(hf_config.read_text()).get("model_type", "").startswith("sam2"):
+            raise IsSam2Error(f"{folder} is a Hugging Face SAM 2 model: load it with grounded.sam2.from_pretrained")
         from .hf import load_hf_folder
 
         return load_hf_folder(folder)
