@@ -22,7 +22,7 @@ ZERO_INITIALISED = ("no_mem_embed", "no_mem_pos_enc", "maskmem_tpos_enc", "no_ob
 
 
 def official_model(config_name: str = "sam2.1_hiera_t", trunk: Optional[Dict] = None,
-                   overrides: Sequence[str] = (), seed: int = 0, device: str = "cpu"):
+                   overrides: Sequence[str] = (), seed: int = 0, device: Optional[str] = "cpu"):
     """sam2.build_sam.build_sam2 from `configs/sam2.1/<config_name>.yaml` (its image postprocessing on,
     as the official image builder sets it), with the trunk's dimensions replaced by `trunk`, random
     weights everywhere (seeded), in eval mode."""
@@ -52,9 +52,11 @@ def official_model(config_name: str = "sam2.1_hiera_t", trunk: Optional[Dict] = 
     with torch.no_grad():
         generator = torch.Generator().manual_seed(seed + 1)
         for name, param in model.named_parameters():
+            if param.is_meta:
+                break
             if name in ZERO_INITIALISED or name.startswith(ZERO_INITIALISED):
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-    return model.to(device).eval()
+    return (model.to(device) if device else model).eval()
 
 
 def save_official(model, path: Path) -> Path:
@@ -64,6 +66,9 @@ def save_official(model, path: Path) -> Path:
 
 
 def meta_model(config_name: str):
-    """The official model of a full size on the meta device (shapes only, no memory)."""
-    with torch.device("meta"):
-        return official_model(config_name)
+    """The official model of a full size with its parameters on the meta device (shapes only, no
+    memory; accelerate's init_empty_weights, since Hiera's drop-path schedule calls .item() while building)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return official_model(config_name, device=None)

@@ -205,11 +205,11 @@ def from_pretrained(
     if state_dict is None:
         raise FileNotFoundError(
             f"could not find SAM 2 weights for {str(name_or_path)!r}. Tried:\n  - " + "\n  - ".join(tried))
-    config = config or found_config or infer_config(state_dict, str(name_or_path))
     if model_size is not None:
         if model_size not in OFFICIAL_CONFIGS:
             raise ValueError(f"unknown model_size {model_size!r}; expected one of {sorted(OFFICIAL_CONFIGS)}")
         config = OFFICIAL_CONFIGS[model_size]
+    config = config or found_config or infer_config(state_dict, str(name_or_path))
     model = build_sam2(config)
     load_state_dict_strict(model, state_dict, str(name_or_path))
     return model.to(device=device, dtype=dtype).eval()

@@ -48,8 +48,10 @@ class SAM2ImagePredictor(SamPredictor):
                  max_sprinkle_area: float = 0.0, *, cache_size: int = 4,
                  autocast_dtype: Optional[torch.dtype] = None, **kwargs) -> None:
         if not isinstance(sam_model, Sam2):
-            raise TypeError(f"SAM2ImagePredictor takes a SAM 2 model (grounded.sam2.Sam2), not {type(sam_model).__name__}"
-                            + ("; use grounded.sam.SamPredictor for SAM 1" if type(sam_model).__name__ == "Sam" else ""))
+            from ..sam.model import Sam
+
+            hint = "; use grounded.sam.SamPredictor for SAM 1" if isinstance(sam_model, Sam) else ""
+            raise TypeError(f"SAM2ImagePredictor takes a SAM 2 model (grounded.sam2.Sam2), not {type(sam_model).__name__}{hint}")
         super().__init__(sam_model, cache_size=cache_size, autocast_dtype=autocast_dtype)
         self.transform = Sam2Transform(sam_model.image_size)
         self.mask_threshold = mask_threshold
