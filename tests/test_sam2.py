@@ -298,3 +298,63 @@ def test_hole_and_sprinkle_filling(predictors):
     finally:
         grounded.max_hole_area = grounded.max_sprinkle_area = 0.0
     assert masks.shape == (3, 300, 420)
+
+
+# ---------------------------------------------------------------- Hugging Face Sam2Model
+
+
+@pytest.fixture(scope="module")
+def hf_model_and_folder(tmp_path_factory):
+    """A tiny transformers Sam2Model (the tiny Hiera), random weights, saved with save_pretrained."""
+    from transformers import Sam2Config as HFConfig
+    from transformers import Sam2HieraDetConfig, Sam2Model, Sam2VisionConfig
+
+    e = TINY_HIERA["embed_dim"]
+    backbone = Sam2HieraDetConfig(
+        hidden_size=e, num_attention_heads=1, blocks_per_stage=list(TINY_HIERA["stages"]),
+        embed_dim_per_stage=[e, 2 * e, 4 * e, 8 * e], num_attention_heads_per_stage=[1, 2, 4, 8],
+        window_size_per_stage=list(TINY_HIERA["window_spec"]), global_attention_blocks=list(TINY_HIERA["global_att_blocks"]),
+        window_positional_embedding_background_size=[7, 7])
+    model = Sam2Model(HFConfig(vision_config=Sam2VisionConfig(backbone_config=backbone,
+                                                               backbone_channel_list=[8 * e, 4 * e, 2 * e, e]))).eval()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+        # the published conversions hold the official model's one positional matrix twice
+        model.prompt_encoder.shared_embedding.positional_embedding.copy_(model.shared_image_embedding.positional_embedding)
+    folder = tmp_path_factory.mktemp("hf_sam2") / "sam2.1-hiera-tiny"
+    model.save_pretrained(folder)
+    yield model, folder
+    import shutil
+
+    shutil.rmtree(folder)
+
+
+def _transformers_masks(model, pixels, image, points, labels):
+    h, w = image.shape[:2]
+    frame = torch.tensor(points, dtype=torch.float32) / torch.tensor([w, h]) * 1024
+    with torch.no_grad():
+        out = model(pixel_values=pixels, input_points=frame[None, None], input_labels=torch.tensor(labels)[None, None],
+                    multimask_output=True)
+    logits = torch.nn.functional.interpolate(out.pred_masks[0], (h, w), mode="bilinear", align_corners=False)
+    return (logits[0] > 0).numpy(), out.iou_scores[0, 0].numpy()
+
+
+def test_hf_folder_and_hub_id_give_transformers_masks(hf_model_and_folder, image, tmp_path, monkeypatch):
+    from grounded.sam import from_pretrained as sam_from_pretrained
+    from grounded.testing.hf_cache import install_in_hf_cache, point_hf_cache_at
+
+    model, folder = hf_model_and_folder
+    points, labels = np.array([[100, 120], [300, 200]]), [1, 0]
+    pixels = from_pretrained(folder).preprocess_image(image)[None]  # the same input for transformers
+    expected_masks, expected_scores = _transformers_masks(model, pixels, image, points, labels)
+    assert 0.01 < expected_masks.mean() < 0.99
+    point_hf_cache_at(monkeypatch, install_in_hf_cache(folder, tmp_path / "hub", "facebook/sam2.1-hiera-tiny"))
+    for source in (folder, "facebook/sam2.1-hiera-tiny"):
+        predictor = SAM2ImagePredictor(sam_from_pretrained(source))  # grounded.sam hands SAM 2 over
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict(point_coords=points, point_labels=np.array(labels))
+        assert (masks != expected_masks).mean() < 1e-4
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+    assert SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny").model.config.embed_dim == TINY_HIERA["embed_dim"]
