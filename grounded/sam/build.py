@@ -273,6 +273,8 @@ def _read_folder(folder: Path, tried: List[str]) -> Tuple[Optional[StateDict], O
     if ours.is_file():
         config = SamConfig.from_dict(json.loads(ours.read_text()))
         return read_state_dict(folder / WEIGHTS_FILE), config
+    if (folder / "grounded_sam2_config.json").is_file():
+        raise IsSam2Error(f"{folder} is a grounded SAM 2 folder: load it with grounded.sam2.from_pretrained")
     hf_config = folder / "config.json"
     if hf_config.is_file():
         if json.loads(hf_config.read_text()).get("model_type", "").startswith("sam2"):

@@ -55,7 +55,7 @@ class Sam2(nn.Module):
         official `SAM2Transforms` (ToTensor, Resize, Normalize)."""
         from torchvision.transforms.functional import resize
 
-        x = torch.as_tensor(np.ascontiguousarray(image), device=self.device).permute(2, 0, 1).float().div(255)
+        x = torch.as_tensor(np.require(image, requirements=["C", "W"]), device=self.device).permute(2, 0, 1).float().div(255)
         x = resize(x, [self.image_size, self.image_size])
         return (x - self.pixel_mean) / self.pixel_std
 
