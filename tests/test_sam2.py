@@ -358,3 +358,25 @@ def test_hf_folder_and_hub_id_give_transformers_masks(hf_model_and_folder, image
         assert (masks != expected_masks).mean() < 1e-4
         np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
     assert SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny").model.config.embed_dim == TINY_HIERA["embed_dim"]
+
+
+def test_the_cpu_wing_paths_are_taken_and_agree_with_the_core(models, predictors, image):
+    """from_pretrained switches the wing on (grounded.sam.cpu.accelerate): prompts sharing the image
+    take the low-rank path, mask prompts the regrouped one; both equal the core decoder's forward."""
+    from grounded.sam.cpu import accelerate, paths_taken
+
+    _, ours, path = models
+    _, grounded = predictors
+    core = SAM2ImagePredictor(from_pretrained(path, config=Sam2Config(**TINY_HIERA)))
+    accelerate(core.model, "reference")
+    core.set_image(image)
+    boxes = np.array([[50, 60, 300, 250], [10, 10, 100, 100], [0, 0, 420, 300]] * 4)
+    paths_taken(ours)
+    fast = grounded.predict(box=boxes, multimask_output=False)
+    assert "decoder/low_rank" in paths_taken(ours)
+    _same_prediction(core.predict(box=boxes, multimask_output=False), fast)
+    assert paths_taken(core.model) == ["decoder/reference"]
+    mask = fast[2][:1]
+    fast = grounded.predict(box=boxes[0], mask_input=mask)
+    assert "decoder/regrouped" in paths_taken(ours)
+    _same_prediction(core.predict(box=boxes[0], mask_input=mask), fast)

@@ -31,10 +31,12 @@ VIDEO_PREFIXES = ("memory_attention.", "memory_encoder.", "maskmem_tpos_enc", "n
 _SIZE_BY_STAGES = {config.stages: name for name, config in OFFICIAL_CONFIGS.items()}
 
 
-def build_sam2(config: Union[Sam2Config, str] = "hiera_tiny", checkpoint: Optional[Union[str, Path]] = None) -> Sam2:
+def build_sam2(config: Union[Sam2Config, str] = "hiera_tiny", checkpoint: Optional[Union[str, Path]] = None,
+               paths: str = "auto") -> Sam2:
     """A SAM 2 image model of the given dimensions (a `Sam2Config` or an official size: 'hiera_tiny',
     'hiera_small', 'hiera_base_plus', 'hiera_large'), randomly initialised unless a checkpoint is
-    given, in eval mode."""
+    given, in eval mode, with the CPU wing's decoder paths (`grounded.sam.cpu.accelerate(model, paths)`;
+    "reference" for the core modules only)."""
     if isinstance(config, str):
         if config not in OFFICIAL_CONFIGS:
             raise ValueError(f"unknown SAM 2 size {config!r}; expected one of {sorted(OFFICIAL_CONFIGS)}")
@@ -65,7 +67,9 @@ def build_sam2(config: Union[Sam2Config, str] = "hiera_tiny", checkpoint: Option
     model.eval()
     if checkpoint is not None:
         load_state_dict_strict(model, read_sam2_state_dict(checkpoint), str(checkpoint))
-    return model
+    from ..sam.cpu import accelerate
+
+    return accelerate(model, paths)
 
 
 build_sam2_hiera_tiny = partial(build_sam2, "hiera_tiny")

@@ -72,7 +72,12 @@ def accelerate(model: Sam, paths: Union[str, Collection[str]] = "auto", *, worke
     and masks run on (1: the calling thread, with torch's own threads). Clears the decoder's kept
     products."""
     if not isinstance(model, Sam):
-        raise TypeError(f"accelerate() takes a grounded SAM model (grounded.sam.Sam), not {type(model).__name__}")
+        from ...sam2.model import Sam2
+
+        if not isinstance(model, Sam2):
+            raise TypeError(f"accelerate() takes a grounded SAM model (grounded.sam.Sam or grounded.sam2.Sam2), "
+                            f"not {type(model).__name__}")
+        _know_sam2()
     if isinstance(paths, str):
         if paths not in ("auto", "reference"):
             raise ValueError(f"paths must be 'auto', 'reference' or a collection of {PATHS}, got {paths!r}")
@@ -87,6 +92,15 @@ def accelerate(model: Sam, paths: Union[str, Collection[str]] = "auto", *, worke
     _remove(model)
     _install(model, Acceleration(allowed, workers))
     return model
+
+
+def _know_sam2() -> None:
+    """SAM 2's decoder among the accelerated modules (imported on first use: grounded.sam2 imports grounded.sam)."""
+    from ...sam2.mask_decoder import MaskDecoder as Sam2MaskDecoder
+    from .sam2 import AcceleratedSam2MaskDecoder
+
+    _ACCELERATED[Sam2MaskDecoder] = AcceleratedSam2MaskDecoder
+    _CORE[AcceleratedSam2MaskDecoder] = Sam2MaskDecoder
 
 
 def paths_taken(model: Sam, clear: bool = True) -> List[str]:
@@ -116,7 +130,7 @@ def _install(model: Sam, acceleration: Acceleration) -> None:
         if accelerated is not None:
             module.__class__ = accelerated
             module.acceleration = acceleration
-    if isinstance(decoder, AcceleratedMaskDecoder):
+    if hasattr(type(decoder), "choose_path"):  # SAM's or SAM 2's accelerated decoder
         cache = decoder.products_cache = ProductsCache()
         for module in (decoder, model.prompt_encoder):
             cache.handles.append(module.register_load_state_dict_post_hook(cache.clear))
