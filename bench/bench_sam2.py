@@ -17,9 +17,7 @@ grounded is faster), and whether the outputs agree.
 """
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -31,18 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-
-def timed_alternated(fns, repeats, warmup=1):
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    for round_ in range(repeats):
-        for name, fn in (list(fns.items()) if round_ % 2 == 0 else list(fns.items())[::-1]):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+from bench_sam import timed_alternated  # noqa: E402  (bench/ is the script's folder)
 
 
 def report(case, times, note=""):

@@ -94,24 +94,29 @@ def variant_of(config: SamConfig) -> Optional[str]:
 
 def load_state_dict_strict(model: Sam, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Sam:
     """Load with strict=True, turning a mismatch into an error that says which variant fits."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
-    if missing or unexpected or wrong_shape:
+    mismatch = describe_mismatch(model.state_dict(), state_dict)
+    if mismatch:
         hint = ""
         try:
             fits = variant_of(infer_config(state_dict))
             hint = f" The checkpoint fits the '{fits}' variant." if fits else " Its dimensions match no official variant; use from_pretrained to build from its own shapes."
         except Exception:
             pass
-        raise CheckpointError(
-            f"{source} does not fit this model: {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(wrong_shape)} with other shapes "
-            f"{[(k, tuple(state_dict[k].shape), tuple(expected[k].shape)) for k in wrong_shape[:3]]}.{hint}"
-        )
+        raise CheckpointError(f"{source} does not fit this model: {mismatch}.{hint}")
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def describe_mismatch(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The keys missing from state_dict, those it has in excess and those of other shapes ("" if none)."""
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if not (missing or unexpected or wrong_shape):
+        return ""
+    return (f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
+            f"{len(wrong_shape)} with other shapes "
+            f"{[(k, tuple(state_dict[k].shape), tuple(expected[k].shape)) for k in wrong_shape[:3]]}")
 
 
 # ---------------------------------------------------------------- the segment_anything-style registry
@@ -159,14 +164,18 @@ sam_model_registry = {
 
 def save_pretrained(model: Sam, directory: Union[str, Path]) -> Path:
     """Write `model.safetensors` and its config to a folder that `from_pretrained` reads."""
+    return write_folder(model, directory, CONFIG_FILE, getattr(model, "config", None) or infer_config(model.state_dict()))
+
+
+def write_folder(model, directory: Union[str, Path], config_file: str, config) -> Path:
+    """`model.safetensors` and the config's JSON as `config_file` (SAM's and SAM 2's save_pretrained)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = getattr(model, "config", None) or infer_config(model.state_dict())
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "library": "grounded"})
-    (directory / CONFIG_FILE).write_text(config.to_json())
+    (directory / config_file).write_text(config.to_json())
     return directory
 
 

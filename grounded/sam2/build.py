@@ -22,7 +22,7 @@ from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
 
 CONFIG_FILE = "grounded_sam2_config.json"
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = "model.safetensors"  # (as grounded.sam.build writes it)
 IMAGE_PREFIXES = ("image_encoder.", "sam_prompt_encoder.", "sam_mask_decoder.", "no_mem_embed")
 VIDEO_PREFIXES = ("memory_attention.", "memory_encoder.", "maskmem_tpos_enc", "no_mem_pos_enc", "no_obj_ptr",
                   "obj_ptr_proj.", "obj_ptr_tpos_proj.", "mask_downsample.", "no_obj_embed_spatial")
@@ -151,38 +151,26 @@ def _count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
 
 def load_state_dict_strict(model: Sam2, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Sam2:
     """Load with strict=True, turning a mismatch into an error that names the size the weights fit."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
-    if missing or unexpected or wrong_shape:
-        hint = ""
+    from ..sam.build import describe_mismatch
+
+    mismatch = describe_mismatch(model.state_dict(), state_dict)
+    if mismatch:
         try:
             fits = official_size(infer_config(state_dict))
             hint = f" The checkpoint is SAM 2 {fits}." if fits else ""
         except CheckpointError as err:
             hint = f" ({err})"
         mine = official_size(getattr(model, "config", None) or Sam2Config(embed_dim=-1))
-        raise CheckpointError(
-            f"{source} does not fit this SAM 2 model{f' ({mine})' if mine else ''}: {len(missing)} missing keys "
-            f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, {len(wrong_shape)} with other "
-            f"shapes {[(k, tuple(state_dict[k].shape), tuple(expected[k].shape)) for k in wrong_shape[:3]]}.{hint}"
-        )
+        raise CheckpointError(f"{source} does not fit this SAM 2 model{f' ({mine})' if mine else ''}: {mismatch}.{hint}")
     model.load_state_dict(state_dict, strict=True)
     return model
 
 
 def save_pretrained(model: Sam2, directory: Union[str, Path]) -> Path:
     """Write `model.safetensors` and its config to a folder that `from_pretrained` reads."""
-    from safetensors.torch import save_file
+    from ..sam.build import write_folder
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = getattr(model, "config", None) or infer_config(model.state_dict())
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "library": "grounded"})
-    (directory / CONFIG_FILE).write_text(config.to_json())
-    return directory
+    return write_folder(model, directory, CONFIG_FILE, getattr(model, "config", None) or infer_config(model.state_dict()))
 
 
 def from_pretrained(

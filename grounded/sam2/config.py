@@ -55,12 +55,9 @@ class Sam2Config:
 
     @classmethod
     def from_dict(cls, data: Dict) -> "Sam2Config":
-        data = {k: v for k, v in data.items() if k != "family"}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown Sam2Config fields {unknown}; known fields: {sorted(names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        from ..sam.config import config_from_dict
+
+        return config_from_dict(cls, {k: v for k, v in data.items() if k != "family"})
 
 
 # The image parts of the official configs (sam2/configs/sam2.1/*.yaml; SAM 2.0's are the same).

@@ -78,22 +78,10 @@ class MaskDecoder(SamMaskDecoder):
         """All four masks and IoU predictions, and the object-score logits (N x 1)."""
         if high_res_features is None:
             raise ValueError("SAM 2's mask decoder needs the image's high-resolution features (Sam2.encode)")
-        n = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1).to(sparse_prompt_embeddings.dtype)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
-        if image_embeddings.shape[0] not in (1, n):
-            raise ValueError(f"{image_embeddings.shape[0]} image embeddings for {n} prompts: give 1 or {n}")
-        src = image_embeddings + dense_prompt_embeddings  # broadcasts one image over every prompt
-        if src.shape[0] != n:
-            src = src.expand(n, -1, -1, -1)
-        pos_src = image_pe.expand(n, -1, -1, -1)
-        b, c, h, w = src.shape
-
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, output_tokens)
         iou_token_out = hs[:, 1, :]
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens, :]
-        src = src.transpose(1, 2).reshape(b, c, h, w)
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         masks = self.mask_logits(src, hyper_in, high_res_features)
         return masks, self.iou_prediction_head(iou_token_out), self.pred_obj_score_head(hs[:, 0, :])
