@@ -55,7 +55,8 @@ class Sam2(nn.Module):
         official `SAM2Transforms` (ToTensor, Resize, Normalize)."""
         from torchvision.transforms.functional import resize
 
-        x = torch.as_tensor(np.require(image, requirements=["C", "W"]), device=self.device).permute(2, 0, 1).float().div(255)
+        x = torch.as_tensor(np.require(image, requirements=["C", "W"]), device=self.device).permute(2, 0, 1).contiguous()
+        x = x.float().div(255)  # contiguous CHW, the layout ToTensor gives the reference
         x = resize(x, [self.image_size, self.image_size])
         return (x - self.pixel_mean) / self.pixel_std
 
