@@ -9,8 +9,8 @@ reachable offline here; speed does not depend on the values), on samples/chelsea
 - boxes: 64 box prompts on the image in one `predict(box=Nx4, multimask_output=False)` call (the
   reference's own batched call);
 - amg: the mask generator with pred_iou_thresh=0, stability_score_thresh=0 and box_nms_thresh=1.0 (on
-  random weights the defaults keep no mask, and NMS folds the near-identical masks into one) and a 6x6
-  grid: 108 masks; mask counts and the share matched at IoU >= 0.99.
+  random weights the defaults keep no mask, and NMS folds the near-identical masks into one) and a 10x10
+  grid: 300 masks; mask counts and the share matched at IoU >= 0.99.
 
 Each line: both timings (medians of alternated rounds, ABBA) and reference/grounded (above 1:
 grounded is faster), and whether the outputs agree.
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--only", default="encoder,boxes,amg")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--points-per-side", type=int, default=6)
+    parser.add_argument("--points-per-side", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
