@@ -78,7 +78,7 @@ def segment_text(image: Any, text: str, mode: str = "grounded", points: Optional
             dets = detector.detect([image], text, box_threshold=box_threshold, text_threshold=text_threshold)[0]
             dets = boxes_to_masks(predictor, image, dets)
         else:
-            from .sam.automatic import mask_generator
+            from .sam2.automatic import mask_generator
 
             clip_model = _clip(models, clip, clip_pretrained, device)  # before the slow part: a missing CLIP fails first
             generator = mask_generator(predictor.model, points_per_side=points_per_side,

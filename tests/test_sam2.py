@@ -223,9 +223,10 @@ def test_sam1_checkpoint_given_to_sam2_is_refused_and_the_reverse(models, tmp_pa
     _, _, sam2_path = models
     with pytest.raises(CheckpointError, match="SAM 2 checkpoint"):
         sam_model_registry["vit_b"](checkpoint=sam2_path)
-    # grounded.sam.from_pretrained (what nodes and the CLI call) hands SAM 2 weights over
-    with pytest.raises(CheckpointError, match="no official SAM 2 size"):  # a tiny Hiera needs its config
+    with pytest.raises(CheckpointError, match="SAM 2 checkpoint: load it with grounded.sam2.from_pretrained"):
         sam_from_pretrained(sam2_path)
+    with pytest.raises(CheckpointError, match="no official SAM 2 size"):  # a tiny Hiera needs its config
+        from_pretrained(sam2_path)
     assert isinstance(from_pretrained(sam2_path, config=Sam2Config(**TINY_HIERA)), Sam2)
 
 
@@ -345,7 +346,8 @@ def _transformers_masks(model, pixels, image, points, labels):
 
 
 def test_hf_folder_and_hub_id_give_transformers_masks(hf_model_and_folder, image, tmp_path, monkeypatch):
-    from grounded.sam import from_pretrained as sam_from_pretrained
+    from grounded.nodes.segment import sam_predictor
+    from grounded.pipeline.models import ModelCache
     from grounded.testing.hf_cache import install_in_hf_cache, point_hf_cache_at
 
     model, folder = hf_model_and_folder
@@ -354,12 +356,14 @@ def test_hf_folder_and_hub_id_give_transformers_masks(hf_model_and_folder, image
     expected_masks, expected_scores = _transformers_masks(model, pixels, image, points, labels)
     assert 0.01 < expected_masks.mean() < 0.99
     point_hf_cache_at(monkeypatch, install_in_hf_cache(folder, tmp_path / "hub", "facebook/sam2.1-hiera-tiny"))
-    for source in (folder, "facebook/sam2.1-hiera-tiny"):
-        predictor = SAM2ImagePredictor(sam_from_pretrained(source))  # grounded.sam hands SAM 2 over
-        predictor.set_image(image)
-        masks, scores, _ = predictor.predict(point_coords=points, point_labels=np.array(labels))
-        assert (masks != expected_masks).mean() < 1e-4
-        np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+    with ModelCache() as models:
+        for source in (str(folder), "facebook/sam2.1-hiera-tiny"):
+            predictor = sam_predictor(models, source, "cpu")  # the nodes' loader takes either family
+            assert isinstance(predictor, SAM2ImagePredictor)
+            predictor.set_image(image)
+            masks, scores, _ = predictor.predict(point_coords=points, point_labels=np.array(labels))
+            assert (masks != expected_masks).mean() < 1e-4
+            np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
     assert SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny").model.config.embed_dim == TINY_HIERA["embed_dim"]
 
 

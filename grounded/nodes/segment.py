@@ -24,8 +24,14 @@ ENCODER_BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 
 def _load_sam(cache: ModelCache, name: str, device: str, dtype: Any, image_encoder_backend: str = "auto"):
     from ..sam import from_pretrained
+    from ..sam.build import IsSam2Error
 
-    return from_pretrained(name, device=device, dtype=dtype, image_encoder_backend=image_encoder_backend)
+    try:
+        return from_pretrained(name, device=device, dtype=dtype, image_encoder_backend=image_encoder_backend)
+    except IsSam2Error:  # SAM 2 / 2.1 weights: its own loader (its encoder runs in torch)
+        from ..sam2 import from_pretrained as sam2_from_pretrained
+
+        return sam2_from_pretrained(name, device=device, dtype=dtype)
 
 
 def _load_sam_predictor(cache: ModelCache, name: str, device: str, dtype: Any, model_kind: str = "sam"):
@@ -113,7 +119,7 @@ class SegmentAuto(_SamNode):
     }
 
     def setup(self, ctx) -> None:
-        from ..sam.automatic import mask_generator
+        from ..sam2.automatic import mask_generator
 
         super().setup(ctx)
         self.generator = mask_generator(

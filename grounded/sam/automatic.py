@@ -356,15 +356,3 @@ class SamAutomaticMaskGenerator:
                 mask_data["boxes"][i_mask] = boxes[i_mask]  # numpy row from a tensor, as the reference
         mask_data.filter(keep_by_nms)
         return mask_data
-
-
-def mask_generator(model, **kwargs) -> SamAutomaticMaskGenerator:
-    """The mask generator of a model: `SamAutomaticMaskGenerator` for SAM, `SAM2AutomaticMaskGenerator`
-    for SAM 2 (grounded.sam2), with the same arguments."""
-    from ..sam2.model import Sam2
-
-    if isinstance(model, Sam2):
-        from ..sam2.automatic import SAM2AutomaticMaskGenerator
-
-        return SAM2AutomaticMaskGenerator(model, **kwargs)
-    return SamAutomaticMaskGenerator(model, **kwargs)

@@ -130,16 +130,17 @@ def _build_variant(name: str, checkpoint: Optional[Union[str, Path]] = None) -> 
 
 
 class IsSam2Error(CheckpointError):
-    """SAM 2 weights where SAM 1's were expected (`from_pretrained` hands them to grounded.sam2)."""
+    """SAM 2 weights where SAM 1's were expected (grounded's model loader for nodes and the CLI,
+    `grounded.nodes.segment`, hands them to grounded.sam2)."""
 
 
 def _official_state_dict(sd: StateDict, source: str = "checkpoint") -> StateDict:
-    from ..sam2.build import family_of
+    from .checkpoint import checkpoint_family
     from .hf import convert_hf_state_dict, is_hf_state_dict
 
-    if family_of(sd) in ("sam2", "sam2_hf"):
+    if checkpoint_family(sd) in ("sam2", "sam2_hf"):
         raise IsSam2Error(f"{source} is a SAM 2 checkpoint: load it with grounded.sam2.from_pretrained or "
-                          f"grounded.sam2.build_sam2 (grounded.sam.from_pretrained does so itself)")
+                          f"grounded.sam2.build_sam2 (grounded's nodes and CLI take either family)")
     if is_hf_state_dict(sd):
         sd, _ = convert_hf_state_dict(sd)
     return sd
@@ -198,8 +199,8 @@ def from_pretrained(
     - a Hugging Face hub id such as `facebook/sam-vit-base` (read from the local HF cache when
       HF_HUB_OFFLINE=1).
 
-    SAM 2 / 2.1 weights (a file, folder, hub id or known name) are handed to `grounded.sam2.from_pretrained`,
-    which returns a `grounded.sam2.Sam2`.
+    SAM 2 / 2.1 weights (a file, folder, hub id or known name) raise `IsSam2Error`, naming
+    `grounded.sam2.from_pretrained` (grounded's nodes and CLI load either family).
 
     model_type ('vit_h', 'vit_l', 'vit_b', 'vit_t') checks the checkpoint is that variant; by default the
     dimensions come from the checkpoint itself. Raises FileNotFoundError naming every place tried.
@@ -213,14 +214,7 @@ def from_pretrained(
         raise ValueError(f"unknown image_encoder_backend {image_encoder_backend!r}; "
                          f"use one of auto, torch, {', '.join(BACKENDS)}")
     tried: List[str] = []
-    try:
-        state_dict, config = _resolve(str(name_or_path), tried, cache_dir, revision)
-    except IsSam2Error:
-        if model_type is not None:
-            raise
-        from ..sam2 import from_pretrained as sam2_from_pretrained
-
-        return sam2_from_pretrained(name_or_path, device=device, dtype=dtype, cache_dir=cache_dir, revision=revision)
+    state_dict, config = _resolve(str(name_or_path), tried, cache_dir, revision)
     if state_dict is None:
         raise FileNotFoundError(
             f"could not find SAM weights for {str(name_or_path)!r}. Tried:\n  - " + "\n  - ".join(tried)

@@ -99,3 +99,11 @@ class SAM2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
             refined.append(masks[:, 0])
             ious.append(iou[:, 0])
         return torch.cat(refined), torch.cat(ious)
+
+
+def mask_generator(model, **kwargs) -> SamAutomaticMaskGenerator:
+    """The mask generator of a model: `SAM2AutomaticMaskGenerator` for SAM 2, grounded.sam's
+    `SamAutomaticMaskGenerator` for SAM, with the same arguments."""
+    if isinstance(model, Sam2):
+        return SAM2AutomaticMaskGenerator(model, **kwargs)
+    return SamAutomaticMaskGenerator(model, **kwargs)

@@ -13,10 +13,12 @@ from typing import List, Mapping, Optional, Tuple, Union
 import torch
 
 from ..sam.checkpoint import CheckpointError, StateDict, read_state_dict
+from ..sam.checkpoint import checkpoint_family as family_of
 from .config import OFFICIAL_CONFIGS, Sam2Config, official_size
 from .hieradet import Hiera
 from .image_encoder import FpnNeck, ImageEncoder
-from .mask_decoder import MaskDecoder
+from ..sam import cpu
+from .mask_decoder import AcceleratedMaskDecoder, MaskDecoder
 from .model import Sam2
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
@@ -29,6 +31,7 @@ VIDEO_PREFIXES = ("memory_attention.", "memory_encoder.", "maskmem_tpos_enc", "n
 # Official sizes by their blocks per stage: the attention layout (global blocks, window sizes) and the
 # head count leave no trace in the weights.
 _SIZE_BY_STAGES = {config.stages: name for name, config in OFFICIAL_CONFIGS.items()}
+cpu.register(Sam2, MaskDecoder, AcceleratedMaskDecoder)  # the CPU wing's decoder paths serve SAM 2 too
 
 
 def build_sam2(config: Union[Sam2Config, str] = "hiera_tiny", checkpoint: Optional[Union[str, Path]] = None,
@@ -67,32 +70,13 @@ def build_sam2(config: Union[Sam2Config, str] = "hiera_tiny", checkpoint: Option
     model.eval()
     if checkpoint is not None:
         load_state_dict_strict(model, read_sam2_state_dict(checkpoint), str(checkpoint))
-    from ..sam.cpu import accelerate
-
-    return accelerate(model, paths)
+    return cpu.accelerate(model, paths)
 
 
 build_sam2_hiera_tiny = partial(build_sam2, "hiera_tiny")
 build_sam2_hiera_small = partial(build_sam2, "hiera_small")
 build_sam2_hiera_base_plus = partial(build_sam2, "hiera_base_plus")
 build_sam2_hiera_large = partial(build_sam2, "hiera_large")
-
-
-def family_of(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """What a state dict is: 'sam2', 'sam2_hf' (transformers' Sam2Model), 'sam' (SAM 1, ViT or
-    MobileSAM), 'sam_hf' (transformers' SamModel), 'sam3', or 'unknown'."""
-    keys = set(state_dict)
-    if "sam_mask_decoder.iou_token.weight" in keys or "image_encoder.trunk.patch_embed.proj.weight" in keys:
-        return "sam2"
-    if any(k.startswith("vision_encoder.backbone.") for k in keys) and "mask_decoder.obj_score_token.weight" in keys:
-        return "sam2_hf"
-    if "mask_decoder.iou_token.weight" in keys and any(k.startswith("image_encoder.") for k in keys):
-        return "sam"
-    if any(k.startswith("vision_encoder.") for k in keys) and "mask_decoder.iou_token.weight" in keys:
-        return "sam_hf"
-    if any(k.startswith(("detector.", "tracker.")) for k in keys):
-        return "sam3"
-    return "unknown"
 
 
 _FAMILY_NAMES = {

@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..sam.cpu.sam2 import Sam2DecoderWing
 from ..sam.mask_decoder import MLP
 from ..sam.mask_decoder import MaskDecoder as SamMaskDecoder
 
@@ -114,3 +115,8 @@ class MaskDecoder(SamMaskDecoder):
         logits = torch.where(is_stable[..., None, None].expand_as(single_logits), single_logits, best_logits)
         iou = torch.where(is_stable.expand_as(single_iou), single_iou, best_iou)
         return logits, iou
+
+
+class AcceleratedMaskDecoder(Sam2DecoderWing, MaskDecoder):
+    """The decoder with the CPU wing's forward (grounded/sam/cpu/sam2.py), installed by
+    `grounded.sam.cpu.accelerate`; state dict and parameters are MaskDecoder's."""

@@ -48,6 +48,7 @@ PATHS = ("encoder/vit_blocked", "encoder/tiny_vit_fused", "decoder/low_rank", "d
 _ACCELERATED = {Sam: AcceleratedSam, ImageEncoderViT: AcceleratedImageEncoderViT, TinyViT: AcceleratedTinyViT,
                 MaskDecoder: AcceleratedMaskDecoder}
 _CORE = {accelerated: core for core, accelerated in _ACCELERATED.items()}
+_MODELS: set = set()  # other model classes, by `register`
 
 
 @dataclass
@@ -71,13 +72,9 @@ def accelerate(model: Sam, paths: Union[str, Collection[str]] = "auto", *, worke
     recorded as such), or a collection of names from `PATHS`. workers: threads that chunks of prompts
     and masks run on (1: the calling thread, with torch's own threads). Clears the decoder's kept
     products."""
-    if not isinstance(model, Sam):
-        from ...sam2.model import Sam2
-
-        if not isinstance(model, Sam2):
-            raise TypeError(f"accelerate() takes a grounded SAM model (grounded.sam.Sam or grounded.sam2.Sam2), "
-                            f"not {type(model).__name__}")
-        _know_sam2()
+    if not isinstance(model, (Sam, *_MODELS)):
+        raise TypeError(f"accelerate() takes a grounded SAM model (grounded.sam.Sam or grounded.sam2.Sam2), "
+                        f"not {type(model).__name__}")
     if isinstance(paths, str):
         if paths not in ("auto", "reference"):
             raise ValueError(f"paths must be 'auto', 'reference' or a collection of {PATHS}, got {paths!r}")
@@ -94,13 +91,12 @@ def accelerate(model: Sam, paths: Union[str, Collection[str]] = "auto", *, worke
     return model
 
 
-def _know_sam2() -> None:
-    """SAM 2's decoder among the accelerated modules (imported on first use: grounded.sam2 imports grounded.sam)."""
-    from ...sam2.mask_decoder import MaskDecoder as Sam2MaskDecoder
-    from .sam2 import AcceleratedSam2MaskDecoder
-
-    _ACCELERATED[Sam2MaskDecoder] = AcceleratedSam2MaskDecoder
-    _CORE[AcceleratedSam2MaskDecoder] = Sam2MaskDecoder
+def register(model_class: type, core_class: type, accelerated_class: type) -> None:
+    """Let `accelerate` take models of model_class and give their core_class modules accelerated_class
+    (grounded.sam2 registers SAM 2 and its decoder: grounded.sam imports nothing of it)."""
+    _MODELS.add(model_class)
+    _ACCELERATED[core_class] = accelerated_class
+    _CORE[accelerated_class] = core_class
 
 
 def paths_taken(model: Sam, clear: bool = True) -> List[str]:

@@ -1,20 +1,20 @@
 """SAM 2's mask decoder on the CPU wing: the same evaluations as SAM's (decoder.py: the low-rank form
 for prompts sharing the image, regrouped attentions for mask prompts, the tiled upscaling), with the
 object-score token among the output tokens and the image's high-res maps added inside the upscaling
-(upscaling.py). Installed by `grounded.sam.cpu.accelerate` on a `grounded.sam2.Sam2`."""
+(upscaling.py). `Sam2DecoderWing` is mixed into grounded.sam2's decoder (which imports grounded.sam,
+never the reverse) and installed by `grounded.sam.cpu.accelerate` on a `grounded.sam2.Sam2`."""
 
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ...sam2.mask_decoder import MaskDecoder as Sam2MaskDecoder
 from .common import eager_cpu_float32
 from .decoder import AcceleratedMaskDecoder, decode
 
 
-class AcceleratedSam2MaskDecoder(Sam2MaskDecoder):
-    """`grounded.sam2`'s `MaskDecoder` whose forward takes the wing's evaluations where they apply:
-    float32 inference on the CPU with one image's high-res maps; elsewhere its own forward."""
+class Sam2DecoderWing:
+    """A forward that takes the wing's evaluations where they apply (float32 inference on the CPU with
+    one image's high-res maps) and SAM 2's own decoder forward elsewhere."""
 
     choose_path = AcceleratedMaskDecoder.choose_path
 
