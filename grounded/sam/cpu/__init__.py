@@ -24,6 +24,9 @@ The paths:
   compiled loops or in torch operations (upscaling.py, kernels.py)
 - masks/kernels, masks/torch: thresholding upsampled masks near contours only (masks.py)
 
+SAM 2's decoder (`grounded.sam2`, which registers itself with `register`) takes the decoder and upscaling
+paths, its high-res maps added inside the upscaling (sam2.py).
+
 Recorded besides these: encoder/reference, decoder/reference, masks/reference and
 upscaling/reference (the decoder's own upscaling, in the training path).
 """
