@@ -78,13 +78,12 @@ def segment_text(image: Any, text: str, mode: str = "grounded", points: Optional
             dets = detector.detect([image], text, box_threshold=box_threshold, text_threshold=text_threshold)[0]
             dets = boxes_to_masks(predictor, image, dets)
         else:
-            from .sam.automatic import SamAutomaticMaskGenerator
+            from .sam2.automatic import mask_generator
 
             clip_model = _clip(models, clip, clip_pretrained, device)  # before the slow part: a missing CLIP fails first
-            generator = SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side,
-                                                  pred_iou_thresh=pred_iou_thresh,
-                                                  stability_score_thresh=stability_score_thresh,
-                                                  output_mode="coco_rle")
+            generator = mask_generator(predictor.model, points_per_side=points_per_side,
+                                       pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
+                                       output_mode="coco_rle")
             generator.predictor = predictor
             dets = Detections.from_sam_records(generator.generate(image), image_size=image.shape[:2])
             dets = rank_by_clip(clip_model, image, dets, text, top_k=top_k)

@@ -106,11 +106,13 @@ class Checkpoint:
     name: str
     filename: str
     sha256: str | None  # None: unknown, the file is accepted as downloaded
-    model_type: str | None  # the SAM registry key (vit_t, vit_b, vit_l, vit_h); None for data files
+    model_type: str | None  # the SAM registry key (vit_t, vit_b, vit_l, vit_h), sam2:<size>; None for data files
     sources: tuple[Source, ...]
 
 
 _FB = "https://dl.fbaipublicfiles.com/segment_anything/"
+_FB2 = "https://dl.fbaipublicfiles.com/segment_anything_2/"
+_SAM2_SIZES = ("tiny", "small", "base_plus", "large")
 CHECKPOINTS: dict[str, Checkpoint] = {c.name: c for c in [
     Checkpoint(
         "mobile_sam", "mobile_sam.pt",
@@ -129,6 +131,12 @@ CHECKPOINTS: dict[str, Checkpoint] = {c.name: c for c in [
         "sam_vit_b", "sam_vit_b_01ec64.pth",
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", "vit_b",
         (UrlSource(_FB + "sam_vit_b_01ec64.pth"),)),
+    # SAM 2.1 and SAM 2.0 (grounded.sam2). Meta publishes no hashes and none could be checked offline:
+    # these are unverified (any download is accepted) until someone records the sha256 of a checked file.
+    *[Checkpoint(f"sam2.1_hiera_{size}", f"sam2.1_hiera_{size}.pt", None, f"sam2:hiera_{size}",
+                 (UrlSource(f"{_FB2}092824/sam2.1_hiera_{size}.pt"),)) for size in _SAM2_SIZES],
+    *[Checkpoint(f"sam2_hiera_{size}", f"sam2_hiera_{size}.pt", None, f"sam2:hiera_{size}",
+                 (UrlSource(f"{_FB2}072824/sam2_hiera_{size}.pt"),)) for size in _SAM2_SIZES],
     # Real data for tests and benchmarks: a fluorescence image with 125 instance-labelled nuclei.
     Checkpoint(
         "stardist_nuclei_image", "stardist_img2d.tif",
@@ -294,7 +302,8 @@ def _run_cli(args) -> int:
             path = locate(c.name, args.cache_dir)
             where = path or cache_folder(args.cache_dir) / c.filename
             state = "cached    " if path else "not cached"
-            print(f"{c.name:<22} {c.model_type or 'data':<6} {state}  {where}")
+            verified = "" if c.sha256 else "  (unverified: no published sha256)"
+            print(f"{c.name:<24} {c.model_type or 'data':<16} {state}  {where}{verified}")
         return 0
     if command == "fetch":
         status = 0

@@ -24,8 +24,14 @@ ENCODER_BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 
 def _load_sam(cache: ModelCache, name: str, device: str, dtype: Any, image_encoder_backend: str = "auto"):
     from ..sam import from_pretrained
+    from ..sam.build import IsSam2Error
 
-    return from_pretrained(name, device=device, dtype=dtype, image_encoder_backend=image_encoder_backend)
+    try:
+        return from_pretrained(name, device=device, dtype=dtype, image_encoder_backend=image_encoder_backend)
+    except IsSam2Error:  # SAM 2 / 2.1 weights: its own loader (its encoder runs in torch)
+        from ..sam2 import from_pretrained as sam2_from_pretrained
+
+        return sam2_from_pretrained(name, device=device, dtype=dtype)
 
 
 def _load_sam_predictor(cache: ModelCache, name: str, device: str, dtype: Any, model_kind: str = "sam"):
@@ -34,8 +40,12 @@ def _load_sam_predictor(cache: ModelCache, name: str, device: str, dtype: Any, m
     # Reduced precision runs under autocast over the float32 weights (as `grounded segment
     # --dtype` does), which keeps the per-pixel mask logits in float32.
     from ..sam import SamPredictor
+    from ..sam2 import Sam2, SAM2ImagePredictor
 
-    return SamPredictor(cache.get(model_kind, name, device, None), autocast_dtype=dtype)
+    model = cache.get(model_kind, name, device, None)
+    if isinstance(model, Sam2):  # SAM 2 / 2.1 weights (from_pretrained tells them apart)
+        return SAM2ImagePredictor(model, autocast_dtype=dtype)
+    return SamPredictor(model, autocast_dtype=dtype)
 
 
 register_loader("sam", _load_sam)
@@ -59,7 +69,8 @@ def sam_predictor(models: ModelCache, name_or_path: Any, device: Any = "auto", d
 
 
 MODEL_PARAMS = {
-    "model": Param("mobile_sam", str, "SAM checkpoint: known name (see `grounded weights`), file, folder or hub id"),
+    "model": Param("mobile_sam", str, "SAM or SAM 2.1 checkpoint: known name (see `grounded weights`, e.g. "
+                                      "sam2.1_hiera_tiny), file, folder or hub id"),
     "device": Param("auto", str, "cpu, cuda, cuda:1, ... or auto (a GPU when there is one)", fingerprint=False),
     "dtype": Param("fp32", str, "precision: bf16/fp16 run under autocast (mask logits stay fp32)", choices=DTYPE_CHOICES),
     "encoder_backend": Param("auto", str, "image encoder runtime: auto (the fastest installed: openvino for MobileSAM on a "
@@ -108,10 +119,10 @@ class SegmentAuto(_SamNode):
     }
 
     def setup(self, ctx) -> None:
-        from ..sam.automatic import SamAutomaticMaskGenerator
+        from ..sam2.automatic import mask_generator
 
         super().setup(ctx)
-        self.generator = SamAutomaticMaskGenerator(
+        self.generator = mask_generator(
             self.predictor.model, points_per_side=self.points_per_side, points_per_batch=self.points_per_batch,
             pred_iou_thresh=self.pred_iou_thresh, stability_score_thresh=self.stability_score_thresh,
             stability_score_offset=self.stability_score_offset, box_nms_thresh=self.box_nms_thresh,

@@ -111,6 +111,7 @@ class SamAutomaticMaskGenerator:
         self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        self.mask_threshold = model.mask_threshold
         self.postprocess_memory_mb = postprocess_memory_mb
         self.encoder_batch_size = encoder_batch_size
         self.timings: Dict[str, float] = {}  # seconds spent in the last generate(), by stage
@@ -247,18 +248,11 @@ class SamAutomaticMaskGenerator:
         self, points: np.ndarray, im_size: Tuple[int, ...], crop_box: List[int], orig_size: Tuple[int, ...]
     ) -> MaskData:
         start = time.perf_counter()
-        predictor = self.predictor
-        # Coordinates stay float64 into the prompt encoder, as the reference passes them.
-        in_points = torch.as_tensor(predictor.transform.apply_coords(points, im_size), device=predictor.device)
-        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        low_res, iou_preds = predictor.decode(in_points[:, None, :], in_labels[:, None], multimask_output=True)
+        low_res, iou_preds, points = self._decode_points(points, im_size)
         if low_res.device.type == "cuda":
             torch.cuda.synchronize()
         self.timings["decoder"] += time.perf_counter() - start
         start = time.perf_counter()
-        n_out = low_res.shape[1]
-        low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
-        points = torch.as_tensor(points.repeat(n_out, axis=0))
 
         # Filter by predicted IoU before anything is upsampled: it needs only the decoder's scores.
         if self.pred_iou_thresh > 0.0:
@@ -282,6 +276,17 @@ class SamAutomaticMaskGenerator:
         self.timings["postprocess"] += time.perf_counter() - start
         return data
 
+    def _decode_points(self, points: np.ndarray, im_size: Tuple[int, ...]):
+        """Low-res logits M x h x w and IoU predictions M of every mask of a batch of grid points, and
+        each mask's point M x 2 (SAM 2's generator overrides it)."""
+        predictor = self.predictor
+        # Coordinates stay float64 into the prompt encoder, as the reference passes them.
+        in_points = torch.as_tensor(predictor.transform.apply_coords(points, im_size), device=predictor.device)
+        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
+        low_res, iou_preds = predictor.decode(in_points[:, None, :], in_labels[:, None], multimask_output=True)
+        n_out = low_res.shape[1]
+        return low_res.flatten(0, 1), iou_preds.flatten(0, 1), torch.as_tensor(points.repeat(n_out, axis=0))
+
     def _no_masks(self) -> MaskData:
         device = self.predictor.device
         return MaskData(
@@ -292,7 +297,7 @@ class SamAutomaticMaskGenerator:
     def _filter_and_encode(self, low_res: torch.Tensor, im_size, crop_box, orig_size):
         """Stability filter, threshold, box, crop-edge filter and RLE for a chunk of low-res logits.
         Returns the stability scores of all, the indices of the masks kept, their RLE counts and boxes."""
-        model, threshold, offset = self.predictor.model, self.predictor.model.mask_threshold, self.stability_score_offset
+        model, threshold, offset = self.predictor.model, self.mask_threshold, self.stability_score_offset
         orig_h, orig_w = orig_size
 
         def masks_above(logits: torch.Tensor, at: float) -> torch.Tensor:

@@ -94,24 +94,29 @@ def variant_of(config: SamConfig) -> Optional[str]:
 
 def load_state_dict_strict(model: Sam, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Sam:
     """Load with strict=True, turning a mismatch into an error that says which variant fits."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
-    if missing or unexpected or wrong_shape:
+    mismatch = describe_mismatch(model.state_dict(), state_dict)
+    if mismatch:
         hint = ""
         try:
             fits = variant_of(infer_config(state_dict))
             hint = f" The checkpoint fits the '{fits}' variant." if fits else " Its dimensions match no official variant; use from_pretrained to build from its own shapes."
         except Exception:
             pass
-        raise CheckpointError(
-            f"{source} does not fit this model: {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(wrong_shape)} with other shapes "
-            f"{[(k, tuple(state_dict[k].shape), tuple(expected[k].shape)) for k in wrong_shape[:3]]}.{hint}"
-        )
+        raise CheckpointError(f"{source} does not fit this model: {mismatch}.{hint}")
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def describe_mismatch(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The keys missing from state_dict, those it has in excess and those of other shapes ("" if none)."""
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if not (missing or unexpected or wrong_shape):
+        return ""
+    return (f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
+            f"{len(wrong_shape)} with other shapes "
+            f"{[(k, tuple(state_dict[k].shape), tuple(expected[k].shape)) for k in wrong_shape[:3]]}")
 
 
 # ---------------------------------------------------------------- the segment_anything-style registry
@@ -120,13 +125,22 @@ def load_state_dict_strict(model: Sam, state_dict: Mapping[str, torch.Tensor], s
 def _build_variant(name: str, checkpoint: Optional[Union[str, Path]] = None) -> Sam:
     model = build_sam(OFFICIAL_CONFIGS[name])
     if checkpoint is not None:
-        load_state_dict_strict(model, _official_state_dict(read_state_dict(checkpoint)), str(checkpoint))
+        load_state_dict_strict(model, _official_state_dict(read_state_dict(checkpoint), str(checkpoint)), str(checkpoint))
     return model
 
 
-def _official_state_dict(sd: StateDict) -> StateDict:
+class IsSam2Error(CheckpointError):
+    """SAM 2 weights where SAM 1's were expected (grounded's model loader for nodes and the CLI,
+    `grounded.nodes.segment`, hands them to grounded.sam2)."""
+
+
+def _official_state_dict(sd: StateDict, source: str = "checkpoint") -> StateDict:
+    from .checkpoint import checkpoint_family
     from .hf import convert_hf_state_dict, is_hf_state_dict
 
+    if checkpoint_family(sd) in ("sam2", "sam2_hf"):
+        raise IsSam2Error(f"{source} is a SAM 2 checkpoint: load it with grounded.sam2.from_pretrained or "
+                          f"grounded.sam2.build_sam2 (grounded's nodes and CLI take either family)")
     if is_hf_state_dict(sd):
         sd, _ = convert_hf_state_dict(sd)
     return sd
@@ -151,14 +165,18 @@ sam_model_registry = {
 
 def save_pretrained(model: Sam, directory: Union[str, Path]) -> Path:
     """Write `model.safetensors` and its config to a folder that `from_pretrained` reads."""
+    return write_folder(model, directory, CONFIG_FILE, getattr(model, "config", None) or infer_config(model.state_dict()))
+
+
+def write_folder(model, directory: Union[str, Path], config_file: str, config) -> Path:
+    """`model.safetensors` and the config's JSON as `config_file` (SAM's and SAM 2's save_pretrained)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = getattr(model, "config", None) or infer_config(model.state_dict())
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "library": "grounded"})
-    (directory / CONFIG_FILE).write_text(config.to_json())
+    (directory / config_file).write_text(config.to_json())
     return directory
 
 
@@ -180,6 +198,9 @@ def from_pretrained(
     - a folder saved by `save_pretrained`, or a Hugging Face `SamModel` folder (config.json + weights);
     - a Hugging Face hub id such as `facebook/sam-vit-base` (read from the local HF cache when
       HF_HUB_OFFLINE=1).
+
+    SAM 2 / 2.1 weights (a file, folder, hub id or known name) raise `IsSam2Error`, naming
+    `grounded.sam2.from_pretrained` (grounded's nodes and CLI load either family).
 
     model_type ('vit_h', 'vit_l', 'vit_b', 'vit_t') checks the checkpoint is that variant; by default the
     dimensions come from the checkpoint itself. Raises FileNotFoundError naming every place tried.
@@ -224,14 +245,14 @@ def _resolve(
 
     path = Path(name).expanduser()
     if path.is_file():
-        return _official_state_dict(read_state_dict(path)), None
+        return _official_state_dict(read_state_dict(path), str(path)), None
     if path.is_dir():
         return _read_folder(path, tried)
     tried.append(f"local path {path} (does not exist)")
 
     if name in weights.CHECKPOINTS and weights.CHECKPOINTS[name].model_type:
         try:
-            return _official_state_dict(read_state_dict(weights.fetch(name, cache_dir=cache_dir))), None
+            return _official_state_dict(read_state_dict(weights.fetch(name, cache_dir=cache_dir)), name), None
         except FileNotFoundError as err:
             tried.append(f"known checkpoint {name!r}: {err}")
             return None, None
@@ -255,8 +276,12 @@ def _read_folder(folder: Path, tried: List[str]) -> Tuple[Optional[StateDict], O
     if ours.is_file():
         config = SamConfig.from_dict(json.loads(ours.read_text()))
         return read_state_dict(folder / WEIGHTS_FILE), config
+    if (folder / "grounded_sam2_config.json").is_file():
+        raise IsSam2Error(f"{folder} is a grounded SAM 2 folder: load it with grounded.sam2.from_pretrained")
     hf_config = folder / "config.json"
     if hf_config.is_file():
+        if json.loads(hf_config.read_text()).get("model_type", "").startswith("sam2"):
+            raise IsSam2Error(f"{folder} is a Hugging Face SAM 2 model: load it with grounded.sam2.from_pretrained")
         from .hf import load_hf_folder
 
         return load_hf_folder(folder)

@@ -44,6 +44,23 @@ def read_state_dict(path: Union[str, Path]) -> StateDict:
     return dict(data)
 
 
+def checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """What a state dict is: 'sam2', 'sam2_hf' (transformers' Sam2Model), 'sam' (SAM 1, ViT or
+    MobileSAM), 'sam_hf' (transformers' SamModel), 'sam3', or 'unknown'."""
+    keys = set(state_dict)
+    if "sam_mask_decoder.iou_token.weight" in keys or "image_encoder.trunk.patch_embed.proj.weight" in keys:
+        return "sam2"
+    if any(k.startswith("vision_encoder.backbone.") for k in keys) and "mask_decoder.obj_score_token.weight" in keys:
+        return "sam2_hf"
+    if "mask_decoder.iou_token.weight" in keys and any(k.startswith("image_encoder.") for k in keys):
+        return "sam"
+    if any(k.startswith("vision_encoder.") for k in keys) and "mask_decoder.iou_token.weight" in keys:
+        return "sam_hf"
+    if any(k.startswith(("detector.", "tracker.")) for k in keys):
+        return "sam3"
+    return "unknown"
+
+
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> SamConfig:
     """Recover the model dimensions from the shapes in a (grounded/official-named) state dict.
 

@@ -48,12 +48,16 @@ class SamConfig:
 
     @classmethod
     def from_dict(cls, data: Dict) -> "SamConfig":
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"unknown SamConfig fields {unknown}; known fields: {sorted(names)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+        return config_from_dict(cls, data)
+
+
+def config_from_dict(cls, data: Dict):
+    """A config dataclass from its JSON dict (lists back to tuples), naming unknown fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 OFFICIAL_CONFIGS: Dict[str, SamConfig] = {

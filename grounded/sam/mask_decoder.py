@@ -62,24 +62,11 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        n = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1).to(sparse_prompt_embeddings.dtype)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
-
-        if image_embeddings.shape[0] not in (1, n):
-            raise ValueError(f"{image_embeddings.shape[0]} image embeddings for {n} prompts: give 1 or {n}")
-        src = image_embeddings + dense_prompt_embeddings  # broadcasts one image over every prompt
-        if src.shape[0] != n:
-            src = src.expand(n, -1, -1, -1)
-        pos_src = image_pe.expand(n, -1, -1, -1)
-        b, c, h, w = src.shape
-
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, output_tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        src = src.transpose(1, 2).reshape(b, c, h, w)
         hyper_in_list: List[torch.Tensor] = [
             mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)
         ]
@@ -91,6 +78,24 @@ class MaskDecoder(nn.Module):
             with torch.autocast(device_type=src.device.type, enabled=False):
                 return self.mask_logits(src.float(), hyper_in.float()), iou_pred
         return self.mask_logits(src, hyper_in), iou_pred
+
+    def attend(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
+               dense_prompt_embeddings: torch.Tensor, output_tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer on the output tokens followed by the N prompts' tokens, and on the
+        image (1, shared, or N) plus the dense embeddings. Returns the tokens N x T x C and the image
+        N x C x h x w."""
+        n = sparse_prompt_embeddings.shape[0]
+        output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1).to(sparse_prompt_embeddings.dtype)
+        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+        if image_embeddings.shape[0] not in (1, n):
+            raise ValueError(f"{image_embeddings.shape[0]} image embeddings for {n} prompts: give 1 or {n}")
+        src = image_embeddings + dense_prompt_embeddings  # broadcasts one image over every prompt
+        if src.shape[0] != n:
+            src = src.expand(n, -1, -1, -1)
+        pos_src = image_pe.expand(n, -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, src = self.transformer(src, pos_src, tokens)
+        return hs, src.transpose(1, 2).reshape(b, c, h, w)
 
     def mask_logits(self, src: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
         """Upscaled image features (B x C x h x w) times the hypernetwork weights (B x M x C/8)."""

@@ -246,22 +246,29 @@ class SamPredictor:
             raise PromptError(
                 f"point_labels shape {tuple(point_labels.shape)} does not match point_coords {tuple(point_coords.shape)}"
             )
-        points = (point_coords, point_labels) if point_coords is not None else None
         with self.autocast():
-            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            low_res, iou = self.model.mask_decoder(
-                image_embeddings=self.features.to(self.model.dtype),
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask_output,
-            )
+            low_res, iou = self.run_networks(point_coords, point_labels, boxes, mask_input, multimask_output)
         return low_res.float(), iou.float()
 
-    def transform_prompts(self, point_coords=None, point_labels=None, boxes=None, mask_input=None):
+    def run_networks(self, point_coords, point_labels, boxes, mask_input, multimask_output: bool):
+        """The prompt encoder and mask decoder on the current image (SAM 2's predictor overrides it)."""
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.model.mask_decoder(
+            image_embeddings=self.features.to(self.model.dtype),
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    def transform_prompts(self, point_coords=None, point_labels=None, boxes=None, mask_input=None, frame_size=None):
         """Prompts of N prompts in image pixels (point_coords NxKx2 with point_labels NxK, boxes Nx4,
-        mask_input Nx1x256x256), validated, as tensors in the model's resized frame for `decode`."""
-        h, w = self.original_size
+        mask_input Nx1x256x256), validated, as tensors in the model's resized frame for `decode`.
+        frame_size: the (H, W) the coordinates are given in, if not the image's (SAM 2's normalised
+        coordinates are in a 1 x 1 frame)."""
+        frame = tuple(frame_size or self.original_size)
+        h, w = frame
         coords_t = labels_t = boxes_t = mask_t = None
         sizes = {}
         if (point_coords is None) != (point_labels is None):
@@ -277,7 +284,7 @@ class SamPredictor:
                 raise PromptError("point_coords is empty")
             check_inside(coords.reshape(-1, 2), w, h, "point")
             sizes["points"] = coords.shape[0]
-            coords_t = torch.as_tensor(self.transform.apply_coords(coords, self.original_size), dtype=torch.float, device=self.device)
+            coords_t = torch.as_tensor(self.transform.apply_coords(coords, frame), dtype=torch.float, device=self.device)
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
         if boxes is not None:
             b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -286,7 +293,7 @@ class SamPredictor:
                 raise PromptError(f"box {bad.tolist()} has x1 < x0 or y1 < y0: boxes are (x0, y0, x1, y1)")
             check_inside(b.reshape(-1, 2), w, h, "box corner")
             sizes["boxes"] = b.shape[0]
-            boxes_t = torch.as_tensor(self.transform.apply_boxes(b, self.original_size), dtype=torch.float, device=self.device)
+            boxes_t = torch.as_tensor(self.transform.apply_boxes(b, frame), dtype=torch.float, device=self.device)
         if mask_input is not None:
             m = np.asarray(mask_input, dtype=np.float32)
             want = tuple(self.model.prompt_encoder.mask_input_size)

@@ -48,6 +48,10 @@ class PromptEncoder(nn.Module):
             points = torch.cat([points, points.new_zeros((points.shape[0], 1, 2))], dim=1)
             labels = torch.cat([labels, -labels.new_ones((labels.shape[0], 1))], dim=1)
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size).to(self.not_a_point_embed.weight.dtype)
+        return self._add_label_embeddings(emb, labels)
+
+    def _add_label_embeddings(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Padding points (-1) become the "not a point" token; negative (0) and positive (1) points get theirs."""
         is_pad = (labels == -1).unsqueeze(-1)
         emb = torch.where(is_pad, self.not_a_point_embed.weight.to(emb.dtype), emb)
         emb = emb + (labels == 0).unsqueeze(-1) * self.point_embeddings[0].weight

@@ -24,6 +24,9 @@ The paths:
   compiled loops or in torch operations (upscaling.py, kernels.py)
 - masks/kernels, masks/torch: thresholding upsampled masks near contours only (masks.py)
 
+SAM 2's decoder (`grounded.sam2`, which registers itself with `register`) takes the decoder and upscaling
+paths, its high-res maps added inside the upscaling (sam2.py).
+
 Recorded besides these: encoder/reference, decoder/reference, masks/reference and
 upscaling/reference (the decoder's own upscaling, in the training path).
 """
@@ -48,6 +51,7 @@ PATHS = ("encoder/vit_blocked", "encoder/tiny_vit_fused", "decoder/low_rank", "d
 _ACCELERATED = {Sam: AcceleratedSam, ImageEncoderViT: AcceleratedImageEncoderViT, TinyViT: AcceleratedTinyViT,
                 MaskDecoder: AcceleratedMaskDecoder}
 _CORE = {accelerated: core for core, accelerated in _ACCELERATED.items()}
+_MODELS: set = set()  # other model classes, by `register`
 
 
 @dataclass
@@ -71,8 +75,9 @@ def accelerate(model: Sam, paths: Union[str, Collection[str]] = "auto", *, worke
     recorded as such), or a collection of names from `PATHS`. workers: threads that chunks of prompts
     and masks run on (1: the calling thread, with torch's own threads). Clears the decoder's kept
     products."""
-    if not isinstance(model, Sam):
-        raise TypeError(f"accelerate() takes a grounded SAM model (grounded.sam.Sam), not {type(model).__name__}")
+    if not isinstance(model, (Sam, *_MODELS)):
+        raise TypeError(f"accelerate() takes a grounded SAM model (grounded.sam.Sam or grounded.sam2.Sam2), "
+                        f"not {type(model).__name__}")
     if isinstance(paths, str):
         if paths not in ("auto", "reference"):
             raise ValueError(f"paths must be 'auto', 'reference' or a collection of {PATHS}, got {paths!r}")
@@ -87,6 +92,14 @@ def accelerate(model: Sam, paths: Union[str, Collection[str]] = "auto", *, worke
     _remove(model)
     _install(model, Acceleration(allowed, workers))
     return model
+
+
+def register(model_class: type, core_class: type, accelerated_class: type) -> None:
+    """Let `accelerate` take models of model_class and give their core_class modules accelerated_class
+    (grounded.sam2 registers SAM 2 and its decoder: grounded.sam imports nothing of it)."""
+    _MODELS.add(model_class)
+    _ACCELERATED[core_class] = accelerated_class
+    _CORE[accelerated_class] = core_class
 
 
 def paths_taken(model: Sam, clear: bool = True) -> List[str]:
@@ -116,7 +129,7 @@ def _install(model: Sam, acceleration: Acceleration) -> None:
         if accelerated is not None:
             module.__class__ = accelerated
             module.acceleration = acceleration
-    if isinstance(decoder, AcceleratedMaskDecoder):
+    if hasattr(type(decoder), "choose_path"):  # SAM's or SAM 2's accelerated decoder
         cache = decoder.products_cache = ProductsCache()
         for module in (decoder, model.prompt_encoder):
             cache.handles.append(module.register_load_state_dict_post_hook(cache.clear))

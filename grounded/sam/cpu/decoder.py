@@ -99,11 +99,19 @@ def run_transformer(transformer, image, tokens: torch.Tensor):
     return transformer.norm_final_attn(queries + out), image
 
 
+def output_tokens_of(decoder) -> Tuple[torch.Tensor, int]:
+    """The decoder's output tokens and the index of the IoU token among them (SAM 2's object-score
+    token comes first)."""
+    score_token = getattr(decoder, "obj_score_token", None)
+    first = [] if score_token is None else [score_token.weight]
+    return torch.cat(first + [decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0), len(first)
+
+
 def _prepare(decoder, image_embeddings, image_pe, sparse, dense):
     """Prompt tokens N x T x C, image tokens 1 (shared: no mask prompt) or N x HW x C with the dense
     embedding added, positional encoding 1 x HW x C."""
     n = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    output_tokens, _ = output_tokens_of(decoder)
     tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
     shared = dense.shape[0] == 1 or dense.stride(0) == 0
     src = image_embeddings + (dense[:1] if shared else dense)
@@ -111,13 +119,18 @@ def _prepare(decoder, image_embeddings, image_pe, sparse, dense):
 
 
 def decode(decoder, low_rank: bool, image_embeddings, image_pe, sparse, dense,
-           multimask_output: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Inference: masks N x M x 4h x 4w and IoU predictions N x M, chunks of prompts on the workers."""
+           multimask_output: bool, high_res=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Inference: masks N x M x 4h x 4w and IoU predictions N x M, chunks of prompts on the workers.
+    high_res: SAM 2's two projected maps of the image (its decoder picks the masks: `select_masks`)."""
     acceleration = decoder.acceleration
     n = sparse.shape[0]
     _, _, h, w = image_embeddings.shape
     mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+    selects = hasattr(decoder, "select_masks")  # SAM 2: every mask, then its own choice (stability fallback)
+    if selects:
+        mask_slice = slice(None)
     wanted = range(decoder.num_mask_tokens)[mask_slice]
+    _, iou_index = output_tokens_of(decoder)
     tokens, image_tokens, pe = _prepare(decoder, image_embeddings, image_pe, sparse, dense)
     kernels = upscaling_kernels(decoder)
     acceleration.record("upscaling/kernels" if kernels is not None else "upscaling/torch")
@@ -136,9 +149,9 @@ def decode(decoder, low_rank: bool, image_embeddings, image_pe, sparse, dense,
         else:
             image = ExplicitImage(image_tokens if image_tokens.shape[0] == 1 else image_tokens[chunk], pe)
         hs, image = run_transformer(decoder.transformer, image, tokens[chunk])
-        hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in wanted], dim=1)
-        upscale_masks(decoder, image.projector(w1, b1, "upscale"), hyper_in, (h, w), masks[chunk], kernels)
-        return decoder.iou_prediction_head(hs[:, 0])[:, mask_slice]
+        hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, iou_index + 1 + i]) for i in wanted], dim=1)
+        upscale_masks(decoder, image.projector(w1, b1, "upscale"), hyper_in, (h, w), masks[chunk], kernels, high_res)
+        return decoder.iou_prediction_head(hs[:, iou_index])[:, mask_slice]
 
     # The first chunk first, on all of this thread's cores, when it computes the products that every
     # chunk shares (which the chunks side by side would otherwise wait for). The chunks are the same
@@ -146,6 +159,8 @@ def decode(decoder, low_rank: bool, image_embeddings, image_pe, sparse, dense,
     chunks = [slice(start, min(start + PROMPT_CHUNK, n)) for start in range(0, n, PROMPT_CHUNK)]
     ious = [decode_chunk(chunks[0])] if low_rank and len(chunks) > 1 and not products.filled else []
     ious += map_chunks(decode_chunk, chunks[len(ious):], acceleration.workers)
+    if selects:
+        return decoder.select_masks(masks, torch.cat(ious), multimask_output)
     return masks, torch.cat(ious)
 
 

@@ -1,0 +1,72 @@
+"""SAM 2.1 wherever grounded takes SAM: the pipeline nodes and the CLI (`--set model=sam2.1_hiera_tiny`),
+the known names in `grounded weights`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from grounded.cli import main
+from grounded.sam2 import SAM2AutomaticMaskGenerator, SAM2ImagePredictor, Sam2Config, build_sam2, save_pretrained
+from sam2_reference import TINY_HIERA
+
+
+def _picture(path, h=60, w=80, seed=0):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_cli_run_with_the_known_name_sam2_1_hiera_tiny(tmp_path, monkeypatch, capsys):
+    """The weights cache holds a file in the official layout under the known name (random Hiera-T
+    weights: the real file is not reachable offline; the name is unverified, so any file is taken)."""
+    monkeypatch.setenv("GROUNDED_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "weights").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save({"model": build_sam2("hiera_tiny").state_dict()}, tmp_path / "cache" / "weights" / "sam2.1_hiera_tiny.pt")
+    _picture(tmp_path / "a.png")
+    manifest = tmp_path / "clicks.jsonl"
+    manifest.write_text('{"image": "a.png", "points": [[30, 20], [[60, 40, 1], [5, 5, 0]]]}\n')
+    out = tmp_path / "out"
+    code = main(["run", "point_masks", str(manifest), "--out", str(out), "--set", "model=sam2.1_hiera_tiny",
+                 "--set", "device=cpu", "--no-progress"])
+    assert code == 0, capsys.readouterr()
+    coco = json.loads((out / "coco.json").read_text())
+    assert len(coco["annotations"]) == 2 and coco["images"][0]["width"] == 80
+
+    assert main(["weights", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "sam2.1_hiera_tiny" in listing and "sam2:hiera_tiny" in listing and "unverified" in listing
+    assert "cached " in next(line for line in listing.splitlines() if line.startswith("sam2.1_hiera_tiny "))
+
+
+def test_segment_auto_node_takes_a_sam2_folder_and_gives_the_generator_s_masks(tmp_path):
+    from grounded.nodes import SegmentAuto, WriteCoco
+    from grounded.pipeline import Pipeline
+    from grounded.pipeline.models import ModelCache
+    from grounded.nodes.segment import sam_predictor
+
+    folder = save_pretrained(build_sam2(Sam2Config(**TINY_HIERA)), tmp_path / "tiny_sam2")
+    image = _picture(tmp_path / "a.png")
+    settings = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    pipe = Pipeline([SegmentAuto(model=str(folder), device="cpu", **settings), WriteCoco(file="masks.json")])
+    assert pipe.run(image, tmp_path / "out", progress=False).ok == 1
+    annotations = json.loads((tmp_path / "out" / "masks.json").read_text())["annotations"]
+
+    with ModelCache() as models:
+        predictor = sam_predictor(models, str(folder), "cpu")
+        assert isinstance(predictor, SAM2ImagePredictor)
+        records = SAM2AutomaticMaskGenerator(predictor.model, **settings).generate(np.asarray(Image.open(image)))
+    assert len(annotations) == len(records) == 27
+    assert sorted(a["area"] for a in annotations) == sorted(r["area"] for r in records)
+
+
+@pytest.mark.parametrize("name", ["sam2.1_hiera_tiny", "sam2.1_hiera_large", "sam2_hiera_base_plus"])
+def test_known_names_carry_the_official_urls_and_no_hash(name):
+    from grounded import weights
+
+    checkpoint = weights.get(name)
+    assert checkpoint.sha256 is None  # unverified until someone checks a real file
+    assert str(checkpoint.sources[0]).startswith("https://dl.fbaipublicfiles.com/segment_anything_2/")
+    assert str(checkpoint.sources[0]).endswith(f"/{name}.pt")
