@@ -25,19 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def load_nuclei():
-    import numpy as np
-    import tifffile
-
-    from grounded import weights
-    from grounded.io.image import percentile_to_uint8
-
-    image = tifffile.imread(weights.fetch("stardist_nuclei_image"))
-    labels = tifffile.imread(weights.fetch("stardist_nuclei_labels"))
-    gray = percentile_to_uint8(image, 1, 99.8)
-    return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2)), labels
+from finetune_stardist import load_nuclei  # noqa: E402  (after the path is set)
 
 
 def run_proof(out: Path, checkpoint: str, settings: dict, log=print) -> dict:
