@@ -70,3 +70,40 @@ def test_known_names_carry_the_official_urls_and_no_hash(name):
     assert checkpoint.sha256 is None  # unverified until someone checks a real file
     assert str(checkpoint.sources[0]).startswith("https://dl.fbaipublicfiles.com/segment_anything_2/")
     assert str(checkpoint.sources[0]).endswith(f"/{name}.pt")
+
+
+def test_grounded_eval_takes_a_sam2_model(tmp_path):
+    """`grounded eval` with a SAM 2 folder: its boxes and proposals come from SAM2ImagePredictor and
+    SAM2AutomaticMaskGenerator; `--reference` (segment_anything / mobile_sam) refuses it by name."""
+    from grounded.eval import Options, evaluate, load_dataset, load_segmenters
+    from make_eval_data import write_all
+
+    data = write_all(tmp_path / "data", n=2)
+    folder = save_pretrained(build_sam2(Sam2Config(**TINY_HIERA)), tmp_path / "tiny_sam2")
+    (segmenter,) = load_segmenters([str(folder)])
+    assert isinstance(segmenter.predictor, SAM2ImagePredictor)
+    dataset = load_dataset([str(data["coco"])])
+    results = evaluate(["boxes", "proposals"], dataset, [segmenter], tmp_path / "out",
+                       Options(bootstrap=0, amg={"points_per_side": 4}), progress=False)
+    boxes = results["tasks"]["boxes"]["results"][segmenter.label]["metrics"]
+    assert boxes["mIoU"]["n"] == sum(len(i.instances) for i in dataset.images) > 0
+    image = np.asarray(Image.open(dataset.images[0].path).convert("RGB"))
+    x, y, w, h = dataset.images[0].instances[0].bbox
+    box = np.array([x, y, x + w, y + h], np.float64)
+    segmenter.set_image(image)
+    masks, scores, _ = segmenter.predict(boxes=box[None], multimask=False)
+    predictor = SAM2ImagePredictor(segmenter.predictor.model)
+    predictor.set_image(image)
+    want_masks, want_scores, _ = predictor.predict(box=box, multimask_output=False)
+    np.testing.assert_array_equal(masks[0], want_masks)
+    np.testing.assert_allclose(scores[0], want_scores, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot run SAM 2 weights"):
+        load_segmenters([str(folder)], reference=True)
+
+
+def test_the_annotation_page_refuses_a_sam2_model_by_name(tmp_path):
+    from grounded.annotate import sam_embedder
+
+    folder = save_pretrained(build_sam2(Sam2Config(**TINY_HIERA)), tmp_path / "tiny_sam2")
+    with pytest.raises(ValueError, match="is a SAM 2 model: the annotation page runs SAM's and MobileSAM's"):
+        sam_embedder(str(folder))

@@ -51,8 +51,14 @@ def collect_images(inputs: Sequence[str]) -> Tuple[List[ImageRecord], Dict[str, 
 def sam_embedder(model: str = "mobile_sam") -> Tuple[Callable[[np.ndarray], np.ndarray], object]:
     """An embedding function (HxWx3 uint8 -> 1xCxhxw float32) of any SAM grounded loads, and the model."""
     from ..sam import SamPredictor, from_pretrained
+    from ..sam.build import IsSam2Error
 
-    sam = from_pretrained(model)
+    try:
+        sam = from_pretrained(model)
+    except IsSam2Error:
+        raise ValueError(f"{model} is a SAM 2 model: the annotation page runs SAM's and MobileSAM's prompt "
+                         "encoder and mask decoder in the browser (their ONNX export); SAM 2's decoder, which "
+                         "also takes the encoder's high-resolution features, has no page export yet") from None
     predictor = SamPredictor(sam, cache_size=1)
 
     def embed(image: np.ndarray) -> np.ndarray:

@@ -90,9 +90,9 @@ class GroundedSegmenter(Segmenter):
         key = tuple(sorted(settings.items()))
         generator = self._generators.get(key)
         if generator is None:
-            from ..sam.automatic import SamAutomaticMaskGenerator
+            from ..sam2.automatic import mask_generator  # SAM's generator, or SAM 2's for a SAM 2 model
 
-            generator = SamAutomaticMaskGenerator(self.predictor.model, output_mode="coco_rle", **settings)
+            generator = mask_generator(self.predictor.model, output_mode="coco_rle", **settings)
             # Prompt through the shared predictor: its cache already holds this image's embedding.
             generator.predictor = self.predictor
             self._generators[key] = generator
@@ -189,6 +189,12 @@ def reference_type(state_dict: Dict[str, torch.Tensor]) -> str:
 
 def build_reference(model: torch.nn.Module, device: str) -> Tuple[Any, torch.nn.Module]:
     """The reference implementation of the model's variant, loaded with the model's own weights."""
+    from ..sam2 import Sam2
+
+    if isinstance(model, Sam2):
+        raise ValueError("--reference runs segment_anything or mobile_sam, which cannot run SAM 2 weights; "
+                         "SAM 2.1 is compared with the official sam2 package by tests/test_sam2.py and "
+                         "bench/bench_sam2.py")
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     variant = reference_type(state)
     try:
@@ -219,9 +225,28 @@ def load_segmenters(specs: Sequence[str], reference: bool = False, device: str =
         return _load_segmenters(specs, reference, device)
 
 
-def _load_segmenters(specs: Sequence[str], reference: bool, device: str) -> List[Segmenter]:
-    from ..sam import SamPredictor, from_pretrained
+def _load_model(name: str, device: str) -> torch.nn.Module:
+    """SAM (grounded.sam) or, for SAM 2 / 2.1 weights, grounded.sam2's model."""
+    from ..sam import from_pretrained
+    from ..sam.build import IsSam2Error
 
+    try:
+        return from_pretrained(name, device=device)
+    except IsSam2Error:
+        from ..sam2 import from_pretrained as sam2_from_pretrained
+
+        return sam2_from_pretrained(name, device=device)
+
+
+def _predictor(model: torch.nn.Module, dtype):
+    from ..sam import SamPredictor
+    from ..sam2 import Sam2, SAM2ImagePredictor
+
+    kind = SAM2ImagePredictor if isinstance(model, Sam2) else SamPredictor
+    return kind(model, cache_size=4, autocast_dtype=dtype)
+
+
+def _load_segmenters(specs: Sequence[str], reference: bool, device: str) -> List[Segmenter]:
     parsed = [ModelSpec.parse(s) for s in specs]
     labels = _unique([p.label for p in parsed])
     predictors: Dict[tuple, Any] = {}
@@ -229,12 +254,12 @@ def _load_segmenters(specs: Sequence[str], reference: bool, device: str) -> List
     out: List[Segmenter] = []
     for spec, label in zip(parsed, labels):
         if spec.name not in loaded:
-            model = from_pretrained(spec.name, device=device)
+            model = _load_model(spec.name, device)
             loaded[spec.name] = (model, weights_fingerprint(model))
         model, fingerprint = loaded[spec.name]
         key = (fingerprint, str(spec.dtype))
         if key not in predictors:
-            predictors[key] = SamPredictor(model, cache_size=4, autocast_dtype=spec.dtype)
+            predictors[key] = _predictor(model, spec.dtype)
         out.append(GroundedSegmenter(label, predictors[key], f"{fingerprint}:{spec.dtype or 'fp32'}"))
     if reference:
         seen = set()
