@@ -26,29 +26,10 @@ def official_model(config_name: str = "sam2.1_hiera_t", trunk: Optional[Dict] = 
     """sam2.build_sam.build_sam2 from `configs/sam2.1/<config_name>.yaml` (its image postprocessing on,
     as the official image builder sets it), with the trunk's dimensions replaced by `trunk`, random
     weights everywhere (seeded), in eval mode."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from grounded.sam2.reference import instantiate_official, official_overrides
 
-    extra = list(overrides) + [
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
-    ]
-    if trunk:
-        embed = trunk["embed_dim"]
-        for key, value in trunk.items():
-            value = list(value) if isinstance(value, tuple) else value
-            extra.append(f"++model.image_encoder.trunk.{key}={value}".replace(" ", ""))
-        extra.append(f"++model.image_encoder.neck.backbone_channel_list={[8 * embed, 4 * embed, 2 * embed, embed]}"
-                     .replace(" ", ""))
-    if not GlobalHydra.instance().is_initialized():
-        initialize_config_module("sam2", version_base="1.2")
-    cfg = compose(config_name=f"configs/sam2.1/{config_name}.yaml", overrides=extra)
-    OmegaConf.resolve(cfg)
     torch.manual_seed(seed)
-    model = instantiate(cfg.model, _recursive_=True)
+    model = instantiate_official(config_name, list(overrides) + official_overrides(trunk))
     with torch.no_grad():
         generator = torch.Generator().manual_seed(seed + 1)
         for name, param in model.named_parameters():

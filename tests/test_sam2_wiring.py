@@ -74,17 +74,25 @@ def test_known_names_carry_the_official_urls_and_no_hash(name):
 
 def test_grounded_eval_takes_a_sam2_model(tmp_path):
     """`grounded eval` with a SAM 2 folder: its boxes and proposals come from SAM2ImagePredictor and
-    SAM2AutomaticMaskGenerator; `--reference` (segment_anything / mobile_sam) refuses it by name."""
+    SAM2AutomaticMaskGenerator, and with `--reference` the official sam2 package runs beside it on the
+    same weights, with the same figures."""
     from grounded.eval import Options, evaluate, load_dataset, load_segmenters
     from make_eval_data import write_all
 
     data = write_all(tmp_path / "data", n=2)
     folder = save_pretrained(build_sam2(Sam2Config(**TINY_HIERA)), tmp_path / "tiny_sam2")
-    (segmenter,) = load_segmenters([str(folder)])
-    assert isinstance(segmenter.predictor, SAM2ImagePredictor)
+    segmenter, reference = load_segmenters([str(folder)], reference=True)
+    assert isinstance(segmenter.predictor, SAM2ImagePredictor) and reference.label.endswith("(reference)")
     dataset = load_dataset([str(data["coco"])])
-    results = evaluate(["boxes", "proposals"], dataset, [segmenter], tmp_path / "out",
-                       Options(bootstrap=0, amg={"points_per_side": 4}), progress=False)
+    results = evaluate(["points", "boxes", "proposals"], dataset, [segmenter, reference], tmp_path / "out",
+                       Options(bootstrap=0, clicks=2, amg={"points_per_side": 4}), progress=False)
+    for task in ("points", "boxes", "proposals"):
+        figures = results["tasks"][task]["results"]
+        ours, theirs = figures[segmenter.label]["metrics"], figures[reference.label]["metrics"]
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            np.testing.assert_allclose(ours[name]["value"], theirs[name]["value"], atol=1e-3, rtol=0,
+                                       err_msg=f"{task} {name}")  # (NaN on both sides: no object of that size)
     boxes = results["tasks"]["boxes"]["results"][segmenter.label]["metrics"]
     assert boxes["mIoU"]["n"] == sum(len(i.instances) for i in dataset.images) > 0
     image = np.asarray(Image.open(dataset.images[0].path).convert("RGB"))
@@ -97,8 +105,6 @@ def test_grounded_eval_takes_a_sam2_model(tmp_path):
     want_masks, want_scores, _ = predictor.predict(box=box, multimask_output=False)
     np.testing.assert_array_equal(masks[0], want_masks)
     np.testing.assert_allclose(scores[0], want_scores, atol=1e-6)
-    with pytest.raises(ValueError, match="cannot run SAM 2 weights"):
-        load_segmenters([str(folder)], reference=True)
 
 
 def test_the_annotation_page_refuses_a_sam2_model_by_name(tmp_path):

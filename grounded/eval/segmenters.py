@@ -141,6 +141,40 @@ class ReferenceSegmenter(Segmenter):
         return generator.generate(image)
 
 
+class Sam2ReferenceSegmenter(ReferenceSegmenter):
+    """The official sam2 package's image predictor and mask generator (its own batched `predict`)."""
+
+    def __init__(self, label: str, module, model: torch.nn.Module, weights: str):
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        self.label, self.module, self.model, self.weights = label, module, model, weights
+        self.predictor = SAM2ImagePredictor(model)
+        self._image_key = None
+
+    def reset(self) -> None:
+        self._image_key = None
+        self.predictor.reset_predictor()
+
+    @torch.no_grad()
+    def predict(self, coords=None, labels=None, boxes=None, mask_input=None, multimask=True, return_logits=False):
+        n = len(next(a for a in (coords, boxes, mask_input) if a is not None))
+        outs = []
+        for part in prompt_chunks(n, *self.predictor._orig_hw[0], 3 if multimask else 1):
+            result = self.predictor.predict(_take(coords, part), _take(labels, part), _take(boxes, part),
+                                            _take(mask_input, part), multimask_output=multimask,
+                                            return_logits=return_logits)
+            # sam2 drops the prompt axis of a batch of one, and gives masks as 0.0/1.0
+            outs.append([r[None] if len(range(n)[part]) == 1 else r for r in result])
+        masks, scores, low = (np.concatenate(x) for x in zip(*outs))
+        return (masks if return_logits else masks > 0.5), scores, low
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray, settings: Dict[str, Any]) -> List[dict]:
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+        return SAM2AutomaticMaskGenerator(self.model, output_mode="coco_rle", **settings).generate(image)
+
+
 def _pixels_key(image: np.ndarray) -> str:
     digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16)
     digest.update(repr(image.shape).encode())
@@ -192,9 +226,11 @@ def build_reference(model: torch.nn.Module, device: str) -> Tuple[Any, torch.nn.
     from ..sam2 import Sam2
 
     if isinstance(model, Sam2):
-        raise ValueError("--reference runs segment_anything or mobile_sam, which cannot run SAM 2 weights; "
-                         "SAM 2.1 is compared with the official sam2 package by tests/test_sam2.py and "
-                         "bench/bench_sam2.py")
+        import sam2
+
+        from ..sam2.reference import reference_model
+
+        return sam2, reference_model(model, device)
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     variant = reference_type(state)
     try:
@@ -269,7 +305,8 @@ def _load_segmenters(specs: Sequence[str], reference: bool, device: str) -> List
                 continue
             seen.add(fingerprint)
             module, ref_model = build_reference(seg.predictor.model, device)
-            out.append(ReferenceSegmenter(f"{seg.label.split('@')[0]} (reference)", module, ref_model, fingerprint + ":reference"))
+            kind = Sam2ReferenceSegmenter if module.__name__ == "sam2" else ReferenceSegmenter
+            out.append(kind(f"{seg.label.split('@')[0]} (reference)", module, ref_model, fingerprint + ":reference"))
     return out
 
 
