@@ -39,21 +39,38 @@ def run_export(args) -> int:
 
 
 def run_annotate(args) -> int:
-    import webbrowser
+    from ..annotate import open_session
 
-    from ..annotate import STATIC_DIR, make_server, open_session
-
-    if not (STATIC_DIR / "index.html").exists():
-        raise RuntimeError(f"the annotation page is not built ({STATIC_DIR}): run `npm ci && npm run build` in web/annotate")
+    check_page_built()
     print("loading the model and its page graphs (exported once per weights)", flush=True)
     session = open_session(args.images, args.out, args.model, args.embed_in_page, args.label)
+    serve_page(session, args, f"annotating {len(session.images)} images into {args.out}")
+    return 0
+
+
+def check_page_built() -> None:
+    from ..annotate import STATIC_DIR
+
+    if not (STATIC_DIR / "index.html").exists():
+        raise RuntimeError(f"the annotation page is not built ({STATIC_DIR}): run bin/build-web "
+                           "(npm ci && npm run build in web/annotate)")
+
+
+def serve_page(session, args, what: str) -> None:
+    """Serves `session` on args.host:args.port and opens a browser (unless args.no_browser) until Ctrl-C;
+    every accepted mask is saved as it is accepted."""
+    import webbrowser
+
+    from ..annotate import make_server
+
     server = make_server(session, args.host, args.port)
     url = f"http://{'localhost' if args.host in ('127.0.0.1', 'localhost') else args.host}:{server.server_address[1]}/"
-    print(f"annotating {len(session.images)} images into {args.out} at {url} (Ctrl-C stops)", flush=True)
+    print(f"{what} at {url} (Ctrl-C stops; the labels are saved as you go)", flush=True)
     if not args.no_browser:
         webbrowser.open(url)
     try:
         server.serve_forever()
+    except KeyboardInterrupt:
+        pass
     finally:
         server.server_close()
-    return 0

@@ -116,25 +116,12 @@ def run_round(args) -> int:
 
 
 def serve(session, args) -> None:
-    import webbrowser
+    from .annotate import check_page_built, serve_page
 
-    from ..annotate import STATIC_DIR, make_server
-
-    if not (STATIC_DIR / "index.html").exists():
-        raise RuntimeError(f"the annotation page is not built ({STATIC_DIR}): run bin/build-web")
+    check_page_built()
     if args.label:
         session.labels = args.label
-    server = make_server(session, args.host, args.port)
-    url = f"http://{'localhost' if args.host in ('127.0.0.1', 'localhost') else args.host}:{server.server_address[1]}/"
-    print(f"{session.stage} stage: {len(session.images)} images at {url} (Ctrl-C stops; the labels are saved as you go)", flush=True)
-    if not args.no_browser:
-        webbrowser.open(url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_page(session, args, f"{session.stage} stage: {len(session.images)} images")
 
 
 def run_status(args) -> int:
