@@ -1,6 +1,11 @@
-"""Builders of the reference implementations (segment_anything, MobileSAM) with grounded's dimensions."""
+"""Builders of the reference implementations (segment_anything, MobileSAM) with grounded's dimensions,
+and modules loaded by file path from the reference wheels bin/env keeps (never installed)."""
 
+import importlib.util
+import sys
+import zipfile
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -61,3 +66,19 @@ def reference_sam(config: SamConfig, state_dict=None):
         model.load_state_dict(state_dict, strict=True)
     # MobileSAM's TinyViT attention caches its bias table when switched to eval mode.
     return model.eval()
+
+
+def module_from_reference_wheel(wheel_name: str, member: str, folder: Path, sha256: str = ""):
+    """`member` (a .py file) of the wheel bin/env keeps in the environment's reference-wheels/, extracted
+    into `folder` and loaded by file path; with `sha256`, the wheel is checked against it first."""
+    import hashlib
+
+    wheel = Path(sys.prefix) / "reference-wheels" / wheel_name
+    assert wheel.is_file(), f"{wheel} is missing: run bin/env (it downloads and verifies the reference wheels)"
+    assert not sha256 or hashlib.sha256(wheel.read_bytes()).hexdigest() == sha256, f"{wheel} is not the verified wheel"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extract(member, folder)
+    spec = importlib.util.spec_from_file_location(Path(member).stem, folder / member)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,17 +3,15 @@ label-studio-converter 0.0.59 (loaded by file path from the wheel bin/env keeps,
 sha256-verified, in the environment), and a project's round exported as tasks and imported back
 with no mask or label lost."""
 
-import hashlib
-import importlib.util
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from grounded.engine.labelstudio import decode_brush, encode_brush
+from reference import module_from_reference_wheel
 
 WHEEL = Path(sys.prefix) / "reference-wheels" / "label_studio_converter-0.0.59-py3-none-any.whl"
 WHEEL_SHA256 = "886b4ec3e8347cdef114f10a796ffee9699832fc811e8f8296664d65afcad5b2"
@@ -21,15 +19,8 @@ WHEEL_SHA256 = "886b4ec3e8347cdef114f10a796ffee9699832fc811e8f8296664d65afcad5b2
 
 @pytest.fixture(scope="module")
 def brush(tmp_path_factory):
-    assert WHEEL.is_file(), f"{WHEEL} is missing: run bin/env (it downloads and verifies the reference wheels)"
-    assert hashlib.sha256(WHEEL.read_bytes()).hexdigest() == WHEEL_SHA256, f"{WHEEL} is not the verified wheel"
-    folder = tmp_path_factory.mktemp("label_studio_converter")
-    with zipfile.ZipFile(WHEEL) as wheel:
-        wheel.extract("label_studio_converter/brush.py", folder)
-    spec = importlib.util.spec_from_file_location("ls_brush", folder / "label_studio_converter/brush.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_from_reference_wheel(WHEEL.name, "label_studio_converter/brush.py",
+                                       tmp_path_factory.mktemp("label_studio_converter"), WHEEL_SHA256)
 
 
 def masks(seed=0):

@@ -4,10 +4,8 @@ its official evaluator (sam3/eval/cgf1_eval.py, loaded by file path from the sam
 keeps), and the bootstrap intervals."""
 
 import copy
-import importlib.util
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from grounded.eval.coco_metrics import (Detection, Truth, accumulate, coco_summa
                                         lvis_summary)
 from grounded.eval.masks import encode, rle_areas, rle_boxes
 from grounded.eval.stats import mean_ci, resampled_ci
+from reference import module_from_reference_wheel
 
 COCO_NAMES = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR@1", "AR@10", "AR@100",
               "AR_small@100", "AR_medium@100", "AR_large@100"]
@@ -202,14 +201,7 @@ SAM3_WHEEL = Path(sys.prefix) / "reference-wheels" / "sam3-0.1.4-py3-none-any.wh
 @pytest.fixture(scope="module")
 def official_cgf1(tmp_path_factory):
     """sam3/eval/cgf1_eval.py, loaded by file path from the wheel bin/env keeps in the environment."""
-    assert SAM3_WHEEL.is_file(), f"{SAM3_WHEEL} is missing: run bin/env (it downloads and verifies the sam3 wheel)"
-    folder = tmp_path_factory.mktemp("sam3_eval")
-    with zipfile.ZipFile(SAM3_WHEEL) as wheel:
-        wheel.extract("sam3/eval/cgf1_eval.py", folder)
-    spec = importlib.util.spec_from_file_location("sam3_cgf1_eval", folder / "sam3/eval/cgf1_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_from_reference_wheel(SAM3_WHEEL.name, "sam3/eval/cgf1_eval.py", tmp_path_factory.mktemp("sam3_eval"))
 
 
 def saco_pairs(seed=0, n_pairs=30, annotators=3):
