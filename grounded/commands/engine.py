@@ -4,6 +4,7 @@
   grounded engine round proj --stage manual --take 10          # the annotation page on 10 images
   grounded engine round proj --finish                          # that round's labels done: fine-tune, judge
   grounded engine round proj --stage semi --take 10 --truth truth.json   # the simulated annotator
+  grounded engine round proj --stage semi --prefill text --categories "nucleus,cell"   # Grounding DINO + SAM pre-fill
   grounded engine round proj --stage auto                      # automatic masks on the rest
   grounded engine round proj                                   # resumes a killed round
   grounded engine status proj
@@ -12,6 +13,8 @@
 """
 
 import argparse
+
+from ..engine.project import TEXT_PREFILL
 
 
 def add_cli(sub) -> None:
@@ -45,6 +48,24 @@ def add_cli(sub) -> None:
     r.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune after the round (default: after manual and semi rounds)")
     r.add_argument("--crops", action="store_true", help="auto stage: add the paper's zoomed-in crop layer")
+    r.add_argument("--prefill", choices=["auto", "text"], default=None,
+                   help="semi stage: what the model pre-fills: auto (automatic masks above the semi thresholds; the "
+                   "default) or text (masks of --categories: a detector + the round's SAM, or SAM 3's concept "
+                   "segmentation when the model in force is SAM 3)")
+    r.add_argument("--categories", help='--prefill text: the named categories, comma-separated (e.g. "nucleus,cell"); '
+                   "each mask is labelled with its category")
+    r.add_argument("--detector", help="--prefill text: Grounding DINO, a transformers hub id or folder "
+                   f"(default {TEXT_PREFILL['detector']})")
+    r.add_argument("--box-threshold", type=float,
+                   help=f"--prefill text: detector box score to keep a box (default {TEXT_PREFILL['box_threshold']})")
+    r.add_argument("--text-threshold", type=float,
+                   help=f"--prefill text: detector token score (default {TEXT_PREFILL['text_threshold']})")
+    r.add_argument("--detector-size", type=int,
+                   help=f"--prefill text: the detector's shortest image side (default {TEXT_PREFILL['detector_size']})")
+    r.add_argument("--prefill-iou", type=float,
+                   help=f"--prefill text: SAM's predicted IoU to keep a mask (default {TEXT_PREFILL['pred_iou_thresh']})")
+    r.add_argument("--sam3-threshold", type=float,
+                   help=f"--prefill text with a SAM 3 model: the instance score to keep it (default {TEXT_PREFILL['sam3_threshold']})")
     r.add_argument("--label", action="append", default=None, help="a label offered on the page (repeatable)")
     r.add_argument("--host", default="127.0.0.1")
     r.add_argument("--port", type=int, default=8765)
@@ -93,19 +114,29 @@ def run_round(args) -> int:
     from ..engine.rounds import run_round as carry_on
     from ..engine.rounds import start_round
 
+    from ..engine.text_prefill import prefill_setting
+
+    options = {"detector": args.detector, "box_threshold": args.box_threshold, "text_threshold": args.text_threshold,
+               "detector_size": args.detector_size, "pred_iou_thresh": args.prefill_iou,
+               "sam3_threshold": args.sam3_threshold}
     with Project.open(args.project) as project:
         entry = project.unfinished()
         if entry is not None:
             if args.stage and args.stage != entry["stage"]:
                 raise ValueError(f"round {entry['index']} ({entry['stage']}) is unfinished ({entry['status']}): "
                                  f"run `grounded engine round {args.project}` to resume it first")
+            if args.prefill or args.categories or any(v is not None for v in options.values()):
+                raise ValueError(f"round {entry['index']} ({entry['stage']}) resumes with the pre-fill it began with "
+                                 f"({(entry.get('prefill') or {}).get('source', 'none')}): leave out --prefill, "
+                                 "--categories and the detector's options")
             print(f"resuming round {entry['index']} ({entry['stage']}) at {entry['status']}")
         else:
             if not args.stage:
                 raise ValueError("no unfinished round to resume: name a new round's --stage (manual, semi, auto)")
             if args.finish:
                 raise ValueError("--finish ends a manual or semi round's labelling; there is no unfinished round")
-            entry = start_round(project, args.stage, args.take, args.images, args.finetune)
+            setting = prefill_setting(args.stage, args.prefill, args.categories, project.model_spec(), **options)
+            entry = start_round(project, args.stage, args.take, args.images, args.finetune, setting)
             entry["crops"] = bool(args.crops)
             project.save()
         entry = carry_on(project, entry, truth=args.truth, serve=lambda session: serve(session, args),

@@ -117,7 +117,9 @@ def label_semi(segmenter, store, key: str, image: np.ndarray, truths: np.ndarray
         result = click_objects(segmenter, truths[[plan["correct"][i] for i in ids]], boxes=boxes)
         for j, annotation_id in enumerate(ids):
             log = _log(result.points[j], boxes[j].tolist(), result.scores[j])
-            version = store.add(key, version, result.masks[j], label, result.scores[j], log, replaces=annotation_id)["version"]
+            # A correction keeps the corrected mask's label (a text pre-fill's category).
+            version = store.add(key, version, result.masks[j], by_id[annotation_id]["label"], result.scores[j], log,
+                                replaces=annotation_id)["version"]
     if plan["add"]:
         result = click_objects(segmenter, truths[plan["add"]])
         logs = [_log(points, None, score) for points, score in zip(result.points, result.scores)]

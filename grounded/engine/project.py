@@ -259,6 +259,12 @@ AUTO_SETTINGS = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_scor
 CROP_SETTINGS = {"crop_n_layers": 1, "crop_n_points_downscale_factor": 2, "crop_nms_thresh": 0.7}
 SEMI_SETTINGS = {"points_per_side": 32, "pred_iou_thresh": 0.92, "stability_score_thresh": 0.95,
                  "box_nms_thresh": 0.7}
+# The semi stage's text-grounded pre-fill (text_prefill.py): per named category, Grounding DINO's boxes
+# (its defaults elsewhere in grounded: box 0.3, text 0.25, shortest side 800) prompt the round's SAM, a
+# mask kept at predicted IoU >= 0.88 (the SAM paper's threshold for automatic masks); a SAM 3 model in
+# force keeps an instance at score >= 0.5 (grounded.sam3's default).
+TEXT_PREFILL = {"detector": "IDEA-Research/grounding-dino-tiny", "box_threshold": 0.3, "text_threshold": 0.25,
+                "pred_iou_thresh": 0.88, "detector_size": 800, "sam3_threshold": 0.5}
 
 # Fine-tuning between rounds, as the stardist proof measured it (bench/finetune_stardist.py): the
 # decoder's output heads train, the encoder's embeddings are cached.

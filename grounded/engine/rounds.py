@@ -21,10 +21,23 @@ from .project import STAGES, Project, ProjectError, coco_file, image_key, read_j
 
 
 def start_round(project: Project, stage: str, take: Optional[int] = None, images: Optional[list] = None,
-                finetune: Optional[bool] = None) -> dict:
-    """A new round's entry: the images it takes (the first `take` of the pool, or `images`)."""
+                finetune: Optional[bool] = None, prefill: Optional[dict] = None) -> dict:
+    """A new round's entry: the images it takes (the first `take` of the pool, or `images`); a semi
+    round's `prefill` setting (text_prefill.prefill_setting; default the automatic masks) is kept in
+    it, so that a resumed round pre-fills the same way."""
+    from .text_prefill import check_detector, is_sam3, prefill_setting
+
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    spec = project.model_spec()
+    if prefill and stage != "semi":
+        raise ValueError(f"a pre-fill setting is for semi rounds, not {stage}")
+    prefill = prefill or prefill_setting(stage, None, model=spec)
+    finetune = stage != "auto" if finetune is None else bool(finetune)
+    if is_sam3(spec) and (stage == "auto" or finetune):
+        raise ValueError(f"the model in force {spec} is SAM 3: it makes no automatic masks (no auto stage) and the "
+                         "engine fine-tunes SAM 1's decoder only: run manual and semi rounds with --no-finetune")
+    check_detector(prefill)
     scan = project.scan()
     pool = project.pool(scan["present"])
     if images:
@@ -38,8 +51,8 @@ def start_round(project: Project, stage: str, take: Optional[int] = None, images
         raise ValueError(f"an empty round: no unlabelled images left in {project.data} "
                          f"({len(scan['present'])} images: {len(project.heldout_names())} held out, the rest labelled)")
     entry = {"index": len(project.rounds) + 1, "stage": stage, "images": chosen, "status": "labelling",
-             "model": project.model_spec(), "finetune": stage != "auto" if finetune is None else bool(finetune),
-             "started": time.time(), "added_images": scan["added"], "removed_images": scan["removed"]}
+             "model": spec, "finetune": finetune, "started": time.time(), "added_images": scan["added"],
+             "removed_images": scan["removed"], **({"prefill": prefill} if prefill else {})}
     project.rounds.append(entry)
     project.save()
     return entry
@@ -102,8 +115,7 @@ def _label(project: Project, entry: dict, truth_coco: Optional[dict], serve: Opt
         stages.label_auto(project, entry, store, stages.segmenter_for(model), settings, log)
     elif truth_coco is not None:
         segmenter = stages.segmenter_for(model)
-        initial = (stages.prefill(project, entry, segmenter, project.state["stage_settings"]["semi"], log)
-                   if entry["stage"] == "semi" else None)
+        initial = stages.prefill(project, entry, model, segmenter, log) if entry["stage"] == "semi" else None
         store = stages.open_store(project, entry, initial)
         stages.label_simulated(project, entry, store, segmenter, stages.truth_masks(truth_coco, project), log)
     elif not finish:

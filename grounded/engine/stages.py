@@ -4,8 +4,10 @@
   its ONNX graphs are exported for these weights (grounded.export.export_onnx keys its folder by
   the weights, so a fine-tuned decoder gets new graphs and an unchanged one reuses the old).
 - semi: the model in force pre-fills the confident masks (automatic masks kept only above
-  SEMI_SETTINGS' predicted-IoU and stability thresholds), saved as `prefill` annotations that the
-  page shows apart; the annotator accepts, corrects or deletes them and adds what is missing.
+  SEMI_SETTINGS' predicted-IoU and stability thresholds; or, with `--prefill text --categories`,
+  the masks of named categories: detector + SAM, or SAM 3's concepts, text_prefill.py), saved as
+  `prefill` annotations that the page shows apart; the annotator accepts, corrects or deletes them
+  and adds what is missing.
 - auto: automatic masks with the SAM paper's settings (AUTO_SETTINGS: a 32x32 grid, the three
   multimask outputs, predicted IoU >= 0.88, stability >= 0.95, box NMS at 0.7; `crops` adds the
   paper's zoomed-in crop layer), saved with no person involved.
@@ -40,6 +42,14 @@ def open_store(project, entry: dict, initial: Optional[Dict[str, List[dict]]] = 
 
 
 def load_model(spec: str):
+    """The model in force: a SAM (grounded.sam), or a SAM 3 (grounded.sam3: its tracker clicks, its
+    concept model pre-fills text; no automatic masks, page or fine-tuning)."""
+    from .text_prefill import is_sam3
+
+    if is_sam3(spec):
+        from ..sam3 import load_sam3
+
+        return load_sam3(spec, device="cpu")
     from ..sam import from_pretrained
 
     return from_pretrained(spec, image_encoder_backend="torch")
@@ -51,7 +61,10 @@ def segmenter_for(model, label: str = "model", embeddings: Optional[dict] = None
     share one embedding cache, and an image is encoded once for all of them."""
     from ..eval.segmenters import GroundedSegmenter, weights_fingerprint
     from ..sam import SamPredictor
+    from ..sam3 import Sam3
 
+    if isinstance(model, Sam3):  # SAM 3's tracker has SamPredictor's interface; its features are cached by Sam3
+        return GroundedSegmenter(label, model.predictor(), weights_fingerprint(model.detector))
     predictor = SamPredictor(model, cache_size=4)
     if embeddings is not None:
         predictor._cache = embeddings.setdefault(weights_fingerprint(model.image_encoder), predictor._cache)
@@ -63,9 +76,11 @@ def auto_masks(segmenter, image: np.ndarray, settings: dict) -> List[dict]:
     return segmenter.generate(image, settings)
 
 
-def prefill(project, entry: dict, segmenter, settings: dict, log=print) -> Dict[str, List[dict]]:
+def prefill(project, entry: dict, model, segmenter, log=print) -> Dict[str, List[dict]]:
     """The semi stage's pre-filled masks per image key, computed once and kept in the round folder
-    (prefill.json) so that a resumed round shows the same ones."""
+    (prefill.json) so that a resumed round shows the same ones: automatic masks kept above the
+    project's semi settings, or (entry["prefill"] source "text", text_prefill.py) the masks of the
+    named categories, labelled with their category."""
     import json
 
     from ..annotate.store import atomic_write
@@ -76,21 +91,34 @@ def prefill(project, entry: dict, segmenter, settings: dict, log=print) -> Dict[
     path.parent.mkdir(parents=True, exist_ok=True)
     done: Dict[str, List[dict]] = json.loads(path.read_text()) if path.exists() else {}
     next_id = 1 + max((a["id"] for v in done.values() for a in v), default=0)
-    for record in round_records(project, entry["images"]):
-        if record.key in done or not record.path.exists():
-            continue
-        records = auto_masks(segmenter, load_image(record.path), settings)
+    todo = [r for r in round_records(project, entry["images"]) if r.key not in done and r.path.exists()]
+    propose = proposer(project, entry, model, segmenter) if todo else None  # a finished pre-fill loads no detector
+    for record in todo:
         masks = []
-        for r in records:
-            masks.append({"id": next_id, "image_id": record.image_id, "label": "object", "segmentation": r["segmentation"],
+        for r in propose(load_image(record.path)):
+            masks.append({"id": next_id, "image_id": record.image_id, "label": r["label"], "segmentation": r["segmentation"],
                           "area": rle_area(r["segmentation"]), "bbox": rle_to_bbox(r["segmentation"]), "iscrowd": 0,
-                          "score": float(r["predicted_iou"]), "prefill": True})
+                          "score": r["score"], "prefill": True,
+                          **({"detector_score": r["detector_score"]} if "detector_score" in r else {})})
             next_id += 1
         done[record.key] = masks
         atomic_write(path, json.dumps(done))  # image by image: a killed round keeps what is done
         log(f"  pre-filled {len(masks)} confident masks on {record.file_name}")
     entry["prefilled"] = sum(len(v) for v in done.values())
     return done
+
+
+def proposer(project, entry: dict, model, segmenter):
+    """image -> the pre-fill's masks ([{label, segmentation, score}]) by the round's recorded setting
+    (a round begun before the setting existed pre-fills automatic masks)."""
+    setting = entry.get("prefill") or {"source": "auto"}
+    if setting["source"] == "text":
+        from .text_prefill import text_proposer
+
+        return text_proposer(setting, model, segmenter)
+    settings = project.state["stage_settings"]["semi"]
+    return lambda image: [{"label": "object", "segmentation": r["segmentation"], "score": float(r["predicted_iou"])}
+                          for r in auto_masks(segmenter, image, settings)]
 
 
 def truth_masks(truth_coco: Optional[dict], project) -> Dict[str, np.ndarray]:
@@ -163,9 +191,14 @@ def page_session(project, entry: dict, model, labels: Optional[List[str]] = None
     from ..export import export_onnx
     from ..sam import SamPredictor
 
+    from ..sam3 import Sam3
+
+    if isinstance(model, Sam3):
+        raise ValueError(f"the annotation page runs SAM 1 / SAM 2's ONNX graphs; the model in force {entry['model']} is "
+                         "SAM 3: label its manual and semi rounds with the simulated annotator (--truth)")
     initial = None
     if entry["stage"] == "semi":
-        initial = prefill(project, entry, segmenter_for(model), project.state["stage_settings"]["semi"])
+        initial = prefill(project, entry, model, segmenter_for(model))
     store = open_store(project, entry, initial)
     predictor = SamPredictor(model, cache_size=1)
 
