@@ -10,7 +10,8 @@ better on a held-out split.
         entry = start_round(project, "manual", take=10)
         run_round(project, entry, truth="truth.json")  # the simulated annotator; or serve=... for the page
 
-The folder format is in project.py, the stages in stages.py, the simulated annotator in
+The folder format is in project.py, the stages in stages.py (the semi stage's text-grounded pre-fill
+in text_prefill.py), the simulated annotator in
 annotator.py, fine-tuning and the acceptance rule in finetune.py, the report in report.py, Label
 Studio interchange in labelstudio.py.
 """

@@ -99,7 +99,8 @@ def semi_decisions(prefilled: List[dict], truths: np.ndarray) -> dict:
 
 
 def label_semi(segmenter, store, key: str, image: np.ndarray, truths: np.ndarray, label: str = "object") -> dict:
-    """Stage semi on one image (its pre-filled masks are in the store); returns the decision counts."""
+    """Stage semi on one image (its pre-filled masks are in the store); returns the decision counts.
+    Masks added from scratch get `label`; accepted and corrected ones keep the pre-fill's."""
     state = store.get(key)
     prefilled = [a for a in state["annotations"] if a.get("prefill")]
     plan = semi_decisions(prefilled, truths)

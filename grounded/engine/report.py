@@ -94,8 +94,12 @@ def write_report(project) -> Path:
                         f"{ap.get('truth')} true objects).", ""]
         if entry["stage"] == "semi" and "prefilled" in entry:
             f_ = round_figures(project, entry)
-            details += [f"Round {entry['index']} (semi): the model in force pre-filled {entry['prefilled']} confident masks; "
-                        f"{f_['confirmed']} were accepted as they were, {f_['corrected']} corrected.", ""]
+            setting = entry.get("prefill") or {}
+            source = ("" if setting.get("source") != "text" else
+                      f" of the categories {', '.join(setting['categories'])} ("
+                      + ("SAM 3's concepts" if setting["segmenter"] == "sam3" else f"{setting['detector']} + SAM") + ")")
+            details += [f"Round {entry['index']} (semi): the model in force pre-filled {entry['prefilled']} confident masks"
+                        f"{source}; {f_['confirmed']} were accepted as they were, {f_['corrected']} corrected.", ""]
         if entry.get("unreviewed_prefill"):
             details += [f"Round {entry['index']}: {entry['unreviewed_prefill']} pre-filled masks were never reviewed and "
                         "are not in the dataset.", ""]

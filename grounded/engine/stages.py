@@ -190,7 +190,6 @@ def page_session(project, entry: dict, model, labels: Optional[List[str]] = None
     from ..annotate.server import Session
     from ..export import export_onnx
     from ..sam import SamPredictor
-
     from ..sam3 import Sam3
 
     if isinstance(model, Sam3):
@@ -207,4 +206,6 @@ def page_session(project, entry: dict, model, labels: Optional[List[str]] = None
         return predictor.get_image_embedding().float().cpu().numpy()
 
     model_dir = export_onnx(model, Path(project.root) / "onnx", encoder=False)
+    # A text pre-fill's categories are the page's labels unless --label names others.
+    labels = labels or (entry.get("prefill") or {}).get("categories")
     return Session(store.images, store, model_dir, embed, model.image_encoder.img_size, labels, stage=entry["stage"])

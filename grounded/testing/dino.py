@@ -149,8 +149,10 @@ def save_hf_processor(folder: Union[str, Path], text_encoder_dir: Union[str, Pat
 
 
 def tiny_hf(folder: Union[str, Path], seed: int = 0, std: float = 0.02,
-            text_encoder_dir: Optional[Union[str, Path]] = None) -> Path:
-    """Random tiny transformers Grounding DINO saved (config.json, model.safetensors, processor) in `folder`."""
+            text_encoder_dir: Optional[Union[str, Path]] = None, **overrides: Any) -> Path:
+    """Random tiny transformers Grounding DINO saved (config.json, model.safetensors, processor) in `folder`;
+    `overrides` change its GroundingDinoConfig (e.g. a narrower backbone_config where the real-sized
+    Swin-T is not needed)."""
     from transformers import GroundingDinoForObjectDetection
 
     folder = Path(folder)
@@ -158,7 +160,7 @@ def tiny_hf(folder: Union[str, Path], seed: int = 0, std: float = 0.02,
     if text_encoder_dir is None:
         text_encoder_dir = folder / "_bert"
         tiny_text_encoder(text_encoder_dir, seed=seed)
-    model = GroundingDinoForObjectDetection(tiny_hf_config(text_encoder_dir)).eval()
+    model = GroundingDinoForObjectDetection(tiny_hf_config(text_encoder_dir, **overrides)).eval()
     randomize_weights_(model, seed, std)
     with torch.no_grad():
         model.model.decoder.layer_norm.weight.mul_(LOGIT_SCALE)
