@@ -193,6 +193,8 @@ def test_detector_and_sam_prefill_equals_the_direct_path_resumes_and_is_reviewed
 
     # Resumed with the same command minus the options (the setting comes from project.json): the
     # pre-fill goes on from the second image, the first one's masks kept as they were.
+    assert main(["engine", "round", str(data / "proj"), "--categories", "cell"]) == 1
+    assert "round 1 (semi) resumes with the pre-fill it began with (text)" in capsys.readouterr().err
     monkeypatch.undo()
     original = text_prefill.text_proposer
     calls = []
