@@ -292,6 +292,8 @@ def test_bad_option_sets_are_refused_before_a_round_begins(data, sam_dir, capsys
     assert "names ['cell'] more than once" in capsys.readouterr().err
     assert main(base + ["--prefill", "text", "--categories", "cell", "--prefill-iou", "1.5"]) == 1
     assert "--prefill-iou must be between 0 and 1, got 1.5" in capsys.readouterr().err
+    assert main(base + ["--prefill", "text", "--categories", "cell", "--detector-size", "0"]) == 1
+    assert "--detector-size must be a positive number of pixels, got 0" in capsys.readouterr().err
     # The hub is offline (tests run with HF_HUB_OFFLINE=1) and no cache holds the detector: the
     # loader's own error, naming what it tried.
     assert main(base + ["--prefill", "text", "--categories", "cell", "--detector", "grounded-missing/grounding-dino-tiny"]) == 1

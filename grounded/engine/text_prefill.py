@@ -96,8 +96,13 @@ def prefill_setting(stage: str, prefill: Optional[str], categories=None, model: 
                 "sam3_threshold": float(given.get("sam3_threshold", TEXT_PREFILL["sam3_threshold"]))}
     if "sam3_threshold" in given:
         raise ValueError(f"--sam3-threshold is for a SAM 3 model in force; {model} is not one")
+    if given.get("detector_size", 1) < 1:
+        raise ValueError(f"--detector-size must be a positive number of pixels, got {given['detector_size']}")
     setting = {k: v for k, v in TEXT_PREFILL.items() if k != "sam3_threshold"}
     setting.update(given)
+    local = Path(str(setting["detector"])).expanduser()
+    if local.exists():  # a folder is kept by its absolute path: a round resumed from elsewhere finds it
+        setting["detector"] = str(local.resolve())
     return {"source": "text", "segmenter": "detector+sam", "categories": names, **setting}
 
 
