@@ -141,8 +141,10 @@ def test_an_image_reviewed_empty_loses_its_masks_and_one_not_reviewed_keeps_them
     out = tmp_path / "tasks.json"
     export_tasks(Project.open(tmp_path / "proj"), out, round_index=1)
     tasks = json.loads(out.read_text())
-    # a reviewer skips b.png, then a later pass deletes every mask of a.png
+    # a reviewer skips b.png, then a later pass deletes every mask of a.png; Label Studio's JSON export
+    # lists a task's predictions by id (tests/test_engine_labelstudio_server.py), so they are never read
     tasks[1]["annotations"] = [{"id": 3, "was_cancelled": True, "result": []}]
+    tasks[1]["predictions"] = [17]
     with pytest.raises(ValueError, match="nothing was reviewed"):
         import_tasks(Project.open(tmp_path / "proj"), _write(tmp_path / "skipped.json", tasks))
     assert len(Project.open(tmp_path / "proj").rounds) == 1  # the refused import left no round behind
