@@ -211,7 +211,7 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
         state = store.get(record.key)
         if state["version"]:  # a resumed import: this image is in already
             continue
-        if not masks:  # reviewed, nothing there: saved with no masks, so the dataset version drops the image's
+        if not masks:  # reviewed, nothing there: saved with no masks, so the dataset drops its earlier ones
             record.height, record.width = load_image(record.path).shape[:2]
             store.clear(record.key, state["version"])
             continue
