@@ -171,8 +171,7 @@ def test_a_round_through_a_running_label_studio_server_loses_nothing(tmp_path):
                                                         "use_blob_urls": False})
         imported = server.api(f"/api/projects/{pid}/import", "POST", tasks)
         assert imported["task_count"] == 3 and imported["prediction_count"] == 3, imported
-        held = server.api(f"/api/tasks?project={pid}&page_size=100")
-        held = held["tasks"] if isinstance(held, dict) else held
+        held = server.api(f"/api/tasks?project={pid}&page_size=100")["tasks"]
         by_name = {t["data"]["grounded_file_name"]: t["id"] for t in held}
         assert sorted(by_name) == ["a.png", "b.png", "c.png"]
         # the server serves a task's image from the local files it was given
@@ -182,6 +181,9 @@ def test_a_round_through_a_running_label_studio_server_loses_nothing(tmp_path):
         # the reviewer: a.png's predictions accepted, less the dog, plus a new "bird" mask;
         # b.png's only mask deleted (an annotation with no result); c.png not opened
         predicted = {n: server.api(f"/api/predictions?task={i}") for n, i in by_name.items()}
+        for task in tasks:  # the server holds every pre-annotation as export-ls wrote it
+            [stored] = predicted[task["data"]["grounded_file_name"]]
+            assert [r["value"] for r in stored["result"]] == [r["value"] for r in task["predictions"][0]["result"]]
         a_results = predicted["a.png"][0]["result"]
         assert [r["value"]["brushlabels"] for r in a_results] == [["cat"], ["dog"]]
         new = {"id": "reviewer-1", "from_name": "tag", "to_name": "image", "type": "brushlabels", "origin": "manual",
