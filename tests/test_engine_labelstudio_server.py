@@ -94,25 +94,34 @@ def start_server(env_dir: Path, base: Path) -> Server:
                                  "--port", str(port), "--enable-legacy-api-token"], cwd=base, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     server = Server(proc, log, port)
+    try:
+        wait_until_up(server)
+    except BaseException:
+        stop_server(server)  # a server that never answered goes too
+        raise
+    return server
+
+
+def wait_until_up(server: Server) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"label-studio start exited with {proc.returncode} before answering\n{server.tail()}")
+        if server.proc.poll() is not None:
+            raise AssertionError(f"label-studio start exited with {server.proc.returncode} before answering\n{server.tail()}")
         # Label Studio moves to the next port when the one asked for was taken meanwhile: it says so
-        moved = re.findall(r"Starting development server at http://127\.0\.0\.1:(\d+)/", log.read_text(errors="replace"))
+        moved = re.findall(r"Starting development server at http://127\.0\.0\.1:(\d+)/", server.log.read_text(errors="replace"))
         if moved:
             server.port = int(moved[-1])
         try:
             status, raw = server.request("/health", timeout=5)
             if status == 200 and json.loads(raw).get("status") == "UP":
-                return server
+                return
         except (OSError, ValueError):
             pass  # not listening yet
         if time.monotonic() > deadline:
             raise AssertionError(f"Label Studio did not answer GET http://127.0.0.1:{server.port}/health within "
                                  f"{STARTUP_SECONDS} s\n{server.tail()}")
         try:
-            proc.wait(timeout=0.5)  # the pause between polls, cut short if the server exits
+            server.proc.wait(timeout=0.5)  # the pause between polls, cut short if the server exits
         except subprocess.TimeoutExpired:
             pass
 
