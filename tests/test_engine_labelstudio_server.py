@@ -138,7 +138,7 @@ def stop_server(server: Server) -> None:
 
 
 def shapes():
-    """Three 48x64 images' masks: a.png a cat and a dog, b.png a dog, c.png a cat."""
+    """Three 48x64 masks: a cat, a dog and a third shape (a bird) the reviewer adds."""
     yy, xx = np.mgrid[:48, :64]
     cat = (yy - 15) ** 2 + (xx - 20) ** 2 < 100
     dog = np.zeros((48, 64), bool)
@@ -169,12 +169,13 @@ def test_a_round_through_a_running_label_studio_server_loses_nothing(tmp_path):
     grounded("init", images, "--out", tmp_path / "proj", "--coco", tmp_path / "given.json", "--model", "unused")
     grounded("export-ls", tmp_path / "proj", "--out", tmp_path / "tasks.json", "--image-url", "/data/local-files/?d=images/{name}")
     tasks = json.loads((tmp_path / "tasks.json").read_text())
+    config = (tmp_path / "tasks.json.config.xml").read_text()
+    assert '<Label value="cat"/>' in config and '<Label value="dog"/>' in config
     assert [t["data"]["grounded_file_name"] for t in tasks] == ["a.png", "b.png", "c.png"]
 
     server = start_server(env_dir, tmp_path)
     try:
-        project = server.api("/api/projects", "POST", {"title": "grounded round",
-                                                       "label_config": (tmp_path / "tasks.json.config.xml").read_text()})
+        project = server.api("/api/projects", "POST", {"title": "grounded round", "label_config": config})
         pid = project["id"]
         server.api("/api/storages/localfiles", "POST", {"project": pid, "path": str(images), "title": "images",
                                                         "use_blob_urls": False})
@@ -187,7 +188,8 @@ def test_a_round_through_a_running_label_studio_server_loses_nothing(tmp_path):
         status, raw = server.request("/data/local-files/?d=images/a.png")
         assert status == 200 and raw == (images / "a.png").read_bytes(), (status, raw[:200])
 
-        # the reviewer: a.png's predictions accepted, less the dog, plus a new "bird" mask;
+        # the reviewer: a.png's predictions accepted, less the dog, plus a new mask (labelled from the
+        # config's labels, as Label Studio's editor offers: a second "dog", where the bird shape is);
         # b.png's only mask deleted (an annotation with no result); c.png not opened
         predicted = {n: server.api(f"/api/predictions?task={i}") for n, i in by_name.items()}
         for task in tasks:  # the server holds every pre-annotation as export-ls wrote it
@@ -197,7 +199,7 @@ def test_a_round_through_a_running_label_studio_server_loses_nothing(tmp_path):
         assert [r["value"]["brushlabels"] for r in a_results] == [["cat"], ["dog"]]
         new = {"id": "reviewer-1", "from_name": "tag", "to_name": "image", "type": "brushlabels", "origin": "manual",
                "original_width": 64, "original_height": 48, "image_rotation": 0,
-               "value": {"format": "rle", "rle": encode_brush(bird), "brushlabels": ["bird"]}}
+               "value": {"format": "rle", "rle": encode_brush(bird), "brushlabels": ["dog"]}}
         server.api(f"/api/tasks/{by_name['a.png']}/annotations", "POST",
                    {"result": [a_results[0], new], "was_cancelled": False, "ground_truth": False})
         server.api(f"/api/tasks/{by_name['b.png']}/annotations", "POST", {"result": [], "was_cancelled": False})
@@ -219,6 +221,6 @@ def test_a_round_through_a_running_label_studio_server_loses_nothing(tmp_path):
     files = {im["id"]: im["file_name"] for im in coco["images"]}
     got = sorted((files[a["image_id"]], names[a["category_id"]], decode_rle(a["segmentation"]).tobytes())
                  for a in coco["annotations"])
-    # a.png: the cat kept, the dog gone, the bird arrived; b.png: nothing; c.png (not reviewed): its cat
-    assert got == sorted([("a.png", "cat", cat.tobytes()), ("a.png", "bird", bird.tobytes()), ("c.png", "cat", cat.tobytes())])
+    # a.png: the cat kept, the dog gone, the new one arrived; b.png: nothing; c.png (not reviewed): its cat
+    assert got == sorted([("a.png", "cat", cat.tobytes()), ("a.png", "dog", bird.tobytes()), ("c.png", "cat", cat.tobytes())])
     assert {im["file_name"]: (im["height"], im["width"]) for im in coco["images"]}["b.png"] == (48, 64)
