@@ -55,14 +55,15 @@ def test_brush_decoding_reads_literal_runs_and_refuses_bad_sizes(brush):
         decode_brush(stream, 1, 3)
 
 
-def test_a_round_exported_as_tasks_and_imported_back_loses_nothing(tmp_path, brush):
+def a_labelled_round(tmp_path):
+    """A project of two 40x50 images whose round 1 accepted a cat and a dog on a.png and a dog on b.png
+    (dataset v001 holds them); returns (cat, dog)."""
     from PIL import Image
 
     from grounded.annotate.store import AnnotationStore
-    from grounded.engine import Project, init_project
-    from grounded.engine.labelstudio import export_tasks, import_tasks
+    from grounded.engine import init_project
+    from grounded.engine.rounds import write_dataset
     from grounded.engine.stages import round_records
-    from grounded.rle import decode_rle
 
     (tmp_path / "images").mkdir()
     for name in ("a.png", "b.png"):
@@ -70,7 +71,6 @@ def test_a_round_exported_as_tasks_and_imported_back_loses_nothing(tmp_path, bru
     project = init_project(tmp_path / "images", tmp_path / "proj", model="unused")
     entry = {"index": 1, "stage": "manual", "images": ["a.png", "b.png"], "status": "done", "model": "unused"}
     project.rounds.append(entry)
-    project.save()
     store = AnnotationStore(project.round_dir(entry) / "labels", round_records(project, ["a.png", "b.png"]))
     for record in store.images:
         record.height, record.width = 40, 50
@@ -81,9 +81,30 @@ def test_a_round_exported_as_tasks_and_imported_back_loses_nothing(tmp_path, bru
     v = store.add("a.png", 0, cat, "cat", 0.9, {})["version"]
     store.add("a.png", v, dog, "dog", 0.8, {})
     store.add("b.png", 0, dog, "dog", 0.7, {})
+    write_dataset(project, entry)
+    project.save()
+    return cat, dog
 
+
+def dataset_masks(path):
+    """A dataset version -> sorted (file name, label, mask bytes), and its images' sizes by file name."""
+    from grounded.rle import decode_rle
+
+    coco = json.loads(Path(path).read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    masks = sorted((files[a["image_id"]], names[a["category_id"]], decode_rle(a["segmentation"]).tobytes())
+                   for a in coco["annotations"])
+    return masks, {im["file_name"]: (im["height"], im["width"]) for im in coco["images"]}
+
+
+def test_a_round_exported_as_tasks_and_imported_back_loses_nothing(tmp_path, brush):
+    from grounded.engine import Project
+    from grounded.engine.labelstudio import export_tasks, import_tasks
+
+    cat, dog = a_labelled_round(tmp_path)
     out = tmp_path / "tasks.json"
-    assert export_tasks(project, out, round_index=1) == 2
+    assert export_tasks(Project.open(tmp_path / "proj"), out, round_index=1) == 2
     tasks = json.loads(out.read_text())
     assert "<BrushLabels" in (tmp_path / "tasks.json.config.xml").read_text()
     # the pre-annotations decode with Label Studio's own converter
@@ -93,22 +114,56 @@ def test_a_round_exported_as_tasks_and_imported_back_loses_nothing(tmp_path, bru
     np.testing.assert_array_equal(layers["tag-cat-0"] > 0, cat)
     np.testing.assert_array_equal(layers["tag-dog-0"] > 0, dog)
 
-    # a reviewer keeps the cat, relabels the dog "wolf" (a.png) and leaves b.png as it was proposed
+    # a reviewer keeps the cat, relabels the dog "wolf" (a.png) and does not open b.png
     review = dict(first[1], value=dict(first[1]["value"], brushlabels=["wolf"]))
     tasks[0]["annotations"] = [{"id": 7, "was_cancelled": False, "result": [first[0], review]}]
     reviewed = tmp_path / "reviewed.json"
     reviewed.write_text(json.dumps(tasks))
     with Project.open(tmp_path / "proj") as project:
         path, count = import_tasks(project, reviewed)
-        assert count == 3 and project.rounds[-1]["stage"] == "review" and project.rounds[-1]["status"] == "done"
-    coco = json.loads(path.read_text())
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    files = {im["id"]: im["file_name"] for im in coco["images"]}
-    got = sorted((files[a["image_id"]], names[a["category_id"]], decode_rle(a["segmentation"]).tobytes()) for a in coco["annotations"])
-    want = sorted([("a.png", "cat", cat.tobytes()), ("a.png", "wolf", dog.tobytes()), ("b.png", "dog", dog.tobytes())])
-    assert got == want
+        entry = project.rounds[-1]
+        assert count == 2 and entry["stage"] == "review" and entry["status"] == "done"
+        assert entry["images"] == ["a.png"] and entry["not_reviewed"] == 1
+    got, _ = dataset_masks(path)
+    assert got == sorted([("a.png", "cat", cat.tobytes()), ("a.png", "wolf", dog.tobytes()), ("b.png", "dog", dog.tobytes())])
     with pytest.raises(ValueError, match="grounded_file_name"):
         import_tasks(Project.open(tmp_path / "proj"), _write(tmp_path / "bad.json", [{"data": {"image": "x"}}]))
+
+
+def test_an_image_reviewed_empty_loses_its_masks_and_one_not_reviewed_keeps_them(tmp_path):
+    """An annotation that exists and holds no mask means "reviewed, nothing there": the image's earlier
+    masks go. No annotation (or only a skipped one) means "not reviewed": its masks stay, and its
+    pre-annotations are not accepted."""
+    from grounded.engine import Project
+    from grounded.engine.labelstudio import export_tasks, import_tasks
+
+    cat, dog = a_labelled_round(tmp_path)
+    out = tmp_path / "tasks.json"
+    export_tasks(Project.open(tmp_path / "proj"), out, round_index=1)
+    tasks = json.loads(out.read_text())
+    # a reviewer skips b.png, then a later pass deletes every mask of a.png; Label Studio's JSON export
+    # lists a task's predictions by id (tests/test_engine_labelstudio_server.py), so they are never read
+    tasks[1]["annotations"] = [{"id": 3, "was_cancelled": True, "result": []}]
+    tasks[1]["predictions"] = [17]
+    with pytest.raises(ValueError, match="nothing was reviewed"):
+        import_tasks(Project.open(tmp_path / "proj"), _write(tmp_path / "skipped.json", tasks))
+    assert len(Project.open(tmp_path / "proj").rounds) == 1  # the refused import left no round behind
+    tasks[0]["annotations"] = [{"id": 1, "was_cancelled": False, "result": tasks[0]["predictions"][0]["result"],
+                                "updated_at": "2026-01-01T10:00:00Z"},
+                               {"id": 2, "was_cancelled": False, "result": [], "updated_at": "2026-01-02T10:00:00Z"}]
+    with Project.open(tmp_path / "proj") as project:
+        path, count = import_tasks(project, _write(tmp_path / "emptied.json", tasks))
+        assert count == 0 and project.rounds[-1]["images"] == ["a.png"]
+    got, sizes = dataset_masks(path)
+    assert got == [("b.png", "dog", dog.tobytes())]
+    assert sizes["a.png"] == (40, 50)  # still listed, at its size, with no masks
+
+    # the next round of review puts a mask back on a.png: it arrives
+    tasks[0]["annotations"].append({"id": 4, "was_cancelled": False, "result": [tasks[0]["predictions"][0]["result"][0]],
+                                    "updated_at": "2026-01-03T10:00:00Z"})
+    with Project.open(tmp_path / "proj") as project:
+        path, count = import_tasks(project, _write(tmp_path / "again.json", tasks))
+    assert count == 1 and dataset_masks(path)[0] == sorted([("a.png", "cat", cat.tobytes()), ("b.png", "dog", dog.tobytes())])
 
 
 def _write(path, value):

@@ -172,6 +172,14 @@ class AnnotationStore:
             self._commit(key, kept)
             return {"version": self._state[key]["version"]}
 
+    def clear(self, key: str, version: int) -> dict:
+        """Every annotation of image `key` removed in one write: a review that found nothing on it (its
+        saved state then says so, where a never-saved image says nothing)."""
+        with self._lock:
+            self._checked(key, version)
+            self._commit(key, [])
+            return {"version": self._state[key]["version"]}
+
     def relabel(self, key: str, version: int, annotation_id: int, label: str) -> dict:
         with self._lock:
             state = self._checked(key, version)

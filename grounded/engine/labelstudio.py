@@ -149,19 +149,19 @@ def export_tasks(project, out, round_index: Optional[int] = None, image_url: str
     return len(tasks)
 
 
-def task_masks(task: dict) -> Tuple[str, List[Tuple[np.ndarray, str]]]:
-    """A (reviewed) Label Studio task -> its image's file name and masks with labels: the newest
-    annotation that was not cancelled, or the pre-annotations when nobody annotated the task."""
+def task_masks(task: dict) -> Tuple[str, Optional[List[Tuple[np.ndarray, str]]]]:
+    """A (reviewed) Label Studio task -> its image's file name and masks with labels from the newest
+    annotation that was not cancelled (skipped); None when the task has no such annotation (not reviewed:
+    its pre-annotations are proposals nobody accepted). An annotation with no brush results is a review
+    that found nothing: an empty list."""
     data = task.get("data", {})
     name = data.get("grounded_file_name")
     if not name:
         raise ValueError(f"task {task.get('id')} has no data.grounded_file_name (not exported by grounded engine export-ls)")
     annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
-    if annotations:
-        results = max(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))["result"]
-    else:
-        predictions = task.get("predictions") or [{"result": []}]
-        results = predictions[-1]["result"]
+    if not annotations:
+        return name, None
+    results = max(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))["result"]
     masks = []
     for r in results:
         if r.get("type", "").lower() != "brushlabels":
@@ -173,10 +173,14 @@ def task_masks(task: dict) -> Tuple[str, List[Tuple[np.ndarray, str]]]:
 
 
 def import_tasks(project, tasks_file) -> Tuple[Path, int]:
-    """Reviewed tasks -> a `review` round (its labels saved as the page's are) and the dataset
-    version after it, where each reviewed image's masks replace what it had."""
+    """Reviewed tasks -> a `review` round (its labels saved as the page's are) and the dataset version
+    after it. A task's newest annotation is the review of its image: its masks replace what the image
+    had, and an empty annotation (every mask deleted) leaves the image with none. A task nobody annotated
+    was not reviewed: its image keeps what the dataset held (its pre-annotations are not accepted).
+    Returns the new version's path and the number of masks imported."""
     import time
 
+    from ..io.image import load_image
     from .project import read_json
     from .rounds import write_dataset
     from .stages import open_store
@@ -190,20 +194,28 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
     unknown = [n for n, _ in parsed if n not in project.state["image_ids"]]
     if unknown:
         raise ValueError(f"tasks name images the project does not know: {unknown[:5]}")
-    entry = {"index": len(project.rounds) + 1, "stage": "review", "images": [n for n, _ in parsed], "status": "labelling",
-             "model": project.model_spec(), "finetune": False, "started": time.time(), "source": str(tasks_file)}
+    reviewed = [(n, m) for n, m in parsed if m is not None]
+    if not reviewed:
+        raise ValueError(f"no task in {tasks_file} has an annotation: nothing was reviewed (export from Label Studio "
+                         "after annotating; a task's pre-annotations count once they are submitted as an annotation)")
+    entry = {"index": len(project.rounds) + 1, "stage": "review", "images": [n for n, _ in reviewed], "status": "labelling",
+             "model": project.model_spec(), "finetune": False, "started": time.time(), "source": str(tasks_file),
+             "not_reviewed": len(parsed) - len(reviewed)}
     project.rounds.append(entry)
     project.save()
     store = open_store(project, entry)
     by_name = {r.file_name: r for r in store.images}
     count = 0
-    for name, masks in parsed:
+    for name, masks in reviewed:
         record = by_name[name]
         state = store.get(record.key)
-        if state["annotations"]:  # a resumed import: this image is in already
+        if state["version"]:  # a resumed import: this image is in already
             continue
-        if masks:
-            record.height, record.width = masks[0][0].shape
+        if not masks:  # reviewed, nothing there: saved with no masks, so the dataset drops its earlier ones
+            record.height, record.width = load_image(record.path).shape[:2]
+            store.clear(record.key, state["version"])
+            continue
+        record.height, record.width = masks[0][0].shape
         for label in sorted({lab for _, lab in masks}):
             chosen = [m for m, lab in masks if lab == label]
             logs = [{"clicks": [], "box": None, "num_clicks": 0, "seconds": None, "candidate": None, "score": 1.0,
