@@ -102,18 +102,20 @@ class Sam2(nn.Module):
             multimask_output=multimask_output, high_res_features=high_res_features,
         )
 
-    def training_decode(self, features: Sequence[torch.Tensor], points: Optional[Tuple[torch.Tensor, torch.Tensor]],
-                        boxes: Optional[torch.Tensor], mask_input: Optional[torch.Tensor], multimask_output: bool
+    def training_decode(self, features: Sequence[torch.Tensor], image_pe: torch.Tensor,
+                        points: Optional[Tuple[torch.Tensor, torch.Tensor]], boxes: Optional[torch.Tensor],
+                        mask_input: Optional[torch.Tensor], multimask_output: bool
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One round of the trainer's interactive loop (grounded/sam/training/interactive.py) on the
-        image encoder's levels: the core decoder with autograd, and also the object-score logits
-        (N x 1) that SAM 2's training supervises. Returns logits, IoU predictions, object scores."""
+        image encoder's levels, with the prompt encoder's dense positional encoding: the core decoder
+        with autograd (single-mask outputs as trained: no stability fallback in train mode), and also
+        the object-score logits (N x 1) that SAM 2's training supervises. Returns logits, IoU
+        predictions, object scores."""
         image_embed, high_res = self.project_features(features)
         coords, labels = (None, None) if points is None else points
         sparse, dense = self.embed_prompts(coords, labels, boxes, mask_input)
         decoder = self.sam_mask_decoder
-        masks, iou_pred, object_scores = decoder.predict_masks(image_embed, self.sam_prompt_encoder.get_dense_pe(),
-                                                               sparse, dense, high_res)
+        masks, iou_pred, object_scores = decoder.predict_masks(image_embed, image_pe, sparse, dense, high_res)
         masks, iou_pred = decoder.select_masks(masks, iou_pred, multimask_output)
         return masks, iou_pred, object_scores
 

@@ -195,7 +195,7 @@ def prompt_and_decode(sam, image_embedding, image_pe: torch.Tensor, points, boxe
     logits of a model with that head (SAM 2's `training_decode`; None for SAM)."""
     training_decode = getattr(sam, "training_decode", None)
     if training_decode is not None:
-        return training_decode(image_embedding, points, boxes, mask_prompt, multimask_output)
+        return training_decode(image_embedding, image_pe, points, boxes, mask_prompt, multimask_output)
     sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_prompt)
     return (*decode(sam.mask_decoder, image_embedding, image_pe, sparse, dense, multimask_output), None)
 

@@ -216,6 +216,9 @@ class Trainer:
 
     def _set_trainable(self) -> None:
         names = [self._official_name(t) for t in self.config.trainable]
+        if any(p.is_inference() for p in self.model.parameters()):
+            raise ValueError("the model's weights were made under torch.inference_mode() and cannot train: build "
+                             "or load it outside inference_mode, or let the trainer load config.model")
         found = set()
         for name, p in self.model.named_parameters():
             hit = [t for t in names if name == t or name.startswith(t + ".")]
