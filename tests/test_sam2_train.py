@@ -4,7 +4,6 @@ and sam2's own training loss, the saved model loads back with grounded.sam2 and 
 masks (predictor and `grounded eval`), the CLI end to end, every grad mode, refusals; and
 SAM2ImagePredictor under bf16 / fp16 autocast against the official sam2 under the same autocast."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -226,6 +225,30 @@ def test_a_training_hiera_encoder_with_layer_decay(tmp_path):
     for name in ("image_encoder.trunk.blocks.0.attn.qkv.weight", "image_encoder.trunk.patch_embed.proj.weight",
                  "image_encoder.neck.convs.3.conv.weight", "no_mem_embed"):
         assert not torch.equal(before[name], model.state_dict()[name]), name
+
+
+def test_the_embedding_cache_holds_sam2_levels_on_disk_and_a_bounded_number_in_memory(tmp_path):
+    from grounded.sam.training.trainer import EmbeddingCache
+
+    model = tiny_sam2()
+    images = [item.image for item in shapes_dataset(3, 9, size=(64, 64), shapes=1).items]
+    calls = []
+
+    def encoder(image):
+        def encode():
+            calls.append(1)
+            return model.image_encoder(model.preprocess_image(image)[None])
+        return encode
+
+    levels = model.image_encoder(model.preprocess_image(images[0])[None])
+    one_image = sum(t.numel() * t.element_size() for t in levels)
+    cache = EmbeddingCache(tmp_path / "cache", model, memory_bytes=2 * one_image)
+    first = [cache.get(image, encoder(image)) for image in images]
+    assert len(calls) == 3 and len(cache.memory) == 2  # the oldest left memory ...
+    again = cache.get(images[0], encoder(images[0]))
+    assert len(calls) == 3  # ... and came back from disk
+    assert isinstance(again, list) and all(torch.equal(a, b) for a, b in zip(again, first[0]))
+    assert [t.shape for t in again] == [t.shape for t in levels]
 
 
 def test_sam1_options_that_do_not_fit_sam2_are_refused(tmp_path):

@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
@@ -52,11 +53,14 @@ def low_res_targets(masks: np.ndarray, input_size, img_size: int, low_res: int) 
 
 
 class EmbeddingCache:
-    """Image-encoder outputs on disk, keyed by the image's pixels and the encoder's weights."""
+    """Image-encoder outputs on disk, keyed by the image's pixels and the encoder's weights, and the
+    most recent in memory up to `memory_bytes` (with a folder; all of them without one): SAM 2's
+    levels take about 88 MB an image at 1024 pixels, SAM's embedding 4 MB."""
 
-    def __init__(self, folder: Optional[Path], model):
+    def __init__(self, folder: Optional[Path], model, memory_bytes: int = 2 << 30):
         self.folder = Path(folder) if folder else None
-        self.memory: Dict[str, torch.Tensor] = {}
+        self.memory: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        self.memory_bytes = memory_bytes
         digest = hashlib.blake2b(digest_size=8)
         for name, tensor in model.image_encoder.state_dict().items():
             digest.update(name.encode())
@@ -75,6 +79,7 @@ class EmbeddingCache:
     def get(self, image: np.ndarray, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
         key = self.key(image)
         if key in self.memory:
+            self.memory.move_to_end(key)
             return self.memory[key]
         path = self.folder / f"{key}.pt" if self.folder else None
         if path is not None and path.is_file():
@@ -86,7 +91,12 @@ class EmbeddingCache:
                 torch.save(emb, tmp)
                 os.replace(tmp, path)
         self.memory[key] = emb
+        while self.folder is not None and len(self.memory) > 1 and self._held() > self.memory_bytes:
+            self.memory.popitem(last=False)  # the oldest: read from disk again when its image returns
         return emb
+
+    def _held(self) -> int:
+        return sum(t.numel() * t.element_size() for emb in self.memory.values() for t in _as_list(emb))
 
 
 def layer_scale(name: str, model, layer_decay: float) -> float:
