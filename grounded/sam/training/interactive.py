@@ -135,7 +135,8 @@ def run_interactive(sam, image_embedding, targets: torch.Tensor, input_size: Tup
                     backward: Optional[Callable[[torch.Tensor], None]] = None, keep_mask_inputs: bool = False
                     ) -> InteractiveResult:
     """Run the rounds for N masks of one image. image_embedding 1 x C x h x w (SAM 2: the list of
-    its image encoder's levels, each 1 x C x h x w); targets N x H x W (0/1, the low-res frame); input_size (h, w) of the resized image inside the padded input.
+    its image encoder's levels, each 1 x C x h x w); targets N x H x W (0/1, the low-res frame);
+    input_size (h, w) of the resized image inside the padded input (SAM 2: the whole square input).
     `backward(loss / rounds)` is called after each round, so activations of only one round are alive."""
     config = config or InteractiveConfig()
     pe = sam.prompt_encoder
