@@ -152,8 +152,10 @@ def test_lr_schedule_and_layer_decay(tmp_path):
         "image_encoder.layers.1.blocks.0.attn.qkv.weight", "image_encoder.layers.3.blocks.0.mlp.fc1.weight",
         "image_encoder.neck.0.weight")]
     assert scales == [0.03125, 0.0625, 0.125, 0.5, 1.0]
+    # two rounds: each back-propagates into the encoder's output, which goes through the encoder once
+    # (before, the second round's backward crashed on the encoder's freed graph)
     cfg = config(tmp_path, steps=1, lr=1e-3, layer_decay=0.5, freeze_image_encoder=False,
-                 trainable=["image_encoder", "mask_decoder"], interactive=dict(point_rounds=0, no_point_rounds=0))
+                 trainable=["image_encoder", "mask_decoder"], interactive=dict(point_rounds=1, no_point_rounds=0))
     trainer = Trainer(cfg, model=model, dataset=shapes_dataset(1, 3))
     lrs = sorted(g["lr"] for g in trainer.optimizer.param_groups)
     assert lrs == pytest.approx([1.25e-4, 2.5e-4, 5e-4, 1e-3])

@@ -1,4 +1,4 @@
-"""`grounded train CONFIG.yaml [--resume]`: fine-tune SAM (see grounded/sam/training/config.py).
+"""`grounded train CONFIG.yaml [--resume]`: fine-tune SAM or SAM 2 / 2.1 (see grounded/sam/training/config.py).
 
   grounded train nuclei.yaml                      # trains, checkpoints to out_dir/checkpoints, model to out_dir/final
   grounded train nuclei.yaml --resume             # continues from the newest checkpoint, exactly
@@ -10,7 +10,7 @@ import time
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune SAM from a YAML config (the paper's losses and interactive loop)",
+    p = sub.add_parser("train", help="fine-tune SAM or SAM 2.1 from a YAML config (the paper's losses and interactive loop)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="training config (YAML)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
@@ -58,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"text-prompt projection: {trainer.out_dir / 'text_prompt'} (segment_text(..., mode='native', "
               f"projection=...))")
     if final != trainer.out_dir / "text_prompt":
-        print(f"model: {final} (load with grounded.sam.from_pretrained('{final}'))")
+        family = "sam2" if trainer.is_sam2 else "sam"
+        print(f"model: {final} (load with grounded.{family}.from_pretrained('{final}'))")
     return 0

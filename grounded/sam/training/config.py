@@ -1,6 +1,6 @@
 """The training configuration: a dataclass read from YAML, every key checked.
 
-    model: mobile_sam                 # anything grounded.sam.from_pretrained takes
+    model: mobile_sam                 # anything grounded.sam.from_pretrained or grounded.sam2.from_pretrained takes
     data:
       - {type: coco, annotations: train.json, images: images/}
     out_dir: runs/nuclei

@@ -16,6 +16,10 @@ box, uses the multimask outputs. After a multimask round the output whose loss w
 
 Everything lives in the model's low-res frame: targets are N x 256 x 256 (the padded 1024 input,
 downsampled 4x), points are sampled there and mapped to input pixels for the prompt encoder.
+
+SAM 2 (`grounded.sam2.Sam2`) runs the same rounds through its `training_decode`: the image is its
+encoder's levels (the decoder also takes the high-res ones), and the object-score head is trained
+too (`sam_loss`'s object_score_logits, as SAM 2's own training does).
 """
 
 from dataclasses import dataclass, field
@@ -126,19 +130,20 @@ def error_points(pred: np.ndarray, targets: np.ndarray, valid: Tuple[int, int], 
     return coords, labels
 
 
-def run_interactive(sam, image_embedding: torch.Tensor, targets: torch.Tensor, input_size: Tuple[int, int],
+def run_interactive(sam, image_embedding, targets: torch.Tensor, input_size: Tuple[int, int],
                     rng: np.random.Generator, config: Optional[InteractiveConfig] = None,
                     backward: Optional[Callable[[torch.Tensor], None]] = None, keep_mask_inputs: bool = False
                     ) -> InteractiveResult:
-    """Run the rounds for N masks of one image. image_embedding 1 x C x h x w; targets N x H x W
-    (0/1, the low-res frame); input_size (h, w) of the resized image inside the padded input.
+    """Run the rounds for N masks of one image. image_embedding 1 x C x h x w (SAM 2: the list of
+    its image encoder's levels, each 1 x C x h x w); targets N x H x W (0/1, the low-res frame);
+    input_size (h, w) of the resized image inside the padded input (SAM 2: the whole square input).
     `backward(loss / rounds)` is called after each round, so activations of only one round are alive."""
     config = config or InteractiveConfig()
-    pe, decoder = sam.prompt_encoder, sam.mask_decoder
+    pe = sam.prompt_encoder
     low_h, low_w = targets.shape[-2:]
     scale = pe.input_image_size[0] / low_h
     valid = (int(np.ceil(input_size[0] / scale)), int(np.ceil(input_size[1] / scale)))
-    device = image_embedding.device
+    device = targets.device
     target_np = targets.detach().cpu().numpy() > 0.5
     n = len(target_np)
     use_box = rng.random() < config.box_prob
@@ -165,9 +170,9 @@ def run_interactive(sam, image_embedding: torch.Tensor, targets: torch.Tensor, i
         num_prompts = coords.shape[1] + (boxes is not None) + (prev_logits is not None)
         multimask = num_prompts == 1
         mask_prompt = None if prev_logits is None else prev_logits.to(pe.no_mask_embed.weight.dtype)
-        sparse, dense = pe(points=points, boxes=boxes, masks=mask_prompt)
-        logits, iou_pred = decode(decoder, image_embedding, image_pe, sparse, dense, multimask)
-        result = sam_loss(logits, iou_pred, targets, iou_weight=config.iou_weight)
+        logits, iou_pred, object_scores = prompt_and_decode(sam, image_embedding, image_pe, points, boxes,
+                                                            mask_prompt, multimask)
+        result = sam_loss(logits, iou_pred, targets, iou_weight=config.iou_weight, object_score_logits=object_scores)
         if backward is not None:
             backward(result.loss / len(schedule))
         total += float(result.loss.detach())
@@ -182,6 +187,18 @@ def run_interactive(sam, image_embedding: torch.Tensor, targets: torch.Tensor, i
         ))
         prev_logits = fed
     return InteractiveResult(total / len(schedule), records)
+
+
+def prompt_and_decode(sam, image_embedding, image_pe: torch.Tensor, points, boxes: Optional[torch.Tensor],
+                      mask_prompt: Optional[torch.Tensor], multimask_output: bool
+                      ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """One round's prompts through the model: low-res logits, IoU predictions, and the object-score
+    logits of a model with that head (SAM 2's `training_decode`; None for SAM)."""
+    training_decode = getattr(sam, "training_decode", None)
+    if training_decode is not None:
+        return training_decode(image_embedding, image_pe, points, boxes, mask_prompt, multimask_output)
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_prompt)
+    return (*decode(sam.mask_decoder, image_embedding, image_pe, sparse, dense, multimask_output), None)
 
 
 def decode(decoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,

@@ -7,11 +7,16 @@ The IoU head is trained with mean-squared error against each output's true IoU w
 *every* output, not only the chosen one: otherwise it never learns to rank the outputs, and both
 "take the top-scoring mask" and the mask generator's IoU threshold depend on that ranking.
 
+SAM 2 adds an object-score head: with `object_score_logits`, the loss also has their binary
+cross-entropy against "the target is non-empty" (SAM 2's `loss_class`, its focal loss with gamma 0
+and no alpha, weight 1), and the mask and IoU losses count only prompts whose target is non-empty.
+
 `locator_loss` trains the text prompt's locator (`grounded.sam.text_prompt`): its heat map over the
 image-embedding grid against the target mask, per cell.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,12 +61,15 @@ class SamLoss:
     iou_loss: torch.Tensor  # scalar: mean squared error of the IoU head over all outputs
     chosen: torch.Tensor  # N: index of the output whose mask loss was back-propagated
     ious: torch.Tensor  # N x M: true IoU of every output
+    object_score_loss: Optional[torch.Tensor] = None  # scalar, with object-score logits (SAM 2)
 
 
 def sam_loss(logits: torch.Tensor, iou_predictions: torch.Tensor, targets: torch.Tensor,
-             focal_weight: float = FOCAL_WEIGHT, dice_weight: float = DICE_WEIGHT, iou_weight: float = 1.0) -> SamLoss:
+             focal_weight: float = FOCAL_WEIGHT, dice_weight: float = DICE_WEIGHT, iou_weight: float = 1.0,
+             object_score_logits: Optional[torch.Tensor] = None, object_score_weight: float = 1.0) -> SamLoss:
     """logits N x M x H x W (M = 1 or the multimask outputs), iou_predictions N x M,
-    targets N x H x W or N x 1 x H x W (0/1). Computed in fp32 whatever the autocast dtype."""
+    targets N x H x W or N x 1 x H x W (0/1), object_score_logits N x 1 (SAM 2's head) or None.
+    Computed in fp32 whatever the autocast dtype."""
     if targets.ndim == logits.ndim - 1:
         targets = targets[:, None]
     if targets.shape[-2:] != logits.shape[-2:] or targets.shape[0] != logits.shape[0]:
@@ -70,10 +78,18 @@ def sam_loss(logits: torch.Tensor, iou_predictions: torch.Tensor, targets: torch
     targets = targets.to(logits.dtype).expand_as(logits)
     per_output = focal_weight * sigmoid_focal_loss(logits, targets) + dice_weight * dice_loss(logits, targets)  # N x M
     chosen = per_output.detach().argmin(dim=1)
-    mask_loss = per_output.gather(1, chosen[:, None]).mean()
     ious = mask_iou(logits, targets)
-    iou_loss = F.mse_loss(iou_predictions.float(), ious)
-    return SamLoss(mask_loss + iou_weight * iou_loss, mask_loss, iou_loss, chosen, ious)
+    if object_score_logits is None:
+        mask_loss = per_output.gather(1, chosen[:, None]).mean()
+        iou_loss = F.mse_loss(iou_predictions.float(), ious)
+        return SamLoss(mask_loss + iou_weight * iou_loss, mask_loss, iou_loss, chosen, ious)
+    present = targets[:, 0].flatten(1).amax(1)  # N: 1 where the target has a pixel
+    object_loss = F.binary_cross_entropy_with_logits(object_score_logits.float().reshape(-1), present)
+    # (as SAM 2's loss_fns: an absent object's masks are not supervised, only its score)
+    mask_loss = (per_output.gather(1, chosen[:, None])[:, 0] * present).mean()
+    iou_loss = ((iou_predictions.float() - ious) ** 2).mean(1).mul(present).mean()
+    loss = mask_loss + iou_weight * iou_loss + object_score_weight * object_loss
+    return SamLoss(loss, mask_loss, iou_loss, chosen, ious, object_loss)
 
 
 def locator_loss(heat_logits: torch.Tensor, targets: torch.Tensor, pos_weight: float = 10.0) -> torch.Tensor:

@@ -5,15 +5,22 @@ that resume exactly, and a progress bar with the loss and mIoU.
 Exact resume: the image order and every random draw of a step come from generators seeded by
 (seed, step, micro-batch), not from state carried across steps, so a resumed run draws what an
 uninterrupted one would; the model, optimizer, scheduler, step and the global RNG states are saved.
+
+SAM 2 / 2.1 (`grounded.sam2.Sam2`, which `model:` loads when the weights are SAM 2's) trains the same
+way: its image is stretched to the square input (not padded), the cache holds its image encoder's
+levels (the decoder's high-res projections may train, so they are applied on every round), the SAM 1
+names `mask_decoder` and `prompt_encoder` in `trainable` stand for its `sam_mask_decoder` and
+`sam_prompt_encoder`, and its object-score head is trained too (losses.py).
 """
 
 import hashlib
 import math
 import os
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -28,7 +35,7 @@ from .interactive import run_interactive
 
 @dataclass
 class Prepared:
-    embedding: torch.Tensor  # 1 x C x h x w
+    embedding: Union[torch.Tensor, List[torch.Tensor]]  # 1 x C x h x w (SAM 2: its encoder's levels)
     input_size: tuple  # (h, w) of the resized image in the padded input
     targets: torch.Tensor  # N x 256 x 256 float, the low-res frame
     masks: np.ndarray  # N x H x W bool, the same masks at the original size
@@ -46,11 +53,14 @@ def low_res_targets(masks: np.ndarray, input_size, img_size: int, low_res: int) 
 
 
 class EmbeddingCache:
-    """Image-encoder outputs on disk, keyed by the image's pixels and the encoder's weights."""
+    """Image-encoder outputs on disk, keyed by the image's pixels and the encoder's weights, and the
+    most recent in memory up to `memory_bytes` (with a folder; all of them without one): SAM 2's
+    levels take about 88 MB an image at 1024 pixels, SAM's embedding 4 MB."""
 
-    def __init__(self, folder: Optional[Path], model):
+    def __init__(self, folder: Optional[Path], model, memory_bytes: int = 2 << 30):
         self.folder = Path(folder) if folder else None
-        self.memory: Dict[str, torch.Tensor] = {}
+        self.memory: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        self.memory_bytes = memory_bytes
         digest = hashlib.blake2b(digest_size=8)
         for name, tensor in model.image_encoder.state_dict().items():
             digest.update(name.encode())
@@ -69,18 +79,24 @@ class EmbeddingCache:
     def get(self, image: np.ndarray, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
         key = self.key(image)
         if key in self.memory:
+            self.memory.move_to_end(key)
             return self.memory[key]
         path = self.folder / f"{key}.pt" if self.folder else None
         if path is not None and path.is_file():
             emb = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            emb = encode().detach().cpu()
+            emb = _map_tensors(encode(), lambda t: t.detach().cpu())
             if path is not None:
                 tmp = path.with_suffix(".tmp")
                 torch.save(emb, tmp)
                 os.replace(tmp, path)
         self.memory[key] = emb
+        while self.folder is not None and len(self.memory) > 1 and self._held() > self.memory_bytes:
+            self.memory.popitem(last=False)  # the oldest: read from disk again when its image returns
         return emb
+
+    def _held(self) -> int:
+        return sum(t.numel() * t.element_size() for emb in self.memory.values() for t in _as_list(emb))
 
 
 def layer_scale(name: str, model, layer_decay: float) -> float:
@@ -89,7 +105,16 @@ def layer_scale(name: str, model, layer_decay: float) -> float:
     if layer_decay == 1.0 or not name.startswith("image_encoder."):
         return 1.0
     enc = model.image_encoder
-    if hasattr(enc, "blocks"):  # ViT
+    if hasattr(enc, "trunk"):  # SAM 2's Hiera: its blocks in one list across the stages
+        depth = len(enc.trunk.blocks)
+        parts = name.split(".")
+        if parts[1] == "trunk" and parts[2] == "blocks":
+            layer = int(parts[3]) + 1
+        elif parts[1] == "trunk":
+            layer = 0  # patch embedding, position embeddings
+        else:
+            layer = depth + 1  # the neck
+    elif hasattr(enc, "blocks"):  # ViT
         depth = len(enc.blocks)
         parts = name.split(".")
         if parts[1] == "blocks":
@@ -119,23 +144,53 @@ def lr_factor(step: int, warmup_steps: int, decay_steps: List[int], decay_factor
     return warm * decay_factor ** sum(step >= s for s in decay_steps)
 
 
+def load_model(name: str, device: torch.device):
+    """SAM (grounded.sam) or, for SAM 2 / 2.1 weights, grounded.sam2's model; the image encoder in PyTorch."""
+    from ..build import IsSam2Error, from_pretrained
+
+    try:
+        return from_pretrained(name, device=device, image_encoder_backend="torch")
+    except IsSam2Error:
+        from ...sam2 import from_pretrained as sam2_from_pretrained
+
+        return sam2_from_pretrained(name, device=device)
+
+
+def is_sam2(model) -> bool:
+    from ...sam2 import Sam2
+
+    return isinstance(model, Sam2)
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _map_tensors(x, fn):
+    """fn on a tensor, or on each of a list of tensors (SAM 2's encoder levels)."""
+    return [fn(t) for t in x] if isinstance(x, (list, tuple)) else fn(x)
+
+
 class Trainer:
     """`model` and `dataset` default to what the config names; `clip` (a grounded.clip.ClipModel)
     to config.clip, for text-prompt training."""
 
+    @torch.inference_mode(False)  # (loaded weights and optimizer state must be ordinary tensors)
     def __init__(self, config: TrainConfig, model=None, dataset=None, clip=None):
-        from ..build import from_pretrained
         from ..onnx_encoder import use_exported_encoder
         from .data import ConcatDataset, build_dataset
 
         self.config = config
         self.device = torch.device(config.device)
-        self.model = model if model is not None else from_pretrained(str(config.path(config.model))
-                                                                     if Path(config.base_dir, config.model).exists()
-                                                                     else config.model, device=self.device,
-                                                                     image_encoder_backend="torch")
-        # Training runs the PyTorch encoder, never an export (which computes no gradients).
-        use_exported_encoder(self.model, "torch")
+        self.model = model if model is not None else load_model(str(config.path(config.model))
+                                                                if Path(config.base_dir, config.model).exists()
+                                                                else config.model, self.device)
+        self.is_sam2 = is_sam2(self.model)
+        if self.is_sam2 and config.text_prompt:
+            raise ValueError("text_prompt: true trains a projection for SAM 1's prompt encoder (grounded.sam."
+                             "text_prompt); the model is SAM 2: train it without text_prompt, or give a SAM 1 model")
+        if not self.is_sam2:  # Training runs the PyTorch encoder, never an export (which computes no gradients).
+            use_exported_encoder(self.model, "torch")
         self.model.to(self.device)
         if dataset is None:
             if not config.data:
@@ -170,7 +225,10 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def _set_trainable(self) -> None:
-        names = self.config.trainable
+        names = [self._official_name(t) for t in self.config.trainable]
+        if any(p.is_inference() for p in self.model.parameters()):
+            raise ValueError("the model's weights were made under torch.inference_mode() and cannot train: build "
+                             "or load it outside inference_mode, or let the trainer load config.model")
         found = set()
         for name, p in self.model.named_parameters():
             hit = [t for t in names if name == t or name.startswith(t + ".")]
@@ -178,13 +236,23 @@ class Trainer:
             p.requires_grad_(bool(hit))
         missing = set(names) - found
         if missing:
-            raise ValueError(f"trainable names {sorted(missing)} match no parameter of the model "
-                             f"(top-level modules: image_encoder, prompt_encoder, mask_decoder)")
+            top = ("image_encoder, sam_prompt_encoder (or prompt_encoder), sam_mask_decoder (or mask_decoder), "
+                   "no_mem_embed") if self.is_sam2 else "image_encoder, prompt_encoder, mask_decoder"
+            raise ValueError(f"trainable names {sorted(missing)} match no parameter of the "
+                             f"{'SAM 2' if self.is_sam2 else 'SAM'} model (top-level modules: {top})")
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if self.projection is not None:
             self.trainable += [(f"text_prompt.{n}", p) for n, p in self.projection.named_parameters()]
         if not self.trainable:
             raise ValueError("nothing to train: trainable is empty")
+
+    def _official_name(self, name: str) -> str:
+        """SAM 2's state-dict name for a `trainable` entry that uses SAM 1's (mask_decoder.x ->
+        sam_mask_decoder.x), so one config trains either family."""
+        head, dot, rest = name.partition(".")
+        if self.is_sam2 and head in ("mask_decoder", "prompt_encoder"):
+            return f"sam_{head}{dot}{rest}"
+        return name
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         groups: Dict[float, list] = {}
@@ -212,29 +280,21 @@ class Trainer:
         return int(np.random.default_rng([self.config.seed, epoch]).permutation(n)[pos])
 
     def prepare(self, item: TrainItem, rng: np.random.Generator) -> Optional[Prepared]:
-        from ..utils.transforms import ResizeLongestSide
-
         model = self.model
-        img_size = model.image_encoder.img_size
         keep = select_masks(item.masks, rng, self.config.max_masks, self.config.max_mask_fraction)
         if len(keep) == 0:
             return None
-        transform = ResizeLongestSide(img_size)
-        input_size = transform.get_preprocess_shape(item.image.shape[0], item.image.shape[1], img_size)
+        model_input, input_size, img_size = self._model_input(item.image)
 
-        def encode() -> torch.Tensor:
-            resized = transform.apply_image(item.image)
-            x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
+        def encode():
             with torch.no_grad(), self._autocast():
-                return model.image_encoder(model.preprocess(x)[None].to(model.dtype)).float()
+                return _map_tensors(model.image_encoder(model_input()), lambda t: t.float())
 
         if self.config.freeze_image_encoder:
-            embedding = self.embeddings.get(item.image, encode).to(self.device)
+            embedding = _map_tensors(self.embeddings.get(item.image, encode), lambda t: t.to(self.device))
         else:
-            resized = transform.apply_image(item.image)
-            x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
             with self._autocast():
-                embedding = model.image_encoder(model.preprocess(x)[None].to(model.dtype))
+                embedding = model.image_encoder(model_input())
         low_res = model.prompt_encoder.mask_input_size[0]
         targets = low_res_targets(item.masks[keep], input_size, img_size, low_res).to(self.device)
         visible = (targets.flatten(1).sum(1) > 0).cpu().numpy()  # too small to survive downsampling: dropped
@@ -243,10 +303,32 @@ class Trainer:
         return Prepared(embedding, tuple(input_size), targets[torch.as_tensor(visible, device=targets.device)],
                         item.masks[keep][visible])
 
+    def _model_input(self, image: np.ndarray):
+        """A function giving the encoder's 1 x 3 x S x S input for `image`, the (h, w) the image takes
+        in it, and S. SAM pads the image, resized to a long side of S, at the bottom and right; SAM 2
+        stretches it to the square."""
+        model = self.model
+        if self.is_sam2:
+            size = model.image_size
+            return (lambda: model.preprocess_image(image)[None].to(model.dtype)), (size, size), size
+        from ..utils.transforms import ResizeLongestSide
+
+        img_size = model.image_encoder.img_size
+        transform = ResizeLongestSide(img_size)
+        input_size = transform.get_preprocess_shape(image.shape[0], image.shape[1], img_size)
+
+        def model_input() -> torch.Tensor:
+            x = torch.as_tensor(transform.apply_image(image), device=self.device).permute(2, 0, 1).float()
+            return model.preprocess(x)[None].to(model.dtype)
+
+        return model_input, input_size, img_size
+
     # ------------------------------------------------------------------ training
 
+    @torch.inference_mode(False)
+    @torch.enable_grad()
     def train_step(self) -> dict:
-        """One optimizer step over grad_accum images."""
+        """One optimizer step over grad_accum images (with autograd, whatever the caller's grad mode)."""
         cfg = self.config
         self.model.train()
         if cfg.freeze_image_encoder:
@@ -273,9 +355,18 @@ class Trainer:
                 first.append(iou)
                 last.append(iou)
                 continue
+            # A training encoder runs once per image, not once per round: the rounds back-propagate
+            # into a detached copy of its output, whose gradient then goes through the encoder.
+            encoder_output = None if cfg.freeze_image_encoder else prepared.embedding
+            embedding = prepared.embedding if encoder_output is None else \
+                _map_tensors(encoder_output, lambda t: t.detach().requires_grad_())
             with self._autocast():
-                result = run_interactive(self.model, prepared.embedding, prepared.targets, prepared.input_size, rng,
+                result = run_interactive(self.model, embedding, prepared.targets, prepared.input_size, rng,
                                          cfg.interactive, backward=lambda loss: (loss / cfg.grad_accum).backward())
+            if encoder_output is not None:
+                outputs, copies = _as_list(encoder_output), _as_list(embedding)
+                used = [(o, c.grad) for o, c in zip(outputs, copies) if c.grad is not None]
+                torch.autograd.backward([o for o, _ in used], [g for _, g in used])
             losses.append(result.loss)
             first.append(result.first_iou)
             last.append(result.last_iou)
@@ -349,6 +440,7 @@ class Trainer:
         found = sorted(self.checkpoint_dir.glob("step_*.pt")) if self.checkpoint_dir.is_dir() else []
         return found[-1] if found else None
 
+    @torch.inference_mode(False)
     def load_checkpoint(self, path: Optional[Path] = None) -> Path:
         path = Path(path) if path else self.latest_checkpoint()
         if path is None or not path.is_file():
@@ -369,8 +461,10 @@ class Trainer:
     def save_model(self, folder: Optional[Path] = None) -> Path:
         """The trained SAM to out_dir/final (save_pretrained layout); with text_prompt, the projection
         to out_dir/text_prompt (and SAM only if some of it trained). Returns the main folder."""
-        from ..build import save_pretrained
-
+        if self.is_sam2:
+            from ...sam2 import save_pretrained
+        else:
+            from ..build import save_pretrained
         if self.projection is not None:
             self.projection.save_pretrained(self.out_dir / "text_prompt")
             if not any(p.requires_grad for p in self.model.parameters()):
