@@ -17,7 +17,8 @@ from .store import LOG_SCHEMA, AnnotationStore, ImageRecord, coco_annotations
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
-__all__ = ["LOG_SCHEMA", "STATIC_DIR", "collect_images", "load_page_model", "make_server", "open_session", "sam_embedder"]
+__all__ = ["LOG_SCHEMA", "STATIC_DIR", "collect_images", "load_page_model", "make_server", "model_embedder", "open_session",
+           "page_family", "sam_embedder"]
 
 
 def collect_images(inputs: Sequence[str]) -> Tuple[List[ImageRecord], Dict[str, List[dict]]]:
@@ -71,29 +72,34 @@ def page_family(sam) -> str:
 
 
 def sam_embedder(model: str = "mobile_sam") -> Tuple[Callable[[np.ndarray], np.ndarray], object]:
-    """An embedding function of any SAM or SAM 2 / 2.1 model grounded loads, and the model. SAM: HxWx3
-    uint8 -> 1xCxhxw float32. SAM 2: -> one float32 vector, the image embedding then the two high-res
-    maps (the manifest's "image_inputs", in order, each flattened in C order), what its graph takes."""
+    """`model_embedder` of any SAM or SAM 2 / 2.1 model grounded loads (a name, file or folder), and the model."""
+    sam = load_page_model(model)
+    return model_embedder(sam), sam
+
+
+def model_embedder(sam) -> Callable[[np.ndarray], np.ndarray]:
+    """The server's embedding function of a loaded model. SAM: HxWx3 uint8 -> 1xCxhxw float32. SAM 2:
+    -> one float32 vector, the image embedding then the two high-res maps (the manifest's
+    "image_inputs", in order, each flattened in C order), what its graph takes."""
     from ..sam import SamPredictor
     from ..sam2 import SAM2ImagePredictor
 
-    sam = load_page_model(model)
     if page_family(sam) == "sam2":
-        predictor = SAM2ImagePredictor(sam, cache_size=1)
+        sam2_predictor = SAM2ImagePredictor(sam, cache_size=1)
 
-        def embed(image: np.ndarray) -> np.ndarray:
-            predictor.set_image(image)
-            parts = [predictor.get_image_embedding(), *predictor.high_res_features]
+        def embed_sam2(image: np.ndarray) -> np.ndarray:
+            sam2_predictor.set_image(image)
+            parts = [sam2_predictor.get_image_embedding(), *sam2_predictor.high_res_features]
             return np.concatenate([p.float().cpu().numpy().ravel() for p in parts])
 
-        return embed, sam
+        return embed_sam2
     predictor = SamPredictor(sam, cache_size=1)
 
     def embed(image: np.ndarray) -> np.ndarray:
         predictor.set_image(image)
         return predictor.get_image_embedding().float().cpu().numpy()
 
-    return embed, sam
+    return embed
 
 
 def open_session(inputs: Sequence[str], out: str, model: str = "mobile_sam", embed_in_page: bool = False,

@@ -159,19 +159,14 @@ def label_auto(project, entry: dict, store, segmenter, settings: dict, log=print
 def page_session(project, entry: dict, model, labels: Optional[List[str]] = None):
     """The annotation page's Session on the round's images with `model` (the model in force); its
     graphs are exported into PROJECT/onnx for these weights (new weights: new graphs)."""
+    from ..annotate import model_embedder
     from ..annotate.server import Session
     from ..export import export_onnx
-    from ..sam import SamPredictor
 
     initial = None
     if entry["stage"] == "semi":
         initial = prefill(project, entry, segmenter_for(model), project.state["stage_settings"]["semi"])
     store = open_store(project, entry, initial)
-    predictor = SamPredictor(model, cache_size=1)
-
-    def embed(image: np.ndarray) -> np.ndarray:
-        predictor.set_image(image)
-        return predictor.get_image_embedding().float().cpu().numpy()
-
     model_dir = export_onnx(model, Path(project.root) / "onnx", encoder=False)
-    return Session(store.images, store, model_dir, embed, model.image_encoder.img_size, labels, stage=entry["stage"])
+    return Session(store.images, store, model_dir, model_embedder(model), model.image_encoder.img_size, labels,
+                   stage=entry["stage"])
