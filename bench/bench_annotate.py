@@ -127,11 +127,14 @@ def main():
 
 
 def bench_sam2(args):
+    """SAM 2.1's page against MobileSAM's (SAM's decoder) on the same photo, in one run, alternating
+    A B A B so that the machine's load falls on both."""
     import torch
     from demo_helpers import browser
     from sam2_reference import TINY_HIERA
 
-    from grounded.annotate import collect_images, model_embedder
+    from grounded import weights
+    from grounded.annotate import collect_images, model_embedder, sam_embedder
     from grounded.annotate.server import Session
     from grounded.annotate.store import AnnotationStore
     from grounded.export import export_onnx
@@ -143,30 +146,41 @@ def bench_sam2(args):
         images.mkdir()
         shutil.copy(ROOT / "samples" / "chelsea.jpg", images / "a_chelsea.jpg")
         torch.manual_seed(0)
-        model = build_sam2(Sam2Config(**TINY_HIERA))
-        folder = export_onnx(model, work / "graphs")
-        records, _ = collect_images([str(images)])
-        session = Session(records, AnnotationStore(work / "out", records), folder, model_embedder(model),
-                          model.image_size)
-        server = serve(session)
-        rows = []
+        sam2 = build_sam2(Sam2Config(**TINY_HIERA))
+        mobile_embed, mobile_sam = sam_embedder(str(weights.locate("mobile_sam") or weights.fetch("mobile_sam")))
+        pages, servers = {}, []
         with browser(work / "profile") as context:
-            page = context.new_page()
-            page.goto(f"http://localhost:{server.server_address[1]}/?threads={args.threads}")
-            page.wait_for_function("window.grounded.ready || window.grounded.error", timeout=600_000)
-            h, w = page.evaluate("[window.grounded.state.height, window.grounded.state.width]")
-            for graph in ("standard", "int8"):
-                times = page.evaluate(TIME_PROMPTS, [hover_prompts(w, h, args.prompts), graph, 10])
-                rows.append((f"SAM 2.1 hover decoder, {graph} graph, {w}x{h}", *stats(times)))
-            page.close()
-        server.shutdown()
-        print(f"\n{args.prompts} prompts after 10 warm-up, {args.threads} threads, headless Chromium\n")
+            for name, model, embed in (("SAM 2.1", sam2, model_embedder(sam2)), ("MobileSAM", mobile_sam, mobile_embed)):
+                records, _ = collect_images([str(images)])
+                session = Session(records, AnnotationStore(work / f"out-{len(servers)}", records),
+                                  export_onnx(model, work / "graphs", encoder=False), embed, model.image_encoder.img_size)
+                servers.append(serve(session))
+                page = context.new_page()
+                page.goto(f"http://localhost:{servers[-1].server_address[1]}/?threads={args.threads}")
+                page.wait_for_function("window.grounded.ready || window.grounded.error", timeout=600_000)
+                pages[name] = page
+            h, w = pages["SAM 2.1"].evaluate("[window.grounded.state.height, window.grounded.state.width]")
+            prompts = hover_prompts(w, h, args.prompts)
+            times = {(name, graph): [] for name in pages for graph in ("standard", "int8")}
+            for half in (prompts[: len(prompts) // 2], prompts[len(prompts) // 2 :]):
+                for (name, graph), into in times.items():  # ("int8": SAM 2's int8 standard graph, SAM's int8 split one)
+                    into += pages[name].evaluate(TIME_PROMPTS, [half, graph, 10])
+            for page in pages.values():
+                page.close()
+        for server in servers:
+            server.shutdown()
+        rows = []
+        for (name, graph), values in times.items():
+            kind = graph if name == "SAM 2.1" else {"standard": "standard", "int8": "int8 split"}[graph]
+            rows.append((f"{name} hover decoder, {kind} graph, {w}x{h}", *stats(values)))
+        ratio = np.median(times[("SAM 2.1", "standard")]) / np.median(times[("MobileSAM", "standard")])
+        rows.append(("SAM 2.1 standard graph against MobileSAM's standard graph (medians)", f"{ratio:.2f}x", ""))
+        print(f"\n{args.prompts} prompts (two alternated halves, 10 warm-up each), {args.threads} threads, headless Chromium\n")
         print("| case | median | p95 |\n|---|---|---|")
         for row in rows:
             print("| " + " | ".join(row) + " |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()
