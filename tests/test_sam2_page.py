@@ -211,6 +211,8 @@ def test_open_session_serves_the_embedding_with_the_high_res_maps(exported, sam2
     with pytest.raises(ValueError, match="is a SAM 2 model: --embed-in-page"):
         open_session([str(images)], str(tmp_path / "out2"), str(model_folder), embed_in_page=True,
                      cache_dir=graphs)
+    with pytest.raises(ValueError, match="its graphs have no in-page encoder"):
+        Session(session.images, session.store, session.model_dir, None, SIZE, embed_in_page=True)
 
 
 def test_a_click_in_the_page_gives_the_predictor_s_mask_and_accepting_saves_it(exported, sam2_session_parts,

@@ -97,6 +97,8 @@ class Session:
         self.token = secrets.token_urlsafe(24)
         self._embeddings: Dict[str, bytes] = {}
         self._lock = threading.Lock()
+        if embed_in_page and self.family == "sam2":
+            raise ValueError("a SAM 2 model's embeddings come from the server: its graphs have no in-page encoder")
 
     def record(self, index: str) -> ImageRecord:
         if not index.isdigit() or int(index) >= len(self.images):

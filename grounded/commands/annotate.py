@@ -1,4 +1,4 @@
-"""`grounded annotate`: the annotation page with SAM's decoder in the browser, and `grounded export onnx`."""
+"""`grounded annotate`: the annotation page with SAM's (or SAM 2 / 2.1's) decoder in the browser, and `grounded export onnx`."""
 
 import argparse
 
