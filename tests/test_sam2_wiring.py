@@ -107,9 +107,23 @@ def test_grounded_eval_takes_a_sam2_model(tmp_path):
     np.testing.assert_allclose(scores[0], want_scores, atol=1e-6)
 
 
-def test_the_annotation_page_refuses_a_sam2_model_by_name(tmp_path):
-    from grounded.annotate import sam_embedder
+def test_grounded_annotate_takes_a_sam2_model(tmp_path, monkeypatch, capsys):
+    """`grounded annotate --model <SAM 2 folder>` builds the page's session on SAM 2's graphs (the page
+    itself: tests/test_sam2_page.py); --embed-in-page is refused with the reason."""
+    import grounded.commands.annotate as command
 
-    folder = save_pretrained(build_sam2(Sam2Config(**TINY_HIERA)), tmp_path / "tiny_sam2")
-    with pytest.raises(ValueError, match="is a SAM 2 model: the annotation page runs SAM's and MobileSAM's"):
-        sam_embedder(str(folder))
+    folder = save_pretrained(build_sam2(Sam2Config(**TINY_HIERA, image_size=512)), tmp_path / "tiny_sam2")
+    image = _picture(tmp_path / "a.png")
+    monkeypatch.setenv("GROUNDED_CACHE", str(tmp_path / "cache"))
+    served = []
+    monkeypatch.setattr(command, "serve_page", lambda session, args, what: served.append((session, what)))
+    monkeypatch.setattr(command, "check_page_built", lambda: None)
+    assert main(["annotate", str(image), "--out", str(tmp_path / "out"), "--model", str(folder), "--no-browser"]) == 0
+    (session, what), = served
+    assert session.family == "sam2" and session.info()["manifest"]["family"] == "sam2" and "1 images" in what
+    blob = np.frombuffer(session.embedding(session.images[0]), np.float32)
+    shapes = [i["shape"] for i in session.info()["manifest"]["image_inputs"]]
+    assert blob.size == sum(int(np.prod(s)) for s in shapes) and shapes[1] == [1, 32, 128, 128]
+    code = main(["annotate", str(image), "--out", str(tmp_path / "out2"), "--model", str(folder), "--embed-in-page",
+                 "--no-browser"])
+    assert code == 1 and "is a SAM 2 model: --embed-in-page" in capsys.readouterr().err

@@ -1,6 +1,7 @@
-"""The annotation page: SAM's prompt encoder and mask decoder run in the browser (onnxruntime-web), a
-local server (server.py) serves the images, their embeddings and the page, and saves every accepted
-mask (store.py). `grounded annotate IMAGES --out DIR` starts it."""
+"""The annotation page: SAM's (or SAM 2 / 2.1's) prompt encoder and mask decoder run in the browser
+(onnxruntime-web), a local server (server.py) serves the images, their embeddings (with SAM 2, the
+high-res maps too) and the page, and saves every accepted mask (store.py). `grounded annotate IMAGES
+--out DIR` starts it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from .store import LOG_SCHEMA, AnnotationStore, ImageRecord, coco_annotations
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
-__all__ = ["LOG_SCHEMA", "STATIC_DIR", "collect_images", "make_server", "open_session", "sam_embedder"]
+__all__ = ["LOG_SCHEMA", "STATIC_DIR", "collect_images", "load_page_model", "make_server", "model_embedder", "open_session",
+           "page_family", "sam_embedder"]
 
 
 def collect_images(inputs: Sequence[str]) -> Tuple[List[ImageRecord], Dict[str, List[dict]]]:
@@ -48,24 +50,56 @@ def collect_images(inputs: Sequence[str]) -> Tuple[List[ImageRecord], Dict[str, 
     return records, initial
 
 
-def sam_embedder(model: str = "mobile_sam") -> Tuple[Callable[[np.ndarray], np.ndarray], object]:
-    """An embedding function (HxWx3 uint8 -> 1xCxhxw float32) of any SAM grounded loads, and the model."""
-    from ..sam import SamPredictor, from_pretrained
+def load_page_model(model: str = "mobile_sam", **kwargs):
+    """SAM (grounded.sam) or, for SAM 2 / 2.1 weights (a name, file or folder), grounded.sam2's model;
+    kwargs go to SAM 1's loader only (SAM 2's encoder runs in torch)."""
+    from ..sam import from_pretrained
     from ..sam.build import IsSam2Error
 
     try:
-        sam = from_pretrained(model)
+        return from_pretrained(model, **kwargs)
     except IsSam2Error:
-        raise ValueError(f"{model} is a SAM 2 model: the annotation page runs SAM's and MobileSAM's prompt "
-                         "encoder and mask decoder in the browser (their ONNX export); SAM 2's decoder, which "
-                         "also takes the encoder's high-resolution features, has no page export yet") from None
+        from ..sam2 import from_pretrained as sam2_from_pretrained
+
+        return sam2_from_pretrained(model)
+
+
+def page_family(sam) -> str:
+    """"sam2" for a SAM 2 / 2.1 model, "sam" for SAM 1 (the manifest's "family")."""
+    from ..sam2 import Sam2
+
+    return "sam2" if isinstance(sam, Sam2) else "sam"
+
+
+def sam_embedder(model: str = "mobile_sam") -> Tuple[Callable[[np.ndarray], np.ndarray], object]:
+    """`model_embedder` of any SAM or SAM 2 / 2.1 model grounded loads (a name, file or folder), and the model."""
+    sam = load_page_model(model)
+    return model_embedder(sam), sam
+
+
+def model_embedder(sam) -> Callable[[np.ndarray], np.ndarray]:
+    """The server's embedding function of a loaded model. SAM: HxWx3 uint8 -> 1xCxhxw float32. SAM 2:
+    -> one float32 vector, the image embedding then the two high-res maps (the manifest's
+    "image_inputs", in order, each flattened in C order), what its graph takes."""
+    from ..sam import SamPredictor
+    from ..sam2 import SAM2ImagePredictor
+
+    if page_family(sam) == "sam2":
+        sam2_predictor = SAM2ImagePredictor(sam, cache_size=1)
+
+        def embed_sam2(image: np.ndarray) -> np.ndarray:
+            sam2_predictor.set_image(image)
+            parts = [sam2_predictor.get_image_embedding(), *sam2_predictor.high_res_features]
+            return np.concatenate([p.float().cpu().numpy().ravel() for p in parts])
+
+        return embed_sam2
     predictor = SamPredictor(sam, cache_size=1)
 
     def embed(image: np.ndarray) -> np.ndarray:
         predictor.set_image(image)
         return predictor.get_image_embedding().float().cpu().numpy()
 
-    return embed, sam
+    return embed
 
 
 def open_session(inputs: Sequence[str], out: str, model: str = "mobile_sam", embed_in_page: bool = False,
@@ -74,8 +108,11 @@ def open_session(inputs: Sequence[str], out: str, model: str = "mobile_sam", emb
     from ..export import export_onnx
 
     records, initial = collect_images(inputs)
-    store = AnnotationStore(Path(out), records, initial)
     embed, sam = sam_embedder(model)
+    if embed_in_page and page_family(sam) == "sam2":
+        raise ValueError(f"{model} is a SAM 2 model: --embed-in-page runs MobileSAM's encoder in the page, and SAM 2's "
+                         "Hiera encoder is too slow there; leave the option out and the server computes the embeddings")
+    store = AnnotationStore(Path(out), records, initial)
     model_dir = export_onnx(sam, cache_dir, encoder=True if embed_in_page else None)
     return Session(records, store, model_dir, None if embed_in_page else embed, sam.image_encoder.img_size,
                    labels, embed_in_page)

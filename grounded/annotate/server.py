@@ -6,6 +6,11 @@ by `npm ci` + `npm run build`), the page's ONNX graphs (`grounded.export.export_
 embeddings (computed here with any SAM grounded loads) and the annotations; it saves every accepted
 mask at once (`AnnotationStore`).
 
+/api/embedding/N answers the float32 bytes of what the model's graph takes per image: SAM's image
+embedding (1xCxhxw), or for a SAM 2 / 2.1 model (manifest family "sam2") the image embedding, then the
+high-res maps at stride 4 and 8, one after another in C order, with the names and shapes of the
+manifest's "image_inputs" (the page cuts the blob by them).
+
 Security of a server that writes files:
 - it binds 127.0.0.1 unless told otherwise;
 - it answers only fixed routes, and static files only from its own folders, after decoding the URL
@@ -60,15 +65,20 @@ def safe_file(root: Path, relative: str) -> Path:
     return path
 
 
-def postprocess_low_res(logits: np.ndarray, image_size: int, original_size: Tuple[int, int]) -> np.ndarray:
-    """Low-res logits (256x256) -> the HxW boolean mask, as `Sam.threshold_masks` makes it."""
+def postprocess_low_res(logits: np.ndarray, image_size: int, original_size: Tuple[int, int],
+                        family: str = "sam") -> np.ndarray:
+    """Low-res logits (256x256) -> the HxW boolean mask, as `Sam.threshold_masks` makes it (family
+    "sam2": as `SAM2ImagePredictor` does, one bilinear resize of the whole square to the image)."""
     import torch
     import torch.nn.functional as F
 
     from ..sam.utils.transforms import ResizeLongestSide
 
-    input_size = ResizeLongestSide.get_preprocess_shape(*original_size, image_size)
     masks = torch.tensor(np.asarray(logits, np.float32))[None, None]
+    if family == "sam2":
+        masks = F.interpolate(masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
+        return (masks[0, 0] > 0.0).numpy()
+    input_size = ResizeLongestSide.get_preprocess_shape(*original_size, image_size)
     masks = F.interpolate(masks, (image_size, image_size), mode="bilinear", align_corners=False)
     masks = masks[..., : input_size[0], : input_size[1]]
     masks = F.interpolate(masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
@@ -87,6 +97,8 @@ class Session:
         self.token = secrets.token_urlsafe(24)
         self._embeddings: Dict[str, bytes] = {}
         self._lock = threading.Lock()
+        if embed_in_page and self.family == "sam2":
+            raise ValueError("a SAM 2 model's embeddings come from the server: its graphs have no in-page encoder")
 
     def record(self, index: str) -> ImageRecord:
         if not index.isdigit() or int(index) >= len(self.images):
@@ -124,9 +136,16 @@ class Session:
                     self._embeddings.pop(next(iter(self._embeddings)))
             return self._embeddings[record.key]
 
+    def manifest(self) -> Optional[dict]:
+        return json.loads((self.model_dir / "manifest.json").read_text()) if self.model_dir else None
+
+    @property
+    def family(self) -> str:
+        """The graphs' model family: "sam", or "sam2" for SAM 2 / 2.1 (older manifests are SAM's)."""
+        return (self.manifest() or {}).get("family", "sam")
+
     def info(self) -> dict:
-        manifest = json.loads((self.model_dir / "manifest.json").read_text()) if self.model_dir else None
-        return {"token": self.token, "labels": self.labels, "manifest": manifest, "embed_in_page": self.embed_in_page,
+        return {"token": self.token, "labels": self.labels, "manifest": self.manifest(), "embed_in_page": self.embed_in_page,
                 "stage": self.stage,
                 "images": [{"index": i, "key": r.key, "file_name": r.file_name} for i, r in enumerate(self.images)]}
 
@@ -137,7 +156,7 @@ class Session:
             raise Refused(400, "low_res_logits must be a square float32 array")
         if not record.width:
             self.pixels(record)
-        mask = postprocess_low_res(logits.reshape(side, side), self.image_size, (record.height, record.width))
+        mask = postprocess_low_res(logits.reshape(side, side), self.image_size, (record.height, record.width), self.family)
         log = {k: body.get(k) for k in ("clicks", "box", "seconds", "candidate")}
         log["num_clicks"] = len(body.get("clicks") or []) + (1 if body.get("box") else 0)
         log["score"] = float(body.get("score", 0.0))

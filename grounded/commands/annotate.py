@@ -1,4 +1,4 @@
-"""`grounded annotate`: the annotation page with SAM's decoder in the browser, and `grounded export onnx`."""
+"""`grounded annotate`: the annotation page with SAM's (or SAM 2 / 2.1's) decoder in the browser, and `grounded export onnx`."""
 
 import argparse
 
@@ -12,8 +12,10 @@ def add_cli(sub) -> None:
     )
     p.add_argument("images", nargs="+", help="image files, folders, or a COCO file (its masks open for correction)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default="mobile_sam", help="SAM checkpoint name, file or folder (default mobile_sam)")
-    p.add_argument("--embed-in-page", action="store_true", help="compute embeddings in the page (MobileSAM's encoder)")
+    p.add_argument("--model", default="mobile_sam",
+                   help="SAM or SAM 2 / 2.1 checkpoint name, file or folder (default mobile_sam)")
+    p.add_argument("--embed-in-page", action="store_true",
+                   help="compute embeddings in the page (MobileSAM's encoder; not for SAM 2 models)")
     p.add_argument("--label", action="append", default=None, help="a label offered at accept (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
@@ -21,8 +23,10 @@ def add_cli(sub) -> None:
     p.set_defaults(func=run_annotate)
 
     e = sub.add_parser("export", help="export models for other runtimes")
-    e.add_argument("format", choices=["onnx"], help="onnx: SAM's page graphs (standard, split, int8, encoder)")
-    e.add_argument("--model", default="mobile_sam", help="SAM checkpoint name, file or folder (default mobile_sam)")
+    e.add_argument("format", choices=["onnx"], help="onnx: SAM's page graphs (standard, split, int8, encoder; "
+                   "SAM 2 / 2.1: standard and int8)")
+    e.add_argument("--model", default="mobile_sam",
+                   help="SAM or SAM 2 / 2.1 checkpoint name, file or folder (default mobile_sam)")
     e.add_argument("--out", help="cache folder (default: grounded's cache)")
     e.add_argument("--encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="export the image encoder too (default: for MobileSAM only)")
@@ -30,10 +34,11 @@ def add_cli(sub) -> None:
 
 
 def run_export(args) -> int:
+    from ..annotate import load_page_model
     from ..export import export_onnx
-    from ..sam import from_pretrained
 
-    folder = export_onnx(from_pretrained(args.model, image_encoder_backend="torch"), args.out, encoder=args.encoder)
+    # (--encoder with a SAM 2 model: export_onnx refuses, naming why)
+    folder = export_onnx(load_page_model(args.model, image_encoder_backend="torch"), args.out, encoder=args.encoder)
     print(folder)
     return 0
 

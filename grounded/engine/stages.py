@@ -187,9 +187,9 @@ def label_auto(project, entry: dict, store, segmenter, settings: dict, log=print
 def page_session(project, entry: dict, model, labels: Optional[List[str]] = None):
     """The annotation page's Session on the round's images with `model` (the model in force); its
     graphs are exported into PROJECT/onnx for these weights (new weights: new graphs)."""
+    from ..annotate import model_embedder
     from ..annotate.server import Session
     from ..export import export_onnx
-    from ..sam import SamPredictor
     from ..sam3 import Sam3
 
     if isinstance(model, Sam3):
@@ -199,13 +199,8 @@ def page_session(project, entry: dict, model, labels: Optional[List[str]] = None
     if entry["stage"] == "semi":
         initial = prefill(project, entry, model, segmenter_for(model))
     store = open_store(project, entry, initial)
-    predictor = SamPredictor(model, cache_size=1)
-
-    def embed(image: np.ndarray) -> np.ndarray:
-        predictor.set_image(image)
-        return predictor.get_image_embedding().float().cpu().numpy()
-
     model_dir = export_onnx(model, Path(project.root) / "onnx", encoder=False)
     # A text pre-fill's categories are the page's labels unless --label names others.
     labels = labels or (entry.get("prefill") or {}).get("categories")
-    return Session(store.images, store, model_dir, embed, model.image_encoder.img_size, labels, stage=entry["stage"])
+    return Session(store.images, store, model_dir, model_embedder(model), model.image_encoder.img_size, labels,
+                   stage=entry["stage"])

@@ -7,10 +7,16 @@ what `SamPredictor.decode` computes with multimask_output False (output 0) or Tr
 The split form runs the same arithmetic in two graphs: products of the image tokens computed once per
 image, and a small per-prompt graph (low_rank.py; `MaskPromptDecoder` for a prompt with a mask).
 
+`Sam2PromptDecoder` is SAM 2's standard graph: the image embedding and the image's two projected
+high-res maps + prompt -> the same four outputs, output 0 being what `SAM2ImagePredictor` returns
+with multimask_output False (the stability fallback included), and the object-score logits.
+
 Prompts (all graphs): point_coords 1xNx2 in the original image's pixels (x, y), point_labels 1xN
 (1 foreground, 0 background, 2/3 a box's top-left/bottom-right corner, -1 padding: a prompt
 without a box ends with one padding point, as SAM's prompt encoder does), image_size 2 (H, W);
-the graph maps the points to the model's resized frame as `ResizeLongestSide.apply_coords` does.
+the graph maps the points to the model's resized frame as `ResizeLongestSide.apply_coords` does
+(SAM 2's graph: to its stretched square, (x / W, y / H) * S, as `Sam2Transform`; SAM 2's predictor pads
+every prompt, so there a prompt always ends with the padding point, after the box corners and clicks).
 """
 
 
@@ -19,6 +25,11 @@ from torch import Tensor, nn
 
 from ..sam.model import Sam
 from ..sam.transformer import Attention
+
+
+def stretched_coords(point_coords: Tensor, image_size: Tensor, target_length: int) -> Tensor:
+    """Pixel coordinates (x, y) of an image of image_size (H, W) -> SAM 2's square frame."""
+    return point_coords / image_size.to(torch.float32).flip(0) * target_length
 
 
 def resized_coords(point_coords: Tensor, image_size: Tensor, target_length: int) -> Tensor:
@@ -34,14 +45,15 @@ class PromptEmbedder(nn.Module):
     """Sparse and dense prompt embeddings, control flow replaced by arithmetic (one graph serves any
     number of points and boxes given as labelled corners)."""
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: Sam, to_model_frame=resized_coords) -> None:
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
         self.img_size = model.image_encoder.img_size
+        self.to_model_frame = to_model_frame
 
     def sparse(self, point_coords: Tensor, point_labels: Tensor, image_size: Tensor) -> Tensor:
         encoder = self.prompt_encoder
-        coords = resized_coords(point_coords, image_size, self.img_size)
+        coords = self.to_model_frame(point_coords, image_size, self.img_size)
         embedding = encoder.pe_layer._pe_encoding((coords + 0.5) / self.img_size)  # 1 x N x C
         labels = point_labels.unsqueeze(-1).expand_as(embedding)
         embedding = embedding * (labels != -1) + encoder.not_a_point_embed.weight * (labels == -1)
@@ -72,6 +84,31 @@ class PromptDecoder(nn.Module):
         sparse = self.embedder.sparse(point_coords, point_labels, image_size)
         dense = self.embedder.no_mask() + self.embedder.mask_delta(mask_input, has_mask_input)
         return self.mask_decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense)
+
+
+class Sam2PromptDecoder(nn.Module):
+    """SAM 2's standard graph: (image_embeddings 1xCxhxw, high_res_feats_0 1x(C/8)x4hx4w,
+    high_res_feats_1 1x(C/4)x2hx2w, point_coords, point_labels, mask_input 1x1x4hx4w, has_mask_input 1,
+    image_size 2) -> (low_res_logits 1x4x4hx4w, iou_predictions 1x4, object_score_logits 1x1).
+    Output 0 is the single-mask output after SAM 2's stability fallback where the model uses it (what
+    `SAM2ImagePredictor.predict` gives with multimask_output False), 1-3 the multimask outputs; the
+    image predictor leaves the object score unused, and so does the page."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.embedder = PromptEmbedder(model, stretched_coords)
+        self.mask_decoder = model.mask_decoder
+        self.register_buffer("image_pe", model.prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
+
+    def forward(self, image_embeddings, high_res_feats_0, high_res_feats_1, point_coords, point_labels, mask_input,
+                has_mask_input, image_size):
+        decoder = self.mask_decoder
+        sparse = self.embedder.sparse(point_coords, point_labels, image_size)
+        dense = self.embedder.no_mask() + self.embedder.mask_delta(mask_input, has_mask_input)
+        masks, iou, object_score = decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense,
+                                                         [high_res_feats_0, high_res_feats_1])
+        single, single_iou = decoder.select_masks(masks, iou, multimask_output=False)
+        return torch.cat([single, masks[:, 1:]], dim=1), torch.cat([single_iou, iou[:, 1:]], dim=1), object_score
 
 
 def _heads(attention: Attention, x: Tensor) -> Tensor:

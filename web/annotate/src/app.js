@@ -1,7 +1,9 @@
 // The annotation page: SAM's prompt encoder and mask decoder run here with onnxruntime-web (WebAssembly,
 // SIMD, threads under cross-origin isolation); the server gives images, embeddings and saves masks.
 import * as ort from "./ort/ort.wasm.min.mjs";
-import { LatestOnly, bestCandidate, candidateOutputs, decodeRle, encodePrompt, preprocessShape } from "./sam.js";
+import {
+  LatestOnly, bestCandidate, candidateOutputs, decodeRle, encodePrompt, imageInputs, lowResExtent, preprocessShape,
+} from "./sam.js";
 
 const params = new URLSearchParams(location.search);
 ort.env.wasm.wasmPaths = "/static/ort/";
@@ -44,11 +46,14 @@ async function session(name) {
 
 const f32 = (data, dims) => new ort.Tensor("float32", data, dims);
 
+const family = () => state.info.manifest.family ?? "sam";
+
 // The decoder on a prompt {points, box, mask (1x256x256 logits or null)} with graph "standard",
-// "split" or "int8" -> {logits Float32Array 4x256x256, iou Float32Array 4}.
+// "split" or "int8" -> {logits Float32Array 4x256x256, iou Float32Array 4}. A SAM 2 model has the
+// standard graph and its int8 copy only (the manifest's "graphs"), fed the embedding and high-res maps.
 async function decode(prompt, graph = $("graph").value) {
-  const { coords, labels, count } = encodePrompt(prompt.points, prompt.box);
   const m = state.info.manifest;
+  const { coords, labels, count } = encodePrompt(prompt.points, prompt.box, family());
   const [mh, mw] = m.mask_input_size;
   const available = {
     point_coords: f32(coords, [1, count, 2]), point_labels: f32(labels, [1, count]),
@@ -57,8 +62,11 @@ async function decode(prompt, graph = $("graph").value) {
     has_mask_input: f32(Float32Array.from([prompt.mask ? 1 : 0]), [1]),
   };
   let name = "decoder";
-  if (graph === "standard") {
-    available.image_embeddings = f32(state.embedding, m.embedding_shape);
+  if (family() === "sam2") {
+    for (const [input, { data, dims }] of Object.entries(state.embedding)) available[input] = f32(data, dims);
+    if (graph === "int8") name = "decoder_int8";
+  } else if (graph === "standard") {
+    available.image_embeddings = f32(state.embedding.image_embeddings.data, m.embedding_shape);
   } else {  // the split form: the per-image products, then the per-prompt graph takes what it needs by name
     Object.assign(available, await imageProducts());
     name = prompt.mask ? "prompt_mask" : graph === "int8" ? "prompt_int8" : "prompt";
@@ -78,7 +86,7 @@ hooks.decode = async (prompt, graph) => {
 
 async function imageProducts() {
   if (!state.products) {
-    state.products = await (await session("image_products")).run({ image_embeddings: f32(state.embedding, state.info.manifest.embedding_shape) });
+    state.products = await (await session("image_products")).run({ image_embeddings: f32(state.embedding.image_embeddings.data, state.info.manifest.embedding_shape) });
   }
   return state.products;
 }
@@ -119,8 +127,8 @@ async function openImage(index) {
     for (const c of [$("image"), $("overlay")]) [c.width, c.height] = [Math.round(state.width * fit), Math.round(state.height * fit)];
     state.scale = $("image").width / state.width;
     $("image").getContext("2d").drawImage(bitmap, 0, 0, $("image").width, $("image").height);
-    state.embedding = state.info.embed_in_page ? await encodeInPage(bitmap)
-      : new Float32Array(await api(`/api/embedding/${state.index}`));
+    state.embedding = imageInputs(state.info.embed_in_page ? await encodeInPage(bitmap)
+      : await api(`/api/embedding/${state.index}`), state.info.manifest);
     if ($("graph").value !== "standard") await imageProducts();
     status(`ready: ${image.file_name}`);
     state.lastSaved = performance.now();
@@ -234,8 +242,7 @@ function imagePoint(event) {
 
 function lowResCanvas(logits, output, color) {
   const side = Math.round(Math.sqrt(logits.length / 4));
-  const [ih, iw] = preprocessShape(state.height, state.width, state.info.manifest.image_size);
-  const [h, w] = [Math.max(1, Math.round(ih * side / state.info.manifest.image_size)), Math.max(1, Math.round(iw * side / state.info.manifest.image_size))];
+  const [h, w] = lowResExtent(state.height, state.width, state.info.manifest.image_size, side, family());
   const canvas = new OffscreenCanvas(w, h);
   const pixels = new ImageData(w, h);
   for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
@@ -381,6 +388,11 @@ function onKey(event) {
 
 async function main() {
   state.info = await api("/api/session");
+  const graphs = state.info.manifest.graphs;  // (older SAM manifests: all three)
+  if (graphs) {
+    for (const option of [...$("graph").options]) if (!graphs.includes(option.value)) option.remove();
+    if (!graphs.includes($("graph").value)) $("graph").value = "standard";
+  }
   if (state.info.stage) $("stage-name").textContent = `${state.info.stage} stage`;
   for (const label of state.info.labels) $("labels").append(Object.assign(document.createElement("option"), { value: label }));
   $("label").value = state.info.labels[0];

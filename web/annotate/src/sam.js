@@ -11,21 +11,51 @@ export function preprocessShape(height, width, longSide) {
 // Points [{x, y, label}] (label 1 foreground, 0 background) and an optional box [x0, y0, x1, y1]
 // in image pixels -> the graphs' point_coords (1xNx2) and point_labels (1xN): the box's corners
 // labelled 2 and 3, or, without a box, one padding point labelled -1 (as SAM's prompt encoder pads).
-export function encodePrompt(points, box) {
+// SAM 2 (family "sam2") as its predictor: the box's corners first, then the clicks, and the padding
+// point after every prompt.
+export function encodePrompt(points, box, family = "sam") {
   const coords = [];
   const labels = [];
+  const corners = () => {
+    coords.push(box[0], box[1], box[2], box[3]);
+    labels.push(2, 3);
+  };
+  if (box && family === "sam2") corners();
   for (const p of points) {
     coords.push(p.x, p.y);
     labels.push(p.label);
   }
-  if (box) {
-    coords.push(box[0], box[1], box[2], box[3]);
-    labels.push(2, 3);
-  } else {
+  if (box && family !== "sam2") corners();
+  if (!box || family === "sam2") {
     coords.push(0, 0);
     labels.push(-1);
   }
   return { coords: Float32Array.from(coords), labels: Float32Array.from(labels), count: labels.length };
+}
+
+// The part of the low-res logits (side x side) that covers the image: SAM pads the resized image at
+// the bottom and right, SAM 2 stretches it over the whole square. Returns [rows, columns].
+export function lowResExtent(height, width, imageSize, side, family = "sam") {
+  if (family === "sam2") return [side, side];
+  const [ih, iw] = preprocessShape(height, width, imageSize);
+  return [Math.max(1, Math.round(ih * side / imageSize)), Math.max(1, Math.round(iw * side / imageSize))];
+}
+
+// The server's per-image blob (float32, the manifest's "image_inputs" one after another; SAM's
+// manifests, without that list, hold the embedding alone) -> the graph's inputs {name: {data, dims}}.
+export function imageInputs(buffer, manifest) {
+  const inputs = manifest.image_inputs ?? [{ name: "image_embeddings", shape: manifest.embedding_shape }];
+  const all = buffer instanceof Float32Array ? buffer : new Float32Array(buffer);
+  const out = {};
+  let offset = 0;
+  for (const { name, shape } of inputs) {
+    const size = shape.reduce((a, b) => a * b, 1);
+    if (offset + size > all.length) throw new Error(`the embedding holds ${all.length} values, too few for ${name}`);
+    out[name] = { data: all.slice(offset, offset + size), dims: shape };
+    offset += size;
+  }
+  if (offset !== all.length) throw new Error(`the embedding holds ${all.length} values, the graph takes ${offset}`);
+  return out;
 }
 
 // Which of the four outputs (0 single-mask, 1-3 multimask) a prompt offers: one click alone gives

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { LatestOnly, bestCandidate, candidateOutputs, decodeRle, encodePrompt, preprocessShape } from "../src/sam.js";
+import {
+  LatestOnly, bestCandidate, candidateOutputs, decodeRle, encodePrompt, imageInputs, lowResExtent, preprocessShape,
+} from "../src/sam.js";
 
 test("prompts pad with one -1 point, or end with the box's corners", () => {
   const p = encodePrompt([{ x: 3, y: 4, label: 1 }], null);
@@ -10,6 +12,31 @@ test("prompts pad with one -1 point, or end with the box's corners", () => {
   const b = encodePrompt([{ x: 3, y: 4, label: 0 }], [1, 2, 5, 6]);
   assert.deepEqual(Array.from(b.labels), [0, 2, 3]);
   assert.equal(b.count, 3);
+});
+
+test("SAM 2 prompts: the box's corners first, then the clicks, and always the padding point", () => {
+  const p = encodePrompt([{ x: 3, y: 4, label: 1 }], null, "sam2");
+  assert.deepEqual(Array.from(p.labels), [1, -1]);
+  const b = encodePrompt([{ x: 3, y: 4, label: 0 }], [1, 2, 5, 6], "sam2");
+  assert.deepEqual(Array.from(b.coords), [1, 2, 5, 6, 3, 4, 0, 0]);
+  assert.deepEqual(Array.from(b.labels), [2, 3, 0, -1]);
+  assert.equal(b.count, 4);
+});
+
+test("the low-res logits cover the padded image (SAM) or the whole square (SAM 2)", () => {
+  assert.deepEqual(lowResExtent(100, 128, 1024, 256), [200, 256]);
+  assert.deepEqual(lowResExtent(100, 128, 1024, 256, "sam2"), [256, 256]);
+});
+
+test("the server's blob is cut into the graph's per-image inputs by the manifest", () => {
+  const blob = Float32Array.from({ length: 2 * 3 + 4 + 2 }, (_, i) => i);
+  const manifest = { image_inputs: [{ name: "a", shape: [1, 2, 3] }, { name: "b", shape: [1, 4] }, { name: "c", shape: [2] }] };
+  const inputs = imageInputs(blob.buffer, manifest);
+  assert.deepEqual(Array.from(inputs.b.data), [6, 7, 8, 9]);
+  assert.deepEqual(inputs.c.dims, [2]);
+  assert.deepEqual(Object.keys(imageInputs(blob, { embedding_shape: [12] })), ["image_embeddings"]);
+  assert.throws(() => imageInputs(blob, { embedding_shape: [11] }), /the graph takes 11/);
+  assert.throws(() => imageInputs(blob, { embedding_shape: [13] }), /too few/);
 });
 
 test("one click offers the multimask candidates, more prompts the single mask", () => {
