@@ -343,3 +343,57 @@ def test_a_killed_round_resumes_where_it_stopped(data, tiny_model, capsys):
     state = json.loads((data / "proj" / "project.json").read_text())
     assert state["rounds"][0]["status"] == "done" and state["rounds"][0]["masks"] == 3
     assert len(list((data / "proj" / "rounds" / "001-manual" / "train").glob("seed_*/final/model.safetensors"))) == 3
+
+
+def test_a_sam2_model_runs_every_stage_fine_tunes_and_serves_the_page(data, tmp_path, monkeypatch):
+    """The engine with a SAM 2.1 model in force: manual and semi rounds by the simulated annotator, its
+    fine-tune kept and then in force (a grounded.sam2 folder), an auto round, and the page's SAM 2 graphs."""
+    import torch
+
+    from grounded.engine import stages
+    from grounded.sam2 import Sam2, Sam2Config, SAM2ImagePredictor, build_sam2, save_pretrained
+    from sam2_reference import TINY_HIERA
+
+    torch.manual_seed(0)
+    folder = str(save_pretrained(build_sam2(Sam2Config(**TINY_HIERA, image_size=256)), tmp_path / "sam2"))
+
+    def better(project, out, models, log=print):
+        return {label: {"iou": np.full(30, 0.5 if label == "current" else 0.9) + 0.01 * np.arange(30) / 30,
+                        "noc90": np.full(30, 5.0 if label == "current" else 2.0), "ar100": np.full(30, 0.4)}
+                for label in models}
+
+    truth = json.loads((data / "truth.json").read_text())
+    given = dict(truth, annotations=[a for a in truth["annotations"] if a["image_id"] >= 4])  # d.png and e.png
+    (data / "given.json").write_text(json.dumps(given))
+    init_project(data / "images", data / "proj", coco=str(data / "given.json"), heldout=["e.png"], model=folder,
+                 train={"steps": 2, "clicks": 3, "bootstrap": 200},
+                 stage_settings={"semi": {"points_per_side": 4}, "auto": {"points_per_side": 4}})
+    monkeypatch.setattr(finetune, "evaluate_models", better)
+    with Project.open(data / "proj") as project:
+        entry = start_round(project, "manual", images=["a.png"])
+        run_round(project, entry, truth=str(data / "truth.json"), log=quiet)
+        assert entry["status"] == "done" and entry["decision"]["accepted"]
+        assert project.state["model"]["current"] == "models/v001"
+        tuned = stages.load_model(project.model_spec())
+        assert isinstance(tuned, Sam2)
+        seed = stages.load_model(str(data / "proj" / "rounds" / "001-manual" / "train" / "seed_0" / "final"))
+        before = stages.load_model(folder)
+        assert all(torch.equal(a, b) for a, b in zip(tuned.image_encoder.state_dict().values(),
+                                                     before.image_encoder.state_dict().values()))  # frozen
+        assert any(not torch.equal(a, b) for a, b in zip(tuned.sam_mask_decoder.state_dict().values(),
+                                                         before.sam_mask_decoder.state_dict().values()))
+        assert isinstance(stages.segmenter_for(tuned).predictor, SAM2ImagePredictor)
+        assert len(tuned.state_dict()) == len(seed.state_dict())
+
+        entry = start_round(project, "semi", images=["b.png"], finetune=False)
+        session = stages.page_session(project, entry, tuned)  # the page on this round, its pre-fill made once
+        run_round(project, entry, truth=str(data / "truth.json"), log=quiet)
+        assert entry["status"] == "done" and entry["model"].endswith("models/v001")
+        assert (data / "proj" / "rounds" / "002-semi" / "prefill.json").exists()
+        assert len(json.loads(project.latest_dataset().read_text())["annotations"]) == 9  # d.png's given, a and b
+
+        entry = start_round(project, "auto", images=["c.png"])
+        run_round(project, entry, log=quiet)
+        assert entry["status"] == "done" and entry["labelled"] == ["c.png"]
+    manifest = json.loads((session.model_dir / "manifest.json").read_text())
+    assert manifest["family"] == "sam2" and session.family == "sam2"

@@ -17,7 +17,7 @@ from .store import LOG_SCHEMA, AnnotationStore, ImageRecord, coco_annotations
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
-__all__ = ["LOG_SCHEMA", "STATIC_DIR", "collect_images", "load_page_model", "make_server", "model_embedder", "open_session",
+__all__ = ["LOG_SCHEMA", "STATIC_DIR", "collect_images", "make_server", "model_embedder", "open_session",
            "page_family", "sam_embedder"]
 
 
@@ -50,20 +50,6 @@ def collect_images(inputs: Sequence[str]) -> Tuple[List[ImageRecord], Dict[str, 
     return records, initial
 
 
-def load_page_model(model: str = "mobile_sam", **kwargs):
-    """SAM (grounded.sam) or, for SAM 2 / 2.1 weights (a name, file or folder), grounded.sam2's model;
-    kwargs go to SAM 1's loader only (SAM 2's encoder runs in torch)."""
-    from ..sam import from_pretrained
-    from ..sam.build import IsSam2Error
-
-    try:
-        return from_pretrained(model, **kwargs)
-    except IsSam2Error:
-        from ..sam2 import from_pretrained as sam2_from_pretrained
-
-        return sam2_from_pretrained(model)
-
-
 def page_family(sam) -> str:
     """"sam2" for a SAM 2 / 2.1 model, "sam" for SAM 1 (the manifest's "family")."""
     from ..sam2 import Sam2
@@ -73,7 +59,9 @@ def page_family(sam) -> str:
 
 def sam_embedder(model: str = "mobile_sam") -> Tuple[Callable[[np.ndarray], np.ndarray], object]:
     """`model_embedder` of any SAM or SAM 2 / 2.1 model grounded loads (a name, file or folder), and the model."""
-    sam = load_page_model(model)
+    from ..sam2 import load_sam_or_sam2
+
+    sam = load_sam_or_sam2(model, image_encoder_backend="auto")
     return model_embedder(sam), sam
 
 

@@ -34,11 +34,11 @@ def add_cli(sub) -> None:
 
 
 def run_export(args) -> int:
-    from ..annotate import load_page_model
     from ..export import export_onnx
+    from ..sam2 import load_sam_or_sam2
 
     # (--encoder with a SAM 2 model: export_onnx refuses, naming why)
-    folder = export_onnx(load_page_model(args.model, image_encoder_backend="torch"), args.out, encoder=args.encoder)
+    folder = export_onnx(load_sam_or_sam2(args.model), args.out, encoder=args.encoder)
     print(folder)
     return 0
 

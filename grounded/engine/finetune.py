@@ -61,7 +61,6 @@ def train_seeds(project, entry: dict, items, log=print) -> List[Path]:
     """One fine-tuned model per seed (folders with save_pretrained's layout); finished seeds are kept."""
     import torch
 
-    from ..sam.build import save_pretrained
     from ..sam.training import TrainConfig, Trainer
     from ..sam.training.data import ArrayDataset
     from .stages import load_model
@@ -93,7 +92,7 @@ def train_seeds(project, entry: dict, items, log=print) -> List[Path]:
             history = trainer.train()
         tmp = out / "final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_pretrained(trainer.model, tmp)
+        trainer.save_model(tmp)  # SAM's or SAM 2's folder layout
         os.replace(tmp, final)
         last = history[-1] if history else {}
         log(f"  seed {seed}: {trainer.step} steps, last loss {last.get('loss', float('nan')):.4f}")

@@ -183,7 +183,7 @@ class Project:
         return self.root / "rounds" / f"{entry['index']:03d}-{entry['stage']}"
 
     def model_spec(self) -> str:
-        """What grounded.sam.from_pretrained loads for the model in force (a project folder or a name)."""
+        """What grounded.sam2.load_sam_or_sam2 loads for the model in force (a project folder or a name)."""
         current = self.state["model"]["current"]
         path = self.root / current
         return str(path) if current.startswith("models/") else current

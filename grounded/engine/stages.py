@@ -42,17 +42,18 @@ def open_store(project, entry: dict, initial: Optional[Dict[str, List[dict]]] = 
 
 
 def load_model(spec: str):
-    """The model in force: a SAM (grounded.sam), or a SAM 3 (grounded.sam3: its tracker clicks, its
-    concept model pre-fills text; no automatic masks, page or fine-tuning)."""
+    """The model in force: a SAM (grounded.sam), a SAM 2 / 2.1 (grounded.sam2), or a SAM 3
+    (grounded.sam3: its tracker clicks, its concept model pre-fills text; no automatic masks, page or
+    fine-tuning)."""
     from .text_prefill import is_sam3
 
     if is_sam3(spec):
         from ..sam3 import load_sam3
 
         return load_sam3(spec, device="cpu")
-    from ..sam import from_pretrained
+    from ..sam2 import load_sam_or_sam2
 
-    return from_pretrained(spec, image_encoder_backend="torch")
+    return load_sam_or_sam2(spec)
 
 
 def segmenter_for(model, label: str = "model", embeddings: Optional[dict] = None):
@@ -60,12 +61,12 @@ def segmenter_for(model, label: str = "model", embeddings: Optional[dict] = None
     the models of a round share it: `embeddings` ({encoder fingerprint: cache}) lets their predictors
     share one embedding cache, and an image is encoded once for all of them."""
     from ..eval.segmenters import GroundedSegmenter, weights_fingerprint
-    from ..sam import SamPredictor
+    from ..sam2 import predictor_for
     from ..sam3 import Sam3
 
     if isinstance(model, Sam3):  # SAM 3's tracker has SamPredictor's interface; its features are cached by Sam3
         return GroundedSegmenter(label, model.predictor(), weights_fingerprint(model.detector))
-    predictor = SamPredictor(model, cache_size=4)
+    predictor = predictor_for(model, cache_size=4)
     if embeddings is not None:
         predictor._cache = embeddings.setdefault(weights_fingerprint(model.image_encoder), predictor._cache)
     return GroundedSegmenter(label, predictor, weights_fingerprint(model))

@@ -263,23 +263,15 @@ def load_segmenters(specs: Sequence[str], reference: bool = False, device: str =
 
 def _load_model(name: str, device: str) -> torch.nn.Module:
     """SAM (grounded.sam) or, for SAM 2 / 2.1 weights, grounded.sam2's model."""
-    from ..sam import from_pretrained
-    from ..sam.build import IsSam2Error
+    from ..sam2 import load_sam_or_sam2
 
-    try:
-        return from_pretrained(name, device=device)
-    except IsSam2Error:
-        from ..sam2 import from_pretrained as sam2_from_pretrained
-
-        return sam2_from_pretrained(name, device=device)
+    return load_sam_or_sam2(name, device=device, image_encoder_backend="auto")
 
 
 def _predictor(model: torch.nn.Module, dtype):
-    from ..sam import SamPredictor
-    from ..sam2 import Sam2, SAM2ImagePredictor
+    from ..sam2 import predictor_for
 
-    kind = SAM2ImagePredictor if isinstance(model, Sam2) else SamPredictor
-    return kind(model, cache_size=4, autocast_dtype=dtype)
+    return predictor_for(model, cache_size=4, autocast_dtype=dtype)
 
 
 def _load_segmenters(specs: Sequence[str], reference: bool, device: str) -> List[Segmenter]:

@@ -23,15 +23,9 @@ ENCODER_BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 
 
 def _load_sam(cache: ModelCache, name: str, device: str, dtype: Any, image_encoder_backend: str = "auto"):
-    from ..sam import from_pretrained
-    from ..sam.build import IsSam2Error
+    from ..sam2 import load_sam_or_sam2
 
-    try:
-        return from_pretrained(name, device=device, dtype=dtype, image_encoder_backend=image_encoder_backend)
-    except IsSam2Error:  # SAM 2 / 2.1 weights: its own loader (its encoder runs in torch)
-        from ..sam2 import from_pretrained as sam2_from_pretrained
-
-        return sam2_from_pretrained(name, device=device, dtype=dtype)
+    return load_sam_or_sam2(name, device=device, dtype=dtype, image_encoder_backend=image_encoder_backend)
 
 
 def _load_sam_predictor(cache: ModelCache, name: str, device: str, dtype: Any, model_kind: str = "sam"):
@@ -39,13 +33,9 @@ def _load_sam_predictor(cache: ModelCache, name: str, device: str, dtype: Any, m
     # shared by every node prompting that model: boxes and points on one image encode it once.
     # Reduced precision runs under autocast over the float32 weights (as `grounded segment
     # --dtype` does), which keeps the per-pixel mask logits in float32.
-    from ..sam import SamPredictor
-    from ..sam2 import Sam2, SAM2ImagePredictor
+    from ..sam2 import predictor_for
 
-    model = cache.get(model_kind, name, device, None)
-    if isinstance(model, Sam2):  # SAM 2 / 2.1 weights (from_pretrained tells them apart)
-        return SAM2ImagePredictor(model, autocast_dtype=dtype)
-    return SamPredictor(model, autocast_dtype=dtype)
+    return predictor_for(cache.get(model_kind, name, device, None), autocast_dtype=dtype)
 
 
 register_loader("sam", _load_sam)

@@ -10,16 +10,17 @@ from .build import (
     build_sam2_hiera_small,
     build_sam2_hiera_tiny,
     from_pretrained,
+    load_sam_or_sam2,
     save_pretrained,
 )
 from .config import OFFICIAL_CONFIGS, Sam2Config
 from .model import Sam2
-from .predictor import SAM2ImagePredictor
+from .predictor import SAM2ImagePredictor, predictor_for
 
 __all__ = [
     "OFFICIAL_CONFIGS", "SAM2AutomaticMaskGenerator", "SAM2ImagePredictor", "Sam2", "Sam2Config", "build_sam2",
     "build_sam2_hiera_base_plus", "build_sam2_hiera_large", "build_sam2_hiera_small", "build_sam2_hiera_tiny",
-    "from_pretrained", "save_pretrained",
+    "from_pretrained", "load_sam_or_sam2", "predictor_for", "save_pretrained",
 ]
 
 

@@ -227,3 +227,18 @@ def _read_folder(folder: Path, tried: List[str]) -> Tuple[Optional[StateDict], O
         return load_hf_folder(folder)
     tried.append(f"folder {folder}: has neither {CONFIG_FILE} nor a Hugging Face config.json")
     return None, None
+
+
+def load_sam_or_sam2(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "cpu",
+                     dtype: Optional[torch.dtype] = None, image_encoder_backend: str = "torch", **kwargs):
+    """A SAM 1 model (`grounded.sam.from_pretrained`, with image_encoder_backend and kwargs) or, when the
+    weights are SAM 2 / 2.1's, this package's: the loader of every command and node that takes either
+    (SAM 2's encoder runs in PyTorch)."""
+    from ..sam import from_pretrained as sam_from_pretrained
+    from ..sam.build import IsSam2Error
+
+    try:
+        return sam_from_pretrained(name_or_path, device=device, dtype=dtype,
+                                   image_encoder_backend=image_encoder_backend, **kwargs)
+    except IsSam2Error:
+        return from_pretrained(name_or_path, device=device, dtype=dtype)

@@ -256,3 +256,8 @@ class SAM2ImagePredictor(SamPredictor):
     def _is_image_set(self) -> bool:
         return self.is_image_set
 
+
+
+def predictor_for(model, **kwargs):
+    """`SAM2ImagePredictor` for a SAM 2 / 2.1 model, grounded's `SamPredictor` for SAM 1; kwargs go to it."""
+    return (SAM2ImagePredictor if isinstance(model, Sam2) else SamPredictor)(model, **kwargs)

@@ -146,14 +146,9 @@ def lr_factor(step: int, warmup_steps: int, decay_steps: List[int], decay_factor
 
 def load_model(name: str, device: torch.device):
     """SAM (grounded.sam) or, for SAM 2 / 2.1 weights, grounded.sam2's model; the image encoder in PyTorch."""
-    from ..build import IsSam2Error, from_pretrained
+    from ...sam2 import load_sam_or_sam2
 
-    try:
-        return from_pretrained(name, device=device, image_encoder_backend="torch")
-    except IsSam2Error:
-        from ...sam2 import from_pretrained as sam2_from_pretrained
-
-        return sam2_from_pretrained(name, device=device)
+    return load_sam_or_sam2(name, device=device)
 
 
 def is_sam2(model) -> bool:
