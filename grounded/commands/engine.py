@@ -31,7 +31,7 @@ def add_cli(sub) -> None:
     i.add_argument("--heldout-fraction", type=float, default=0.0,
                    help="instead of --heldout: this fraction of the images with masks, drawn with --seed")
     i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--model", default="mobile_sam", help="the starting SAM (a name, file or folder; default mobile_sam)")
+    i.add_argument("--model", default="mobile_sam", help="the starting SAM, SAM 2 / 2.1 or SAM 3 (a name, file or folder; default mobile_sam)")
     i.add_argument("--steps", type=int, help="fine-tuning steps per seed (default 20)")
     i.add_argument("--seeds", help="comma-separated fine-tuning seeds, at least 3 (default 0,1,2)")
     i.add_argument("--points-per-side", type=int, help="automatic-mask grid for the semi and auto stages (default 32, the paper's)")
