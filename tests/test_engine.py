@@ -229,6 +229,37 @@ def test_acceptance_rule_needs_the_interval_and_three_seeds(data, tiny_model):
         new_project(data, tiny_model, seeds=[0, 1])
 
 
+def test_fine_tuning_keeps_the_automatic_stages_predicted_iou(data, tiny_model):
+    """The engine's default fine-tune trains the mask heads only: the masks change, while every prompt's
+    predicted IoU, which the auto and semi stages threshold at the SAM paper's 0.88 and 0.92, stays the
+    base model's (training the IoU head on the round's masks moved its scale so far on the stardist
+    proof that no automatic mask passed; issue 27)."""
+    from grounded.engine.stages import load_model
+    from grounded.sam import SamPredictor
+    from grounded.sam.training.data import TrainItem
+    from grounded.sam.utils.amg import build_point_grid
+
+    project = new_project(data, tiny_model, steps=1, lr=1e-2)
+    assert "mask_decoder.iou_prediction_head" not in project.state["train"]["trainable"]
+    entry = {"index": 1, "stage": "manual", "model": tiny_model}
+    items = [TrainItem(f"blobs-{i}", *blobs(i)) for i in range(2)]
+    folders = finetune.train_seeds(project, entry, items, log=quiet)
+    image = blobs(9)[0]
+    grid = build_point_grid(4) * 64  # the auto stage's kind of prompt: single grid points, three outputs each
+
+    def outputs(spec):
+        predictor = SamPredictor(load_model(spec))
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict_many(grid[:, None], np.ones((len(grid), 1), int), return_logits=True)
+        return masks, scores
+
+    base_masks, base_scores = outputs(tiny_model)
+    for folder in folders:
+        masks, scores = outputs(str(folder))
+        assert np.abs(masks - base_masks).max() > 1e-3  # the fine-tune changed the masks
+        np.testing.assert_allclose(scores, base_scores, rtol=0, atol=1e-5)
+
+
 def test_semi_decisions_and_the_confirm_action(tmp_path):
     from grounded.annotate.store import AnnotationStore, ImageRecord
     from grounded.engine.annotator import semi_decisions
