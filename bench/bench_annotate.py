@@ -118,12 +118,16 @@ def main():
                 page.close()
                 server.shutdown()
         rows.append(("server embedding, MobileSAM (grounded, auto encoder backend), 451x300", f"{server_embed_ms:.0f} ms", ""))
-        print(f"\n{args.prompts} prompts after 10 warm-up, {args.threads} threads, headless Chromium\n")
-        print("| case | median | p95 |\n|---|---|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
+        print_table(f"{args.prompts} prompts after 10 warm-up, {args.threads} threads, headless Chromium", rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(title: str, rows) -> None:
+    print(f"\n{title}\n")
+    print("| case | median | p95 |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def bench_sam2(args):
@@ -175,10 +179,8 @@ def bench_sam2(args):
             rows.append((f"{name} hover decoder, {kind} graph, {w}x{h}", *stats(values)))
         ratio = np.median(times[("SAM 2.1", "standard")]) / np.median(times[("MobileSAM", "standard")])
         rows.append(("SAM 2.1 standard graph against MobileSAM's standard graph (medians)", f"{ratio:.2f}x", ""))
-        print(f"\n{args.prompts} prompts (two alternated halves, 10 warm-up each), {args.threads} threads, headless Chromium\n")
-        print("| case | median | p95 |\n|---|---|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
+        print_table(f"{args.prompts} prompts (two alternated halves, 10 warm-up each), {args.threads} threads, "
+                    "headless Chromium", rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import test_demos_browser
+from test_annotate_export import PROMPTS  # every prompt kind the page makes
 from grounded.annotate import collect_images, make_server, open_session, sam_embedder
 from grounded.annotate.server import STATIC_DIR, Session, postprocess_low_res
 from grounded.annotate.store import AnnotationStore
@@ -24,13 +25,6 @@ ort = pytest.importorskip("onnxruntime")
 headless_chromium = test_demos_browser.chromium  # the demos' module fixture, under this name
 WAIT_MS = 60_000
 SIZE = 512  # the tiny Hiera at half the official input: low-res logits 128 x 128
-PROMPTS = {
-    "point": dict(point_coords=[[40.0, 30.0]], point_labels=[1]),
-    "points_with_background": dict(point_coords=[[40.0, 30.0], [90.0, 70.0], [10.0, 80.0]], point_labels=[1, 0, 1]),
-    "box": dict(box=[20.0, 15.0, 100.0, 80.0]),
-    "box_and_point": dict(box=[20.0, 15.0, 100.0, 80.0], point_coords=[[60.0, 40.0]], point_labels=[0]),
-    "mask_input": dict(point_coords=[[40.0, 30.0]], point_labels=[1], mask=True),
-}
 
 
 def tiny_sam2(**settings):
