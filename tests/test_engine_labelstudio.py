@@ -166,6 +166,48 @@ def test_an_image_reviewed_empty_loses_its_masks_and_one_not_reviewed_keeps_them
     assert count == 1 and dataset_masks(path)[0] == sorted([("a.png", "cat", cat.tobytes()), ("b.png", "dog", dog.tobytes())])
 
 
+def test_a_killed_import_resumes_without_doubling_and_duplicate_tasks_are_refused(tmp_path, monkeypatch):
+    from grounded.annotate.store import AnnotationStore
+    from grounded.engine import Project, run_round
+    from grounded.engine.labelstudio import export_tasks, import_tasks
+
+    cat, dog = a_labelled_round(tmp_path)
+    out = tmp_path / "tasks.json"
+    export_tasks(Project.open(tmp_path / "proj"), out, round_index=1)
+    tasks = json.loads(out.read_text())
+    first = tasks[0]["predictions"][0]["result"]
+    wolf = dict(first[1], value=dict(first[1]["value"], brushlabels=["wolf"]))
+    tasks[0]["annotations"] = [{"id": 1, "was_cancelled": False, "result": [first[0], wolf]}]
+    tasks[1]["annotations"] = [{"id": 2, "was_cancelled": False, "result": tasks[1]["predictions"][0]["result"]}]
+    reviewed = _write(tmp_path / "reviewed.json", tasks)
+    with pytest.raises(ValueError, match=r"\['a.png'\] in more than one task"):
+        import_tasks(Project.open(tmp_path / "proj"), _write(tmp_path / "twice.json", tasks + tasks[:1]))
+
+    add_many, calls = AnnotationStore.add_many, []
+
+    def killed_at_the_second_write(self, *args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:  # a.png's cat is saved, its wolf not yet
+            raise KeyboardInterrupt("killed during the import")
+        return add_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(AnnotationStore, "add_many", killed_at_the_second_write)
+    with pytest.raises(KeyboardInterrupt), Project.open(tmp_path / "proj") as project:
+        import_tasks(project, reviewed)
+    monkeypatch.setattr(AnnotationStore, "add_many", add_many)
+    with Project.open(tmp_path / "proj") as project:
+        entry = project.unfinished()
+        assert entry["stage"] == "review" and entry["imported"] == []
+        with pytest.raises(ValueError, match="import-ls .* again to finish it"):
+            run_round(project, entry)
+        with pytest.raises(ValueError, match="round 2 is unfinished"):
+            import_tasks(project, _write(tmp_path / "other.json", tasks))
+        path, count = import_tasks(project, reviewed)
+        assert count == 3 and project.rounds[-1]["status"] == "done" and len(project.rounds) == 2
+    got, _ = dataset_masks(path)
+    assert got == sorted([("a.png", "cat", cat.tobytes()), ("a.png", "wolf", dog.tobytes()), ("b.png", "dog", dog.tobytes())])
+
+
 def _write(path, value):
     path.write_text(json.dumps(value))
     return path

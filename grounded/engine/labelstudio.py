@@ -177,7 +177,8 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
     after it. A task's newest annotation is the review of its image: its masks replace what the image
     had, and an empty annotation (every mask deleted) leaves the image with none. A task nobody annotated
     was not reviewed: its image keeps what the dataset held (its pre-annotations are not accepted).
-    Returns the new version's path and the number of masks imported."""
+    An interrupted import resumes when run again with the same file: images already imported are kept,
+    a half-written one is written again. Returns the new version's path and the number of masks imported."""
     import time
 
     from ..io.image import load_image
@@ -188,8 +189,10 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
     tasks = read_json(Path(tasks_file), "the Label Studio tasks file")
     if not isinstance(tasks, list):
         raise ValueError(f"{tasks_file} is not a Label Studio JSON export (a list of tasks)")
-    if project.unfinished():
-        raise ValueError(f"round {project.unfinished()['index']} is unfinished: finish it before importing")
+    unfinished = project.unfinished()
+    resumed = unfinished is not None and unfinished["stage"] == "review" and unfinished["source"] == str(tasks_file)
+    if unfinished is not None and not resumed:
+        raise ValueError(f"round {unfinished['index']} is unfinished: finish it before importing")
     parsed = [task_masks(t) for t in tasks]
     unknown = [n for n, _ in parsed if n not in project.state["image_ids"]]
     if unknown:
@@ -198,30 +201,38 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
     if not reviewed:
         raise ValueError(f"no task in {tasks_file} has an annotation: nothing was reviewed (export from Label Studio "
                          "after annotating; a task's pre-annotations count once they are submitted as an annotation)")
-    entry = {"index": len(project.rounds) + 1, "stage": "review", "images": [n for n, _ in reviewed], "status": "labelling",
-             "model": project.model_spec(), "finetune": False, "started": time.time(), "source": str(tasks_file),
-             "not_reviewed": len(parsed) - len(reviewed)}
-    project.rounds.append(entry)
-    project.save()
+    names = [n for n, _ in reviewed]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{tasks_file} reviews {twice[:5]} in more than one task: keep one task per image")
+    if resumed and unfinished["images"] != names:
+        raise ValueError(f"{tasks_file} changed since round {unfinished['index']} began importing it")
+    entry = unfinished if resumed else {
+        "index": len(project.rounds) + 1, "stage": "review", "images": names, "status": "labelling",
+        "model": project.model_spec(), "finetune": False, "started": time.time(), "source": str(tasks_file),
+        "not_reviewed": len(parsed) - len(reviewed), "imported": []}
+    if not resumed:
+        project.rounds.append(entry)
+        project.save()
     store = open_store(project, entry)
     by_name = {r.file_name: r for r in store.images}
-    count = 0
+    imported = entry.setdefault("imported", [])
     for name, masks in reviewed:
+        if name in imported:
+            continue
         record = by_name[name]
-        state = store.get(record.key)
-        if state["version"]:  # a resumed import: this image is in already
-            continue
-        if not masks:  # reviewed, nothing there: saved with no masks, so the dataset drops its earlier ones
-            record.height, record.width = load_image(record.path).shape[:2]
-            store.clear(record.key, state["version"])
-            continue
-        record.height, record.width = masks[0][0].shape
+        record.height, record.width = masks[0][0].shape if masks else load_image(record.path).shape[:2]
+        # Cleared first: a killed import may have written some of this image's labels; an empty review
+        # is saved as such, so the dataset drops the image's earlier masks.
+        version = store.clear(record.key, store.get(record.key)["version"])["version"]
         for label in sorted({lab for _, lab in masks}):
             chosen = [m for m, lab in masks if lab == label]
             logs = [{"clicks": [], "box": None, "num_clicks": 0, "seconds": None, "candidate": None, "score": 1.0,
                      "label_studio": True}] * len(chosen)
-            state["version"] = store.add_many(record.key, state["version"], np.stack(chosen), label, [1.0] * len(chosen), logs)["version"]
-        count += len(masks)
+            version = store.add_many(record.key, version, np.stack(chosen), label, [1.0] * len(chosen), logs)["version"]
+        imported.append(name)
+        project.save()
+    count = sum(len(masks) for _, masks in reviewed)
     entry["status"] = "dataset"
     project.save()
     path = write_dataset(project, entry)

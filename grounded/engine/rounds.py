@@ -63,6 +63,9 @@ def run_round(project: Project, entry: dict, truth: Optional[str] = None, serve:
     """Carry the round on from its recorded step. Manual and semi rounds are labelled by the simulated
     annotator when `truth` (a COCO file) is given, else on the page: `serve(session)` runs it until
     the person stops it, and the round waits at labelling until it is run again with `finish`."""
+    if entry["stage"] == "review" and entry["status"] == "labelling":
+        raise ValueError(f"round {entry['index']} is a Label Studio import that was interrupted: run grounded engine "
+                         f"import-ls {project.root} {entry['source']} again to finish it")
     if truth:  # kept in the entry: a resumed round uses the same ground truth
         entry["truth"] = str(Path(truth).resolve())
     truth_coco = read_json(Path(entry["truth"]), "the --truth file") if entry.get("truth") else None
