@@ -144,11 +144,7 @@ def write_plots(project) -> List[Path]:
             ax.set_xticks([e["index"] for e in rounds])
             ax.legend()
         fig.suptitle("Held-out figures per round (95% bootstrap intervals)")
-        fig.tight_layout()
-        path = project.root / "report_heldout.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(path)
+        out.append(save_figure(fig, project.root / "report_heldout.png"))
     labelled = [(e, round_figures(project, e)) for e in project.rounds]
     labelled = [(e, f) for e, f in labelled if f["clicks_per_mask"] is not None]
     if labelled:
@@ -156,12 +152,17 @@ def write_plots(project) -> List[Path]:
         ax.bar([f"{e['index']} {e['stage']}" for e, _ in labelled], [f["clicks_per_mask"] for _, f in labelled])
         ax.set_ylabel("clicks per mask")
         ax.set_title("Annotation effort per round")
-        fig.tight_layout()
-        path = project.root / "report_clicks.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(path)
+        out.append(save_figure(fig, project.root / "report_clicks.png"))
     return out
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def status_text(project) -> str:

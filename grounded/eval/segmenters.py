@@ -261,20 +261,9 @@ def load_segmenters(specs: Sequence[str], reference: bool = False, device: str =
         return _load_segmenters(specs, reference, device)
 
 
-def _load_model(name: str, device: str) -> torch.nn.Module:
-    """SAM (grounded.sam) or, for SAM 2 / 2.1 weights, grounded.sam2's model."""
-    from ..sam2 import load_sam_or_sam2
-
-    return load_sam_or_sam2(name, device=device, image_encoder_backend="auto")
-
-
-def _predictor(model: torch.nn.Module, dtype):
-    from ..sam2 import predictor_for
-
-    return predictor_for(model, cache_size=4, autocast_dtype=dtype)
-
-
 def _load_segmenters(specs: Sequence[str], reference: bool, device: str) -> List[Segmenter]:
+    from ..sam2 import load_sam_or_sam2, predictor_for  # SAM's, or SAM 2's for SAM 2 / 2.1 weights
+
     parsed = [ModelSpec.parse(s) for s in specs]
     labels = _unique([p.label for p in parsed])
     predictors: Dict[tuple, Any] = {}
@@ -282,12 +271,12 @@ def _load_segmenters(specs: Sequence[str], reference: bool, device: str) -> List
     out: List[Segmenter] = []
     for spec, label in zip(parsed, labels):
         if spec.name not in loaded:
-            model = _load_model(spec.name, device)
+            model = load_sam_or_sam2(spec.name, device=device, image_encoder_backend="auto")
             loaded[spec.name] = (model, weights_fingerprint(model))
         model, fingerprint = loaded[spec.name]
         key = (fingerprint, str(spec.dtype))
         if key not in predictors:
-            predictors[key] = _predictor(model, spec.dtype)
+            predictors[key] = predictor_for(model, cache_size=4, autocast_dtype=spec.dtype)
         out.append(GroundedSegmenter(label, predictors[key], f"{fingerprint}:{spec.dtype or 'fp32'}"))
     if reference:
         seen = set()

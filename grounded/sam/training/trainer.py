@@ -144,19 +144,6 @@ def lr_factor(step: int, warmup_steps: int, decay_steps: List[int], decay_factor
     return warm * decay_factor ** sum(step >= s for s in decay_steps)
 
 
-def load_model(name: str, device: torch.device):
-    """SAM (grounded.sam) or, for SAM 2 / 2.1 weights, grounded.sam2's model; the image encoder in PyTorch."""
-    from ...sam2 import load_sam_or_sam2
-
-    return load_sam_or_sam2(name, device=device)
-
-
-def is_sam2(model) -> bool:
-    from ...sam2 import Sam2
-
-    return isinstance(model, Sam2)
-
-
 def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
@@ -172,15 +159,16 @@ class Trainer:
 
     @torch.inference_mode(False)  # (loaded weights and optimizer state must be ordinary tensors)
     def __init__(self, config: TrainConfig, model=None, dataset=None, clip=None):
+        from ...sam2 import Sam2, load_sam_or_sam2  # SAM's loader, or SAM 2's for SAM 2 / 2.1 weights
         from ..onnx_encoder import use_exported_encoder
         from .data import ConcatDataset, build_dataset
 
         self.config = config
         self.device = torch.device(config.device)
-        self.model = model if model is not None else load_model(str(config.path(config.model))
-                                                                if Path(config.base_dir, config.model).exists()
-                                                                else config.model, self.device)
-        self.is_sam2 = is_sam2(self.model)
+        self.model = model if model is not None else load_sam_or_sam2(str(config.path(config.model))
+                                                                      if Path(config.base_dir, config.model).exists()
+                                                                      else config.model, device=self.device)
+        self.is_sam2 = isinstance(self.model, Sam2)
         if self.is_sam2 and config.text_prompt:
             raise ValueError("text_prompt: true trains a projection for SAM 1's prompt encoder (grounded.sam."
                              "text_prompt); the model is SAM 2: train it without text_prompt, or give a SAM 1 model")
