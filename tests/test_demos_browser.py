@@ -41,8 +41,11 @@ def shots(tmp_path_factory):
 
 
 def open_page(chromium, url):
+    """The demo's page once Gradio has drawn it: "networkidle" can come while the page still says
+    "Loading..." on a busy machine, so wait for the run button every demo has."""
     page = chromium.new_page()
     page.goto(url, wait_until="networkidle")
+    page.wait_for_selector("#run", state="visible", timeout=WAIT_MS)
     return page
 
 
