@@ -164,6 +164,23 @@ def test_lr_schedule_and_layer_decay(tmp_path):
     assert not torch.equal(before, model.image_encoder.blocks[0].attn.qkv.weight)  # the encoder trained
 
 
+def test_a_step_without_masks_skips_the_optimizer_but_keeps_the_schedule(tmp_path):
+    import warnings
+
+    empty = TrainItem("empty", np.full((64, 80, 3), 30, np.uint8), np.zeros((0, 64, 80), bool))
+    model = tiny_model()
+    trainer = Trainer(config(tmp_path, steps=2, warmup_steps=4), model=model, dataset=ArrayDataset([empty]))
+    before = model.mask_decoder.iou_token.weight.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "lr_scheduler.step() before optimizer.step()" included
+        first = trainer.train_step()
+    assert np.isnan(first["loss"]) and torch.equal(before, model.mask_decoder.iou_token.weight)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 * 2 / 4)  # the schedule moved on
+    trainer.dataset = shapes_dataset(1, 5)
+    assert np.isfinite(trainer.train_step()["loss"])
+    assert not torch.equal(before, model.mask_decoder.iou_token.weight)
+
+
 @pytest.mark.parametrize("trainable", [["mask_decoder"], ["mask_decoder.output_hypernetworks_mlps",
                                                          "mask_decoder.iou_prediction_head"]],
                          ids=["decoder", "heads-only"])

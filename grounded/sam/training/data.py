@@ -216,8 +216,10 @@ def select_masks(masks: np.ndarray, rng: np.random.Generator, max_masks: int = 6
                  max_fraction: float = 0.9) -> np.ndarray:
     """Indices of up to `max_masks` masks, sampled without replacement, after dropping empty masks and
     those covering more than `max_fraction` of the image (SAM paper: > 90%)."""
+    if len(masks) == 0:  # an image with nothing labelled (a reviewed empty image) trains nothing
+        return np.zeros(0, int)
     area = masks.reshape(len(masks), -1).sum(1)
-    keep = np.flatnonzero((area > 0) & (area <= max_fraction * masks[0].size)) if len(masks) else np.zeros(0, int)
+    keep = np.flatnonzero((area > 0) & (area <= max_fraction * masks[0].size))
     if len(keep) > max_masks:
         keep = np.sort(rng.choice(keep, max_masks, replace=False))
     return keep

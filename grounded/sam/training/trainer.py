@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import sys
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,7 +357,11 @@ class Trainer:
         if losses:
             self.optimizer.step()
             clear_cache(self.model)  # the decoder's kept image-only products came from the old weights
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A step whose images held no mask skips the optimizer, but the schedule still follows the step
+            # count (as a resumed run's does); torch would warn about that order when it is the first step.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
         self.step += 1
         record = {"step": self.step, "loss": float(np.mean(losses)) if losses else math.nan,
                   "miou": float(np.mean(first)) if first else math.nan,
