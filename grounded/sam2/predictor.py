@@ -80,7 +80,13 @@ class SAM2ImagePredictor(SamPredictor):
         if not isinstance(image_list, list) or not image_list:
             raise ValueError("set_image_batch expects a non-empty list of HxWx3 RGB arrays")
         self.set_images([self._as_array(im) for im in image_list], batch_size=len(image_list))
-        self._is_batch = True
+        # `predict` after set_image_batch prompts the last image, as the official predictor (image -1)
+        self.select_image(len(image_list) - 1)
+
+    def set_images(self, images, image_format: str = "RGB", batch_size: int = 4) -> None:
+        """grounded's interface: several images encoded, the first current; `predict_batch` prompts them."""
+        super().set_images(images, image_format, batch_size)
+        self._is_batch = bool(self._batch)
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: Tuple[int, ...]) -> None:
@@ -109,10 +115,18 @@ class SAM2ImagePredictor(SamPredictor):
 
     @staticmethod
     def _as_array(image):
+        """A PIL RGB image as the official predictor reads it (the pixels as stored). Other PIL modes,
+        which the official predictor cannot read, go through `grounded.io.load_image` as arrays do:
+        PIL's own convert("RGB") would drop alpha instead of compositing onto black and clip 16-bit
+        pixels to white, so the same picture would segment differently as PIL and as an array."""
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            return np.asarray(image.convert("RGB"))
+            if image.mode == "RGB":
+                return np.asarray(image)
+            from ..io.image import load_image
+
+            return load_image(image)
         return image
 
     # ------------------------------------------------------------------ prompts
@@ -150,8 +164,10 @@ class SAM2ImagePredictor(SamPredictor):
     ) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]:
         """`predict` on each image of `set_image_batch`, one entry of each list per image. Returns the
         lists of masks, of scores and of low-res logits."""
-        if not self._batch:
-            raise RuntimeError("An image must be set with .set_image_batch(...) before mask prediction.")
+        if not self._is_batch:  # else the images of an earlier set_image_batch would be prompted
+            raise RuntimeError("predict_batch prompts the images of .set_image_batch(...); none are set "
+                               "(set_image, set_torch_image and reset_predictor end batch mode): use predict, "
+                               "or call set_image_batch first")
         n = len(self._batch)
         args = [point_coords_batch, point_labels_batch, box_batch, mask_input_batch]
         for name, arg in zip(("point_coords_batch", "point_labels_batch", "box_batch", "mask_input_batch"), args):
@@ -183,6 +199,10 @@ class SAM2ImagePredictor(SamPredictor):
             boxes = boxes.reshape(-1, 4)
         if mask_input is not None:
             mask_input = np.asarray(mask_input, dtype=np.float32)
+            if mask_input.ndim < 3:
+                h, w = self.model.prompt_encoder.mask_input_size
+                raise PromptError(f"mask_input must be 1x{h}x{w} (or Nx1x{h}x{w}) low-res logits, got shape "
+                                  f"{mask_input.shape}: give one previous low_res output with its axis, e.g. low_res[i][None]")
             if mask_input.ndim == 3:
                 mask_input = mask_input[None]
         return self.predict_many(coords, labels, boxes, mask_input, multimask_output, return_logits,
@@ -230,11 +250,11 @@ class SAM2ImagePredictor(SamPredictor):
 
     def reset_predictor(self) -> None:
         self.reset_image()
-        self._is_batch = False
 
     def reset_image(self) -> None:
         super().reset_image()
         self.high_res_features = None
+        self._is_batch = False
 
     @property
     def _features(self) -> Optional[dict]:

@@ -1,0 +1,133 @@
+"""SAM 2.1 image path at its edges, on a tiny random model against the official `sam2` where it
+defines the behaviour: PIL images of other modes than RGB, batch mode and what ends it, mask_input
+without its leading axis, the mask generator over crops in RLE."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from grounded.sam.predictor import PromptError
+from grounded.sam2 import SAM2AutomaticMaskGenerator, SAM2ImagePredictor, Sam2Config, from_pretrained
+from sam2_reference import TINY_HIERA, official_model, save_official
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    reference = official_model(trunk=TINY_HIERA)
+    path = save_official(reference, tmp_path_factory.mktemp("sam2_edge") / "tiny_sam2.1.pt")
+    ours = from_pretrained(path, config=Sam2Config(**TINY_HIERA))
+    path.unlink()
+    return reference, ours
+
+
+@pytest.fixture(scope="module")
+def predictor(models):
+    """One predictor for the module, whose cache keeps every image's embedding: each is encoded once."""
+    return SAM2ImagePredictor(models[1], cache_size=16)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((40, 60, 3), (20, 300, 3), (8, 10, 3))]
+
+
+def test_pil_images_of_other_modes_give_the_same_pixels_as_their_arrays(predictor):
+    """The official predictor reads only RGB PIL images; grounded reads the others as it reads arrays
+    (alpha over black, 16-bit scaled by its range), not with PIL's convert("RGB") (alpha dropped,
+    16-bit clipped to white)."""
+    rng = np.random.default_rng(2)
+    rgba = rng.integers(0, 256, (24, 32, 4), dtype=np.uint8)
+    deep = rng.integers(0, 4096, (24, 32), dtype=np.uint16)  # a 12-bit microscope image
+
+    def embedding(image):
+        predictor.set_image(image)
+        return predictor.get_image_embedding()
+
+    assert torch.equal(embedding(Image.fromarray(rgba)), embedding(rgba))
+    assert torch.equal(embedding(Image.fromarray(deep)), embedding(deep))
+    assert predictor.original_size == (24, 32)
+
+
+def test_predict_after_set_image_batch_prompts_the_last_image_as_the_official(models, predictor, images):
+    from sam2.sam2_image_predictor import SAM2ImagePredictor as Official
+
+    batch = images[:2]  # different sizes
+    official, grounded = Official(models[0]), predictor
+    official.set_image_batch(batch)
+    grounded.set_image_batch(batch)
+    click = dict(point_coords=[[5, 6]], point_labels=[1], return_logits=True)
+    theirs = official.predict(**click)
+    assert theirs[0].shape == (3, 20, 300)
+    for _ in range(2):  # before and after a predict_batch, which visits every image
+        mine = grounded.predict(**click)
+        for a, b in zip(theirs, mine):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+        masks, _, _ = grounded.predict_batch(box_batch=[np.array([1, 1, 30, 30]), None])
+        assert [m.shape for m in masks] == [(3, 40, 60), (3, 20, 300)]
+
+
+def test_predict_batch_refuses_once_batch_mode_has_ended(models, predictor, images):
+    """The official predictor asserts batch mode; grounded used to prompt the stale batch instead."""
+    ours = models[1]
+    boxes = dict(box_batch=[np.array([0, 0, 5, 5]), np.array([0, 0, 5, 5])])
+    for end_batch in (lambda: predictor.set_image(images[2]), predictor.reset_predictor,
+                      lambda: predictor.set_torch_image(ours.preprocess_image(images[2])[None], (8, 10))):
+        predictor.set_image_batch(images[:2])
+        assert len(predictor.predict_batch(**boxes)[0]) == 2
+        end_batch()
+        with pytest.raises(RuntimeError, match="set_image_batch"):
+            predictor.predict_batch(**boxes)
+    predictor.set_images(images[:2])  # grounded's interface starts batch mode too
+    assert [m.shape for m in predictor.predict_batch(**boxes)[0]] == [(3, 40, 60), (3, 20, 300)]
+
+
+def test_mask_input_without_its_leading_axis_names_its_shape(predictor, images):
+    predictor.set_image(images[2])
+    _, scores, low_res = predictor.predict(point_coords=[[3, 3]], point_labels=[1])
+    with pytest.raises(PromptError, match=r"got shape \(256, 256\).*low_res\[i\]\[None\]"):
+        predictor.predict(mask_input=low_res[np.argmax(scores)])
+    assert predictor.predict(mask_input=low_res[np.argmax(scores)][None])[0].shape == (3, 8, 10)
+
+
+def _decode_uncompressed(rle):
+    h, w = rle["size"]
+    flat = np.repeat(np.arange(len(rle["counts"])) % 2 == 1, rle["counts"])
+    return flat.reshape(w, h).T
+
+
+def test_mask_generator_over_crops_in_rle_equals_the_official(models, predictor, images):
+    """crop_n_layers=1 (crops encoded in a batch), points_per_batch not dividing the grid, thresholds
+    at 0 and no NMS so that every record is compared: COCO RLE decodes to the official's masks (but
+    for a pixel whose logit sits on the threshold), uncompressed RLE to the same masks as COCO RLE."""
+    from pycocotools import mask as mask_utils
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator as Official
+
+    reference, ours = models
+    settings = dict(points_per_side=2, points_per_batch=3, crop_n_layers=1, pred_iou_thresh=0.0,
+                    stability_score_thresh=0.0, box_nms_thresh=1.0, crop_nms_thresh=1.0)
+
+    def order(records):
+        return sorted(records, key=lambda r: (r["crop_box"], r["point_coords"], -r["predicted_iou"]))
+
+    theirs = order(Official(reference, output_mode="coco_rle", **settings).generate(images[0]))
+    with torch.inference_mode():
+        mine = order(SAM2AutomaticMaskGenerator(ours, output_mode="coco_rle", predictor=predictor,
+                                                **settings).generate(images[0]))
+    uncompressed = order(SAM2AutomaticMaskGenerator(ours, output_mode="uncompressed_rle", predictor=predictor,
+                                                    **settings).generate(images[0]))
+    assert len(theirs) >= 10 and len(mine) == len(theirs) == len(uncompressed)
+    flipped = 0
+    for a, b, c in zip(theirs, mine, uncompressed):
+        assert b["segmentation"]["size"] == a["segmentation"]["size"] == c["segmentation"]["size"] == [40, 60]
+        mask = mask_utils.decode(b["segmentation"]) > 0
+        np.testing.assert_array_equal(_decode_uncompressed(c["segmentation"]), mask)
+        differ = int((mask != (mask_utils.decode(a["segmentation"]) > 0)).sum())
+        flipped += differ
+        assert b["area"] == c["area"] == mask.sum() and abs(b["area"] - a["area"]) <= differ
+        np.testing.assert_allclose(b["bbox"], a["bbox"], atol=1 if differ else 0)
+        assert b["point_coords"] == a["point_coords"] and b["crop_box"] == a["crop_box"]
+        assert b["predicted_iou"] == pytest.approx(a["predicted_iou"], abs=1e-4)
+        assert b["stability_score"] == pytest.approx(a["stability_score"], abs=1e-4)
+    assert flipped <= 1e-4 * len(theirs) * 40 * 60
