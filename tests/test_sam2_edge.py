@@ -91,6 +91,16 @@ def test_mask_input_without_its_leading_axis_names_its_shape(predictor, images):
     assert predictor.predict(mask_input=low_res[np.argmax(scores)][None])[0].shape == (3, 8, 10)
 
 
+def test_pixel_coordinates_with_normalize_coords_false_are_refused_naming_the_flag(predictor, images):
+    """The official predictor takes them silently (masks for a point far outside the image); grounded
+    refuses points outside the image, and here says which frame normalize_coords=False means."""
+    predictor.set_image(images[2])
+    for prompt in (dict(point_coords=[[6, 4]], point_labels=[1]), dict(box=[1, 1, 6, 4])):
+        with pytest.raises(PromptError, match=r"outside the 1x1 image.*normalize_coords=False.*in \[0, 1\]"):
+            predictor.predict(**prompt, normalize_coords=False)
+    assert predictor.predict(point_coords=[[0.6, 0.5]], point_labels=[1], normalize_coords=False)[0].shape == (3, 8, 10)
+
+
 def _decode_uncompressed(rle):
     h, w = rle["size"]
     flat = np.repeat(np.arange(len(rle["counts"])) % 2 == 1, rle["counts"])

@@ -205,8 +205,16 @@ class SAM2ImagePredictor(SamPredictor):
                                   f"{mask_input.shape}: give one previous low_res output with its axis, e.g. low_res[i][None]")
             if mask_input.ndim == 3:
                 mask_input = mask_input[None]
-        return self.predict_many(coords, labels, boxes, mask_input, multimask_output, return_logits,
-                                 frame_size=None if normalize_coords else (1, 1))
+        if normalize_coords:
+            return self.predict_many(coords, labels, boxes, mask_input, multimask_output, return_logits)
+        try:
+            return self.predict_many(coords, labels, boxes, mask_input, multimask_output, return_logits,
+                                     frame_size=(1, 1))
+        except PromptError as error:
+            if "outside" not in str(error):
+                raise
+            raise PromptError(f"{error}: with normalize_coords=False the coordinates are fractions of the image's "
+                              "width and height, in [0, 1]; pixel coordinates go with normalize_coords=True") from None
 
     def predict_many(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
                      multimask_output: bool = True, return_logits: bool = False, frame_size=None):
