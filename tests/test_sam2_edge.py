@@ -1,5 +1,5 @@
 """SAM 2.1 image path at its edges, on a tiny random model against the official `sam2` where it
-defines the behaviour: PIL images of other modes than RGB, batch mode and what ends it, mask_input
+defines the behaviour: PIL images of other modes than RGB, float images, batch mode and what ends it, mask_input
 without its leading axis, the mask generator over crops in RLE."""
 
 import numpy as np
@@ -48,6 +48,21 @@ def test_pil_images_of_other_modes_give_the_same_pixels_as_their_arrays(predicto
     assert torch.equal(embedding(Image.fromarray(rgba)), embedding(rgba))
     assert torch.equal(embedding(Image.fromarray(deep)), embedding(deep))
     assert predictor.original_size == (24, 32)
+
+
+def test_a_float_image_in_0_1_keeps_its_precision_as_in_the_official(models, predictor):
+    """The official predictor takes a float32 image as fractions, unrounded; grounded rounded it to 8 bits."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor as Official
+
+    rng = np.random.default_rng(3)
+    image = (0.4 + 0.02 * rng.random((24, 32, 3))).astype(np.float32)  # low contrast: 6 levels in 8 bits
+    official = Official(models[0])
+    official.set_image(image)
+    predictor.set_image(image.astype(np.float64))  # which the official cannot take
+    torch.testing.assert_close(predictor.get_image_embedding(), official.get_image_embedding(), rtol=1e-4, atol=1e-4)
+    click = dict(point_coords=[[5, 6]], point_labels=[1], return_logits=True)
+    for theirs, mine in zip(official.predict(**click), predictor.predict(**click)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_predict_after_set_image_batch_prompts_the_last_image_as_the_official(models, predictor, images):

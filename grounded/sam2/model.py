@@ -50,13 +50,15 @@ class Sam2(nn.Module):
         return self.no_mem_embed.dtype
 
     def preprocess_image(self, image: np.ndarray) -> torch.Tensor:
-        """An HxWx3 uint8 RGB image as the encoder's 3 x S x S input: scaled to [0, 1], resized (not
+        """An HxWx3 uint8 RGB image (or float, in [0, 1]) as the encoder's 3 x S x S input: scaled to [0, 1], resized (not
         padded: SAM 2 stretches every image to the square) with antialiasing, normalised; as the
         official `SAM2Transforms` (ToTensor, Resize, Normalize)."""
         from torchvision.transforms.functional import resize
 
         x = torch.as_tensor(np.require(image, requirements=["C", "W"]), device=self.device).permute(2, 0, 1).contiguous()
-        x = x.float().div(255)  # contiguous CHW, the layout ToTensor gives the reference
+        # contiguous CHW, the layout ToTensor gives the reference; like ToTensor, only uint8 is scaled:
+        # a float image is taken as fractions already
+        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
         x = resize(x, [self.image_size, self.image_size])
         return (x - self.pixel_mean) / self.pixel_std
 

@@ -71,7 +71,8 @@ class SAM2ImagePredictor(SamPredictor):
     # ------------------------------------------------------------------ images
 
     def set_image(self, image, image_format: str = "RGB") -> None:
-        """Encode an image (HxWx3 uint8 array, PIL image, or anything `grounded.io.load_image` reads)."""
+        """Encode an image (HxWx3 uint8 array, float array in [0, 1], PIL image, or anything
+        `grounded.io.load_image` reads)."""
         self._is_batch = False
         super().set_image(self._as_array(image), image_format)
 
@@ -112,6 +113,19 @@ class SAM2ImagePredictor(SamPredictor):
     def _use(self, state: Sam2ImageState) -> None:
         super()._use(state)
         self.high_res_features = state.high_res_features
+
+    def _prepare_image(self, image, image_format: str) -> np.ndarray:
+        """As SAM's predictor, but a float HxWx3 image in [0, 1] keeps its precision: the official
+        predictor feeds a float image to the encoder as it is, where `load_image` rounds it to 8 bits
+        (a low-contrast image in [0.40, 0.42] would keep 6 grey levels)."""
+        if not (isinstance(image, np.ndarray) and image.dtype.kind == "f" and image.ndim == 3 and image.shape[2] == 3
+                and image.size and np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1):
+            return super()._prepare_image(image, image_format)
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if image_format != self.model.image_format:
+            image = image[..., ::-1]
+        return np.ascontiguousarray(image, dtype=np.float32)
 
     @staticmethod
     def _as_array(image):
