@@ -1,6 +1,6 @@
 """SAM 2.1 image path at its edges, on a tiny random model against the official `sam2` where it
 defines the behaviour: PIL images of other modes than RGB, float images, batch mode and what ends it, mask_input
-without its leading axis, the mask generator over crops in RLE."""
+without its leading axis, the mask generator over crops in COCO RLE."""
 
 import numpy as np
 import pytest
@@ -116,41 +116,31 @@ def test_pixel_coordinates_with_normalize_coords_false_are_refused_naming_the_fl
     assert predictor.predict(point_coords=[[0.6, 0.5]], point_labels=[1], normalize_coords=False)[0].shape == (3, 8, 10)
 
 
-def _decode_uncompressed(rle):
-    h, w = rle["size"]
-    flat = np.repeat(np.arange(len(rle["counts"])) % 2 == 1, rle["counts"])
-    return flat.reshape(w, h).T
-
-
-def test_mask_generator_over_crops_in_rle_equals_the_official(models, predictor, images):
+def test_mask_generator_over_crops_in_coco_rle_equals_the_official(models, predictor, images):
     """crop_n_layers=1 (crops encoded in a batch), points_per_batch not dividing the grid, thresholds
-    at 0 and no NMS so that every record is compared: COCO RLE decodes to the official's masks (but
-    for a pixel whose logit sits on the threshold), uncompressed RLE to the same masks as COCO RLE."""
+    at 0 and no NMS so that every record is compared; the COCO RLE decodes to the official's masks
+    (but for a pixel whose logit sits on the threshold)."""
     from pycocotools import mask as mask_utils
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator as Official
 
     reference, ours = models
     settings = dict(points_per_side=2, points_per_batch=3, crop_n_layers=1, pred_iou_thresh=0.0,
-                    stability_score_thresh=0.0, box_nms_thresh=1.0, crop_nms_thresh=1.0)
+                    stability_score_thresh=0.0, box_nms_thresh=1.0, crop_nms_thresh=1.0, output_mode="coco_rle")
 
     def order(records):
         return sorted(records, key=lambda r: (r["crop_box"], r["point_coords"], -r["predicted_iou"]))
 
-    theirs = order(Official(reference, output_mode="coco_rle", **settings).generate(images[0]))
+    theirs = order(Official(reference, **settings).generate(images[0]))
     with torch.inference_mode():
-        mine = order(SAM2AutomaticMaskGenerator(ours, output_mode="coco_rle", predictor=predictor,
-                                                **settings).generate(images[0]))
-    uncompressed = order(SAM2AutomaticMaskGenerator(ours, output_mode="uncompressed_rle", predictor=predictor,
-                                                    **settings).generate(images[0]))
-    assert len(theirs) >= 10 and len(mine) == len(theirs) == len(uncompressed)
+        mine = order(SAM2AutomaticMaskGenerator(ours, predictor=predictor, **settings).generate(images[0]))
+    assert len(theirs) >= 10 and len(mine) == len(theirs)
     flipped = 0
-    for a, b, c in zip(theirs, mine, uncompressed):
-        assert b["segmentation"]["size"] == a["segmentation"]["size"] == c["segmentation"]["size"] == [40, 60]
+    for a, b in zip(theirs, mine):
+        assert b["segmentation"]["size"] == a["segmentation"]["size"] == [40, 60]
         mask = mask_utils.decode(b["segmentation"]) > 0
-        np.testing.assert_array_equal(_decode_uncompressed(c["segmentation"]), mask)
         differ = int((mask != (mask_utils.decode(a["segmentation"]) > 0)).sum())
         flipped += differ
-        assert b["area"] == c["area"] == mask.sum() and abs(b["area"] - a["area"]) <= differ
+        assert b["area"] == mask.sum() and abs(b["area"] - a["area"]) <= differ
         np.testing.assert_allclose(b["bbox"], a["bbox"], atol=1 if differ else 0)
         assert b["point_coords"] == a["point_coords"] and b["crop_box"] == a["crop_box"]
         assert b["predicted_iou"] == pytest.approx(a["predicted_iou"], abs=1e-4)
