@@ -34,3 +34,44 @@ def test_points_and_boxes_on_a_data_set_without_objects(tmp_path):
     written = json.loads((tmp_path / "out" / "results.json").read_text(), parse_constant=float)
     assert written["tasks"]["points"]["results"]["sam"]["metrics"]["center_top"]["n"] == 0
     assert (tmp_path / "out" / "points_miou_per_click.png").is_file()
+
+
+def test_json_data_sets_without_image_sizes_take_them_from_the_files(tmp_path):
+    """COCO and SA-1B files written by tools that leave out height and width (before: KeyError 'height'
+    while loading); an image that is not there is counted as missing, as one with a size is."""
+    from grounded.eval.masks import encode
+
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "a.png")
+    square = np.zeros((1, 40, 50), bool)
+    square[0, 3:9, 4:12] = True
+    (tmp_path / "coco.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "gone.png"}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 20, 1, 20, 20]]},
+                        {"id": 2, "image_id": 1, "category_id": 1, "segmentation": encode(square)[0]}]}))
+    coco = load_dataset([str(tmp_path / "coco.json")])
+    (image,) = coco.images
+    assert (image.height, image.width) == (40, 50) and [i.area for i in image.instances][1] == 48
+    assert coco.skipped["image file missing"] == 1
+    (tmp_path / "sa").mkdir()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "sa" / "sa_1.jpg")
+    (tmp_path / "sa" / "sa_1.json").write_text(json.dumps({"image": {"file_name": "sa_1.jpg"},
+                                                           "annotations": [{"segmentation": encode(square)[0]}]}))
+    (image,) = load_dataset([str(tmp_path / "sa")]).images
+    assert (image.height, image.width) == (40, 50) and image.instances[0].area == 48
+
+
+@pytest.mark.parametrize("selection", [dict(limit=-1), dict(subset=-2)])
+def test_a_limit_or_subset_below_one_is_refused(tmp_path, selection):
+    """Before: --limit -1 silently dropped the last image, --subset -2 failed inside numpy."""
+    from grounded.eval import Selection
+    from grounded.eval.datasets import DatasetError
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for k in range(2):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / f"{k}.png")
+        Image.fromarray(np.ones((8, 8), np.uint8)).save(tmp_path / "labels" / f"{k}.png")
+    name = next(iter(selection))
+    with pytest.raises(DatasetError, match=f"--{name} must be at least 1"):
+        load_dataset([str(tmp_path)], selection=Selection(**selection))

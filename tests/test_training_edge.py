@@ -143,3 +143,14 @@ def test_a_damaged_cached_embedding_is_encoded_again(tmp_path):
                       model=tiny_model(), dataset=data).train()
     assert np.isfinite(history[-1]["loss"])
     assert torch.equal(torch.load(cached, weights_only=True), good)  # and written again
+
+
+def test_config_takes_one_data_set_without_a_list_and_refuses_keeping_no_checkpoint(tmp_path):
+    """Before: `data: {type: coco, ...}` failed in dict() with 'dictionary update sequence element';
+    keep_checkpoints: 0 kept every checkpoint."""
+    (tmp_path / "c.yaml").write_text("data: {type: sa1b, folder: sa}\n")
+    assert TrainConfig.from_yaml(tmp_path / "c.yaml").data == [{"type": "sa1b", "folder": "sa"}]
+    with pytest.raises(ValueError, match="data must be a list of data sets"):
+        TrainConfig(data=["train.json"])
+    with pytest.raises(ValueError, match="keep_checkpoints must be at least 1"):
+        TrainConfig(keep_checkpoints=0)
