@@ -33,6 +33,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 FORMATS = ("coco", "lvis", "sa1b", "labels", "bsds", "saco")
 AGNOSTIC = {1: {"name": "object"}}
+LABEL_CHUNK = 64  # instances of a label map turned into RLEs at once
 
 
 class DatasetError(ValueError):
@@ -428,7 +429,10 @@ def instances_from_labels(labels: np.ndarray) -> List[Instance]:
     ids = [int(v) for v in np.unique(labels) if v != 0]
     if not ids:
         return []
-    rles = encode(np.stack([labels == v for v in ids]))
+    # A chunk of masks at a time: a microscopy label map holds thousands of cells, and all of their
+    # full-size masks at once (ids x H x W bytes) would not fit in memory.
+    rles = [rle for start in range(0, len(ids), LABEL_CHUNK)
+            for rle in encode(np.stack([labels == v for v in ids[start:start + LABEL_CHUNK]]))]
     areas, boxes = rle_areas(rles), rle_boxes(rles)
     return [Instance(v, rle, 1, float(a), tuple(float(x) for x in b)) for v, rle, a, b in zip(ids, rles, areas, boxes)]
 
