@@ -105,3 +105,27 @@ def test_areas_of_more_than_255_masks():
     for k in range(600):
         masks[k, : k % 16 + 1, : k // 16 % 16 + 1] = True
     np.testing.assert_array_equal(rle_areas(encode(masks)), masks.sum((1, 2)))
+
+
+def test_resume_refuses_a_model_retrained_into_the_same_folder(tmp_path):
+    """Before: `--resume` kept the old weights' records of finished images and evaluated the rest
+    with the new weights, one table mixing two models."""
+    from grounded.sam import save_pretrained
+    from grounded.testing import tiny_sam
+
+    for folder in ("images", "labels"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    labels = np.zeros((24, 24), np.uint8)
+    labels[4:12, 6:18] = 1
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(tmp_path / "data" / "images" / "a.png")
+    Image.fromarray(labels).save(tmp_path / "data" / "labels" / "a.png")
+    dataset = load_dataset([str(tmp_path / "data")])
+    options = Options(clicks=1, bootstrap=0)
+    save_pretrained(tiny_sam("vit", seed=3), tmp_path / "final")
+    evaluate(["boxes"], dataset, load_segmenters([str(tmp_path / "final")]), tmp_path / "out", options, progress=False)
+    evaluate(["boxes"], dataset, load_segmenters([str(tmp_path / "final")]), tmp_path / "out", options, resume=True,
+             progress=False)  # the same weights resume
+    save_pretrained(tiny_sam("vit", seed=4), tmp_path / "final")  # retrained
+    with pytest.raises(ValueError, match="this run.s weights of model final differ from the run in"):
+        evaluate(["boxes"], dataset, load_segmenters([str(tmp_path / "final")]), tmp_path / "out", options,
+                 resume=True, progress=False)

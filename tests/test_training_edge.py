@@ -10,7 +10,9 @@ import torch
 
 from grounded.sam import build_sam
 from grounded.sam.training import TrainConfig, Trainer
-from grounded.sam.training.data import ArrayDataset, CocoDataset, TrainItem, checked_item, read_label_image
+from grounded.sam.training.data import (
+    ArrayDataset, CocoDataset, Sa1bDataset, TrainItem, checked_item, read_label_image,
+)
 from grounded.testing import tiny_sam_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -154,3 +156,20 @@ def test_config_takes_one_data_set_without_a_list_and_refuses_keeping_no_checkpo
         TrainConfig(data=["train.json"])
     with pytest.raises(ValueError, match="keep_checkpoints must be at least 1"):
         TrainConfig(keep_checkpoints=0)
+
+
+def test_sa1b_folders_leave_other_json_files_out(tmp_path):
+    """Before: a COCO file or metadata beside sa_N.json counted as an image and stopped the run at the
+    step that drew it ("has no 'annotations'")."""
+    from PIL import Image
+
+    from grounded.rle import encode_rle
+
+    square = np.zeros((20, 30), bool)
+    square[2:8, 3:12] = True
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "sa_1.jpg")
+    (tmp_path / "sa_1.json").write_text(json.dumps({"image": {"file_name": "sa_1.jpg"},
+                                                    "annotations": [{"segmentation": encode_rle(square)}]}))
+    (tmp_path / "meta.json").write_text(json.dumps({"source": "SA-1B", "files": 1}))
+    dataset = Sa1bDataset(tmp_path)
+    assert len(dataset) == 1 and np.array_equal(dataset[0].masks[0], square)

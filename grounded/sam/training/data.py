@@ -197,7 +197,9 @@ class Sa1bDataset:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"folder {self.folder} does not exist")
-        self.jsons = sorted(p for p in self.folder.glob("*.json"))
+        # Other JSON files beside them (a COCO file, metadata) are not images: left out now, as `grounded
+        # eval` leaves them out, not found at the step that reaches them.
+        self.jsons = sorted(p for p in self.folder.glob("*.json") if _looks_like_sa1b(p))
         if not self.jsons:
             raise ValueError(f"no SA-1B style .json files in {self.folder}")
 
@@ -205,8 +207,11 @@ class Sa1bDataset:
         return len(self.jsons)
 
     def __getitem__(self, i: int) -> TrainItem:
-        doc = json.loads(self.jsons[i].read_text())
-        if "annotations" not in doc:
+        try:
+            doc = json.loads(self.jsons[i].read_text())
+        except ValueError as err:
+            raise ValueError(f"{self.jsons[i]} is not valid JSON: {err}") from None
+        if not isinstance(doc, dict) or "annotations" not in doc:
             raise ValueError(f"{self.jsons[i]} has no 'annotations'")
         name = doc.get("image", {}).get("file_name") or self.jsons[i].with_suffix(".jpg").name
         image = _load_image(self.folder / name)
@@ -215,6 +220,13 @@ class Sa1bDataset:
                  for k, a in enumerate(doc["annotations"])]
         masks = np.stack(masks) if masks else np.zeros((0, h, w), bool)
         return TrainItem(f"sa1b:{name}", image, masks)
+
+
+def _looks_like_sa1b(path: Path) -> bool:
+    """Whether a JSON file's start names an image and its annotations, as SA-1B's files do."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return b'"image"' in head and b'"annotations"' in head
 
 
 class ConcatDataset:
