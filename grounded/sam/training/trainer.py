@@ -488,8 +488,9 @@ class Trainer:
         return path
 
     def _read_checkpoint(self, path: Path) -> dict:
-        before = [p for p in self.checkpoints() if p != path][-1:]
-        fix = f"delete it to resume from {before[0].name}" if before else "delete it to start again"
+        found = self.checkpoints()
+        before = found[:found.index(path)] if path in found else found
+        fix = f"delete it to resume from {before[-1].name}" if before else "delete it to start again"
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
@@ -498,7 +499,7 @@ class Trainer:
                              f"damaged or not one `grounded train` wrote: {fix}") from None
         needed = ("step", "model", "optimizer", "scheduler", "rng")
         if not isinstance(state, dict) or any(k not in state for k in needed):
-            have = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+            have = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{path} is not a checkpoint of `grounded train` (it needs {', '.join(needed)}; "
                              f"it holds {have}): {fix}")
         return state
