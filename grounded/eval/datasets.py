@@ -33,6 +33,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 FORMATS = ("coco", "lvis", "sa1b", "labels", "bsds", "saco")
 AGNOSTIC = {1: {"name": "object"}}
+LABEL_CHUNK = 64  # instances of a label map turned into RLEs at once
 
 
 class DatasetError(ValueError):
@@ -188,6 +189,9 @@ class Selection:
     split: str = "test"
 
     def pick(self, items: list) -> list:
+        for name in ("limit", "subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise DatasetError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.subset is not None and self.subset < len(items):
             idx = np.sort(np.random.default_rng(self.seed).choice(len(items), self.subset, replace=False))
             items = [items[i] for i in idx]
@@ -281,7 +285,10 @@ def _load_coco(paths: Sequence[Path], images: Optional[Path], selection: Selecti
         anns = [a for a in by_image[im["id"]] if wanted is None or int(a["category_id"]) in wanted]
         if wanted is not None and not anns:
             continue
-        item = EvalImage(im["id"], name, Path(name), int(im["height"]), int(im["width"]),
+        size = _image_size(im, name, folders, dataset)
+        if size is None:
+            continue
+        item = EvalImage(im["id"], name, Path(name), *size,
                          neg_category_ids=[int(c) for c in im.get("neg_category_ids", [])],
                          not_exhaustive_category_ids=[int(c) for c in im.get("not_exhaustive_category_ids", [])])
         item.instances = [x for a in anns if (x := _instance(a, item.height, item.width, dataset,
@@ -292,6 +299,24 @@ def _load_coco(paths: Sequence[Path], images: Optional[Path], selection: Selecti
     if wanted is not None:
         dataset.categories = {k: v for k, v in categories.items() if k in wanted}
     return dataset
+
+
+def _image_size(info: dict, name: str, folders: Sequence[Path], dataset: Dataset) -> Optional[tuple]:
+    """(height, width) as the JSON gives them, else read from the image (some tools leave them out;
+    only those images are decoded here); None, counted as skipped, when there is no readable file."""
+    if "height" in info and "width" in info:
+        return int(info["height"]), int(info["width"])
+    path = _find_image(name, folders)
+    if path is None:
+        dataset.skip("image file missing", f"{name} (looked in {', '.join(map(str, folders))})")
+        return None
+    from ..io.image import load_image
+
+    try:
+        return tuple(load_image(path).shape[:2])
+    except Exception as err:  # noqa: BLE001 - an unreadable file is counted, as the runner reports one
+        dataset.skip("image without a size that cannot be read", f"{name}: {type(err).__name__}: {err}")
+        return None
 
 
 def _locate_files(dataset: Dataset, folders: Sequence[Path]) -> None:
@@ -379,7 +404,10 @@ def _load_sa1b(paths: Sequence[Path], images: Optional[Path], selection: Selecti
         doc = _read_json(json_path)
         info = doc.get("image", {})
         name = info.get("file_name") or json_path.with_suffix(".jpg").name
-        item = EvalImage(int(info.get("image_id", k)), name, Path(name), int(info["height"]), int(info["width"]))
+        size = _image_size(info, name, [images or folder], dataset)
+        if size is None:
+            continue
+        item = EvalImage(int(info.get("image_id", k)), name, Path(name), *size)
         item.instances = [x for a in doc.get("annotations", []) if (x := _instance(dict(a, category_id=1), item.height,
                                                                                     item.width, dataset, f"{name} mask {a.get('id')}", False))]
         dataset.images.append(item)
@@ -401,7 +429,10 @@ def instances_from_labels(labels: np.ndarray) -> List[Instance]:
     ids = [int(v) for v in np.unique(labels) if v != 0]
     if not ids:
         return []
-    rles = encode(np.stack([labels == v for v in ids]))
+    # A chunk of masks at a time: a microscopy label map holds thousands of cells, and all of their
+    # full-size masks at once (ids x H x W bytes) would not fit in memory.
+    rles = [rle for start in range(0, len(ids), LABEL_CHUNK)
+            for rle in encode(np.stack([labels == v for v in ids[start:start + LABEL_CHUNK]]))]
     areas, boxes = rle_areas(rles), rle_boxes(rles)
     return [Instance(v, rle, 1, float(a), tuple(float(x) for x in b)) for v, rle, a, b in zip(ids, rles, areas, boxes)]
 

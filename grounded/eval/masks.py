@@ -66,7 +66,11 @@ def decode(rles: Sequence[dict]) -> np.ndarray:
 def rle_areas(rles: Sequence[dict]) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
-    return np.asarray(mask_utils.area(list(rles)), np.float64) if len(rles) else np.zeros(0)
+    # At most 255 per call: pycocotools 2.0.11's area() builds np.array((n,), dtype=np.uint8), which
+    # numpy 2 refuses for n >= 256 (OverflowError), e.g. an image's 1000 proposals or 300 LVIS detections.
+    rles = list(rles)
+    parts = [np.asarray(mask_utils.area(rles[i:i + 255]), np.float64) for i in range(0, len(rles), 255)]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def rle_boxes(rles: Sequence[dict]) -> np.ndarray:

@@ -89,12 +89,18 @@ class RunFolder:
 
 
 def _incompatible(before: dict, now: dict) -> List[str]:
-    """What makes the records in a folder unusable for this run: another data set, or a task whose
-    settings changed."""
+    """What makes the records in a folder unusable for this run: another data set, a model whose
+    weights changed, or a task whose settings changed."""
     changed = []
     for key in ("source", "format"):
         if before.get("dataset", {}).get(key) != now.get("dataset", {}).get(key):
             changed.append(f"data set {key}")
+    # A model label whose weights changed (retrained into the same folder): its finished records are
+    # another model's.
+    weights = {m.get("label"): m.get("weights") for m in before.get("models", [])}
+    for model in now.get("models", []):
+        if weights.get(model["label"]) not in (None, model["weights"]):
+            changed.append(f"weights of model {model['label']}")
     for task, settings in now.get("task_settings", {}).items():
         old = before.get("task_settings", {}).get(task)
         if old is not None and json.loads(json.dumps(old, default=str)) != json.loads(json.dumps(settings, default=str)):

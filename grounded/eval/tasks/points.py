@@ -134,7 +134,8 @@ class PointsTask(Task):
                 ious = np.asarray(o[which]["ious"])
                 figures[f"{which}_top"].append(ious[int(np.argmax(o[which]["scores"]))])
                 figures[f"{which}_oracle"].append(ious.max())
-        curves = np.array([o["clicks"] for o in objects]).reshape(len(objects), -1)
+        # (a data set with no object at all has no curve: its figures are NaN, as boxes' are)
+        curves = np.array([o["clicks"] for o in objects]).reshape(len(objects), -1 if objects else opts.clicks)
         metrics = {k: mean_ci(v, opts.bootstrap, opts.seed) for k, v in figures.items()}
         metrics["NoC@85"] = mean_ci([noc(c, 0.85) for c in curves], opts.bootstrap, opts.seed)
         metrics["NoC@90"] = mean_ci([noc(c, 0.90) for c in curves], opts.bootstrap, opts.seed)

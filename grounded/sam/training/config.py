@@ -68,7 +68,11 @@ class TrainConfig:
             self.interactive = _build(InteractiveConfig, self.interactive, "interactive")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("steps", "grad_accum", "max_masks", "checkpoint_every"):
+        if isinstance(self.data, dict):  # one data set written without the list around it
+            self.data = [self.data]
+        if not all(isinstance(spec, dict) for spec in self.data):
+            raise ValueError(f"data must be a list of data sets like {{type: coco, annotations: x.json}}, got {self.data!r}")
+        for name in ("steps", "grad_accum", "max_masks", "checkpoint_every", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.layer_decay <= 1:

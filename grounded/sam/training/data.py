@@ -35,12 +35,35 @@ class ArrayDataset:
         return self.items[i]
 
 
+def checked_item(item: TrainItem) -> TrainItem:
+    """`item` as training takes it: the image H x W x 3 uint8 (grey, alpha, 16-bit and float arrays
+    converted as `grounded.io.image.load_image` converts them), the masks N x H x W bool (non-zero is
+    inside: 0/255 masks are not 255 times larger) at the image's size. Otherwise an error naming it."""
+    from ...io.image import ImageError, load_image
+
+    image = item.image
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3):
+        try:
+            image = load_image(np.asarray(image))
+        except ImageError as err:
+            raise ValueError(f"training item {item.key!r}: {err}") from None
+    masks = np.asarray(item.masks)
+    if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
+        raise ValueError(f"training item {item.key!r}: masks must be N x H x W at the image's size {image.shape[:2]}, "
+                         f"got shape {masks.shape}")
+    if masks.dtype != bool:
+        masks = masks != 0
+    return item if image is item.image and masks is item.masks else TrainItem(item.key, image, masks)
+
+
 def polygons_to_mask(polygons: List[List[float]], height: int, width: int) -> np.ndarray:
     """COCO polygons (each a flat [x0, y0, x1, y1, ...] list) -> H x W bool, filled (union)."""
     from PIL import Image, ImageDraw
 
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
+    if polygons and all(isinstance(v, (int, float)) for v in polygons):
+        polygons = [polygons]  # one polygon written flat, as some exporters do
     for poly in polygons:
         if len(poly) < 6:
             continue  # fewer than 3 points encloses nothing
@@ -82,14 +105,23 @@ class CocoDataset:
         if "images" not in doc or "annotations" not in doc:
             raise ValueError(f"{path} is not a COCO instances file: it needs 'images' and 'annotations'")
         self.path = path
-        self.image_dir = Path(images) if images else path.parent
         by_image: Dict[int, list] = {}
         for ann in doc["annotations"]:
             if skip_crowd and ann.get("iscrowd", 0):
                 continue
+            for key in ("image_id", "segmentation"):
+                if key not in ann:
+                    raise ValueError(f"{path}: annotation {ann.get('id')} has no {key!r}; training needs the "
+                                     "image id and the mask (polygons or RLE) of every annotation")
             by_image.setdefault(ann["image_id"], []).append(ann)
         self.images = [im for im in doc["images"] if by_image.get(im["id"])]
         self.annotations = by_image
+        self.image_dir = Path(images) if images else path.parent
+        # Checked now, not at the step that reaches the image hours into a run.
+        missing = [im["file_name"] for im in self.images if not (self.image_dir / im["file_name"]).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} image(s) of {path} are not in {self.image_dir}, e.g. "
+                                    f"{', '.join(missing[:3])}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -99,7 +131,8 @@ class CocoDataset:
         image = _load_image(self.image_dir / info["file_name"])
         h, w = image.shape[:2]
         if (info.get("height", h), info.get("width", w)) != (h, w):
-            raise ValueError(f"{info['file_name']}: {self.path} says {info['height']}x{info['width']}, the file is {h}x{w}")
+            raise ValueError(f"{info['file_name']}: {self.path} says {info.get('height', '?')}x{info.get('width', '?')}"
+                             f", the file is {h}x{w}")
         masks = [segmentation_to_mask(a["segmentation"], h, w, f"{self.path} annotation {a.get('id')}")
                  for a in self.annotations[info["id"]]]
         return TrainItem(f"coco:{info['file_name']}", image, np.stack(masks))
@@ -145,8 +178,12 @@ def read_label_image(path: Path) -> np.ndarray:
 
         with Image.open(path) as im:
             labels = np.asarray(im)
-    if labels.ndim == 3:  # an RGB-coded label image: one id per colour
+    if labels.ndim == 3 and labels.shape[-1] in (1, 2):  # one channel, or a grey label with alpha (LA)
+        labels = labels[..., 0]
+    elif labels.ndim == 3 and labels.shape[-1] in (3, 4):  # RGB-coded: one id per colour (alpha is no part of it)
         labels = (labels[..., 0].astype(np.int64) << 16) | (labels[..., 1].astype(np.int64) << 8) | labels[..., 2]
+    elif labels.ndim == 3 and labels.shape[0] == 1:  # a TIFF of one page
+        labels = labels[0]
     if labels.ndim != 2:
         raise ValueError(f"{path}: a label image must be 2-D, got shape {labels.shape}")
     return labels
@@ -160,7 +197,9 @@ class Sa1bDataset:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"folder {self.folder} does not exist")
-        self.jsons = sorted(p for p in self.folder.glob("*.json"))
+        # Other JSON files beside them (a COCO file, metadata) are not images: left out now, as `grounded
+        # eval` leaves them out, not found at the step that reaches them.
+        self.jsons = sorted(p for p in self.folder.glob("*.json") if _looks_like_sa1b(p))
         if not self.jsons:
             raise ValueError(f"no SA-1B style .json files in {self.folder}")
 
@@ -168,8 +207,11 @@ class Sa1bDataset:
         return len(self.jsons)
 
     def __getitem__(self, i: int) -> TrainItem:
-        doc = json.loads(self.jsons[i].read_text())
-        if "annotations" not in doc:
+        try:
+            doc = json.loads(self.jsons[i].read_text())
+        except ValueError as err:
+            raise ValueError(f"{self.jsons[i]} is not valid JSON: {err}") from None
+        if not isinstance(doc, dict) or "annotations" not in doc:
             raise ValueError(f"{self.jsons[i]} has no 'annotations'")
         name = doc.get("image", {}).get("file_name") or self.jsons[i].with_suffix(".jpg").name
         image = _load_image(self.folder / name)
@@ -178,6 +220,13 @@ class Sa1bDataset:
                  for k, a in enumerate(doc["annotations"])]
         masks = np.stack(masks) if masks else np.zeros((0, h, w), bool)
         return TrainItem(f"sa1b:{name}", image, masks)
+
+
+def _looks_like_sa1b(path: Path) -> bool:
+    """Whether a JSON file's start names an image and its annotations, as SA-1B's files do."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return b'"image"' in head and b'"annotations"' in head
 
 
 class ConcatDataset:

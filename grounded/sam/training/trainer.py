@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ...checkpoint_state import plain, restore_rng, rng_state
 from ..cpu import clear_cache
 from .config import TrainConfig
-from .data import TrainItem, select_masks
+from .data import TrainItem, checked_item, select_masks
 from .interactive import run_interactive
 
 
@@ -83,9 +83,13 @@ class EmbeddingCache:
             self.memory.move_to_end(key)
             return self.memory[key]
         path = self.folder / f"{key}.pt" if self.folder else None
+        emb = None
         if path is not None and path.is_file():
-            emb = torch.load(path, map_location="cpu", weights_only=True)
-        else:
+            try:
+                emb = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - a damaged file (a copy cut short): encoded again, rewritten
+                emb = None
+        if emb is None:
             emb = _map_tensors(encode(), lambda t: t.detach().cpu())
             if path is not None:
                 tmp = path.with_suffix(".tmp")
@@ -143,6 +147,22 @@ def lr_factor(step: int, warmup_steps: int, decay_steps: List[int], decay_factor
     """Linear warm-up over warmup_steps, then x decay_factor at each of decay_steps."""
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     return warm * decay_factor ** sum(step >= s for s in decay_steps)
+
+
+# What a resumed run may set otherwise than the checkpoint's run: how long it goes, the lr schedule of
+# the steps to come, where and how often it writes, what it shows, where it runs.
+RESUME_MAY_CHANGE = ("steps", "warmup_steps", "decay_steps", "decay_factor", "checkpoint_every",
+                     "keep_checkpoints", "progress", "device", "out_dir", "embedding_cache", "base_dir")
+
+
+def config_changes(saved: Optional[dict], current: dict) -> List[str]:
+    """'key: saved -> current' for every setting outside RESUME_MAY_CHANGE that differs (none for a
+    checkpoint that kept no config)."""
+    if not saved:
+        return []
+    shorten = lambda v: (r if len(r := repr(v)) <= 80 else r[:77] + "...")  # noqa: E731
+    return [f"{key}: {shorten(saved.get(key))} -> {shorten(value)}" for key, value in current.items()
+            if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value]
 
 
 def _as_list(x) -> list:
@@ -321,7 +341,7 @@ class Trainer:
         losses, first, last = [], [], []
         for micro in range(cfg.grad_accum):
             rng = np.random.default_rng([cfg.seed, self.step, micro, 1])
-            item = self.dataset[self.item_index(self.step * cfg.grad_accum + micro)]
+            item = checked_item(self.dataset[self.item_index(self.step * cfg.grad_accum + micro)])
             prepared = self.prepare(item, rng)
             if prepared is None:
                 continue
@@ -419,32 +439,70 @@ class Trainer:
         torch.save(self.state(), tmp)
         os.replace(tmp, path)
         if path.parent == self.checkpoint_dir:
-            old = sorted(self.checkpoint_dir.glob("step_*.pt"))[: -self.config.keep_checkpoints]
-            for p in old:
+            for p in self.checkpoints()[: -self.config.keep_checkpoints]:
                 p.unlink()
         return path
 
+    def checkpoints(self) -> List[Path]:
+        """The run's checkpoints, oldest first (by step number; other files in the folder are not one)."""
+        found = self.checkpoint_dir.glob("step_*.pt") if self.checkpoint_dir.is_dir() else []
+        steps = {p: p.stem[len("step_"):] for p in found}
+        return sorted((p for p, n in steps.items() if n.isdigit()), key=lambda p: int(steps[p]))
+
     def latest_checkpoint(self) -> Optional[Path]:
-        found = sorted(self.checkpoint_dir.glob("step_*.pt")) if self.checkpoint_dir.is_dir() else []
+        found = self.checkpoints()
         return found[-1] if found else None
 
     @torch.inference_mode(False)
     def load_checkpoint(self, path: Optional[Path] = None) -> Path:
+        """Continue from `path` (default: the newest checkpoint). The config must be the checkpoint's,
+        but for RESUME_MAY_CHANGE: a resumed run goes on as the interrupted one would have."""
         path = Path(path) if path else self.latest_checkpoint()
         if path is None or not path.is_file():
             raise FileNotFoundError(f"no checkpoint to resume from in {self.checkpoint_dir}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        state = self._read_checkpoint(path)
+        changed = config_changes(state.get("config"), plain(self.config.to_dict()))
+        if changed:
+            raise ValueError(f"cannot resume from {path}: the config differs from the run's in "
+                             f"{'; '.join(changed)}. A resumed run continues the same training; only "
+                             f"{', '.join(RESUME_MAY_CHANGE)} may change. Set the others back, or train into "
+                             "a new out_dir")
+        try:
+            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        except RuntimeError as err:  # shapes that differ: another architecture
+            raise ValueError(f"{path} does not fit this model: {str(err).splitlines()[-1].strip()}") from None
         if unexpected or any(not k.startswith("image_encoder.") for k in missing):
             raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # The lr of the next step from this config's schedule (warm-up and decay may have changed).
+        factor = lr_factor(self.scheduler.last_epoch, self.config.warmup_steps, self.config.decay_steps,
+                           self.config.decay_factor)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
         if self.projection is not None:
             self.projection.load_state_dict(state["text_prompt"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
         restore_rng(state["rng"])
         return path
+
+    def _read_checkpoint(self, path: Path) -> dict:
+        found = self.checkpoints()
+        before = found[:found.index(path)] if path in found else found
+        fix = f"delete it to resume from {before[-1].name}" if before else "delete it to start again"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
+            reason = (str(err).splitlines() or [""])[0][:200]
+            raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {reason}); the file is "
+                             f"damaged or not one `grounded train` wrote: {fix}") from None
+        needed = ("step", "model", "optimizer", "scheduler", "rng")
+        if not isinstance(state, dict) or any(k not in state for k in needed):
+            have = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{path} is not a checkpoint of `grounded train` (it needs {', '.join(needed)}; "
+                             f"it holds {have}): {fix}")
+        return state
 
     def save_model(self, folder: Optional[Path] = None) -> Path:
         """The trained SAM to out_dir/final (save_pretrained layout); with text_prompt, the projection
