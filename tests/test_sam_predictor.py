@@ -148,6 +148,25 @@ def test_set_images_encodes_in_batches_and_predict_batch_matches_single(model, m
             assert masks[i].shape == (3,) + image.shape[:2]
 
 
+@pytest.mark.parametrize("end", ["set_image", "set_torch_image", "reset_image"])
+def test_a_single_image_ends_the_set_images_batch(model, end):
+    """Before, predict_batch after set_images then set_image prompted the old batch's images."""
+    predictor = SamPredictor(model)
+    predictor.set_images([_image(seed=1), _image(seed=2)], batch_size=2)
+    other = _image(h=64, w=72, seed=3)
+    if end == "set_image":
+        predictor.set_image(other)
+    elif end == "set_torch_image":
+        pixels = torch.as_tensor(predictor.transform.apply_image(other)).permute(2, 0, 1)[None].float()
+        predictor.set_torch_image(pixels, other.shape[:2])
+    else:
+        predictor.reset_image()
+    with pytest.raises(RuntimeError, match="call set_images"):
+        predictor.predict_batch(boxes=[np.array([[5.0, 5, 40, 40]])] * 2)
+    with pytest.raises(IndexError, match="image 0 of 0"):
+        predictor.select_image(0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("encoder", ["vit", "tiny_vit"])
 def test_low_precision_autocast_masks_agree_with_fp32(dtype, encoder):
