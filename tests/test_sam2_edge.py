@@ -65,6 +65,25 @@ def test_a_float_image_in_0_1_keeps_its_precision_as_in_the_official(models, pre
         np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
+def test_the_mask_generator_takes_a_float_image_unrounded_as_the_official(models, predictor):
+    """Before, the generator rounded a float image to 8 bits (its predictor did not)."""
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator as Official
+
+    rng = np.random.default_rng(4)
+    image = (0.4 + 0.02 * rng.random((24, 32, 3))).astype(np.float32)
+    settings = dict(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+                    output_mode="uncompressed_rle")
+    theirs = Official(models[0], **settings).generate(image)
+    mine = SAM2AutomaticMaskGenerator(models[1], predictor=predictor, **settings).generate(image)
+    assert len(mine) == len(theirs) >= 4
+    for a, b in zip(sorted(theirs, key=lambda r: r["point_coords"]), sorted(mine, key=lambda r: r["point_coords"])):
+        assert b["point_coords"] == a["point_coords"]
+        # rounded to 8 bits, the scores differed by up to 6e-6 (this tiny random model barely reacts);
+        # unrounded, by float32's last bit
+        assert b["predicted_iou"] == pytest.approx(a["predicted_iou"], abs=5e-7)
+        assert b["stability_score"] == a["stability_score"] and b["segmentation"] == a["segmentation"]
+
+
 def test_predict_after_set_image_batch_prompts_the_last_image_as_the_official(models, predictor, images):
     from sam2.sam2_image_predictor import SAM2ImagePredictor as Official
 
@@ -75,6 +94,9 @@ def test_predict_after_set_image_batch_prompts_the_last_image_as_the_official(mo
     click = dict(point_coords=[[5, 6]], point_labels=[1], return_logits=True)
     theirs = official.predict(**click)
     assert theirs[0].shape == (3, 20, 300)
+    # the whole batch's embeddings, as the official returns them (before: the current image's only)
+    assert grounded.get_image_embedding().shape[0] == 2
+    torch.testing.assert_close(grounded.get_image_embedding(), official.get_image_embedding(), rtol=1e-4, atol=1e-4)
     for _ in range(2):  # before and after a predict_batch, which visits every image
         mine = grounded.predict(**click)
         for a, b in zip(theirs, mine):

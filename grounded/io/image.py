@@ -269,6 +269,13 @@ def _over_black(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.round(color.astype(np.float64) * alpha[..., None]).astype(np.uint8)
 
 
+def is_unit_float_rgb(image) -> bool:
+    """Whether `image` is an HxWx3 float array of finite fractions in [0, 1], the form SAM 2's
+    official predictor takes unrounded (and `load_image` rounds to 8 bits without rescaling)."""
+    return (isinstance(image, np.ndarray) and image.dtype.kind == "f" and image.ndim == 3 and image.shape[2] == 3
+            and image.size > 0 and bool(np.isfinite(image).all()) and image.min() >= 0 and image.max() <= 1)
+
+
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr

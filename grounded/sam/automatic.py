@@ -150,9 +150,13 @@ class SamAutomaticMaskGenerator:
 
     def _mask_data(self, image: np.ndarray, progress: Optional[Progress]) -> MaskData:
         self.timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
-        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-            from ..io.image import load_image
+        from ..io.image import is_unit_float_rgb, load_image
 
+        # Fractions in [0, 1] go to the predictor as they are: SAM 2's takes them unrounded, as the official
+        # generator does, SAM's rounds each crop as load_image rounds the whole (other images are scaled by
+        # their own range, so they are converted whole, not crop by crop).
+        if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+                and (image.dtype == np.uint8 or is_unit_float_rgb(image))):
             image = load_image(image)
         mask_data = self._generate_masks(image, progress)
         start = time.perf_counter()

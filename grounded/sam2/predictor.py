@@ -118,8 +118,9 @@ class SAM2ImagePredictor(SamPredictor):
         """As SAM's predictor, but a float HxWx3 image in [0, 1] keeps its precision: the official
         predictor feeds a float image to the encoder as it is, where `load_image` rounds it to 8 bits
         (a low-contrast image in [0.40, 0.42] would keep 6 grey levels)."""
-        if not (isinstance(image, np.ndarray) and image.dtype.kind == "f" and image.ndim == 3 and image.shape[2] == 3
-                and image.size and np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1):
+        from ..io.image import is_unit_float_rgb
+
+        if not is_unit_float_rgb(image):
             return super()._prepare_image(image, image_format)
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
@@ -268,7 +269,7 @@ class SAM2ImagePredictor(SamPredictor):
     def get_image_embedding(self) -> torch.Tensor:
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) to generate an embedding.")
-        return self.features
+        return self._features["image_embed"]  # after set_image_batch: every image's, as the official
 
     def reset_predictor(self) -> None:
         self.reset_image()
