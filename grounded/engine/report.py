@@ -103,6 +103,9 @@ def write_report(project) -> Path:
         if entry.get("unreviewed_prefill"):
             details += [f"Round {entry['index']}: {entry['unreviewed_prefill']} pre-filled masks were never reviewed and "
                         "are not in the dataset.", ""]
+        if entry.get("unreadable"):
+            details += [f"Round {entry['index']}: {len(entry['unreadable'])} images could not be read and were skipped: "
+                        + "; ".join(f"{name} ({why})" for name, why in sorted(entry["unreadable"].items())), ""]
         if entry.get("removed_images") or entry.get("added_images"):
             details += [f"Round {entry['index']}: at its start, {len(entry.get('added_images', []))} images were new in "
                         f"the data folder and {len(entry.get('removed_images', []))} were gone (left out of training).", ""]
@@ -182,7 +185,9 @@ def status_text(project) -> str:
                      f"{f['masks'] if f['masks'] is not None else len(entry.get('labelled', []))} "
                      f"{'masks' if f['masks'] is not None else 'images labelled'}"
                      + (f", {f['clicks_per_mask']:.2f} clicks/mask" if f["clicks_per_mask"] is not None else "")
-                     + (f"; {decision.get('why')}" if decision else ""))
+                     + (f"; {decision.get('why')}" if decision else "")
+                     + (f"; {len(entry['unreadable'])} unreadable, skipped: {', '.join(sorted(entry['unreadable'])[:5])}"
+                        if entry.get("unreadable") else ""))
     unfinished = project.unfinished()
     if unfinished:
         lines.append(f"round {unfinished['index']} is unfinished ({unfinished['status']}): "

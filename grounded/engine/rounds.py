@@ -37,6 +37,8 @@ def start_round(project: Project, stage: str, take: Optional[int] = None, images
     if is_sam3(spec) and (stage == "auto" or finetune):
         raise ValueError(f"the model in force {spec} is SAM 3: it makes no automatic masks (no auto stage) and the "
                          "engine fine-tunes SAM 1's decoder only: run manual and semi rounds with --no-finetune")
+    if take is not None and take < 1:
+        raise ValueError(f"--take is how many unlabelled images the round labels: at least 1, got {take}")
     check_detector(prefill)
     scan = project.scan()
     pool = project.pool(scan["present"])
@@ -218,7 +220,8 @@ def auto_ap(project: Project, entry: dict, truth_coco: dict, detections: Optiona
     from ..rle import rle_area
     from .project import image_key, masks_by_file
 
-    truth, _ = masks_by_file(truth_coco, sorted(project.state["image_ids"]), "--truth")
+    # Crowd regions kept as COCOeval keeps them: they absorb detections, and are no object to find.
+    truth, _ = masks_by_file(truth_coco, sorted(project.state["image_ids"]), "--truth", crowd=True)
     labels_dir = project.round_dir(entry) / "labels" / "images"
     names = [n for n in entry["images"] if n in truth and (labels_dir / f"{image_key(n)}.json").exists()]
     if not names:
@@ -232,16 +235,17 @@ def auto_ap(project: Project, entry: dict, truth_coco: dict, detections: Optiona
         gt["images"].append({"id": ids[name], "file_name": name, "height": h, "width": w})
         for a in truth[name]:
             gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": ids[name], "category_id": 1,
-                                      "segmentation": a["segmentation"], "iscrowd": 0,
+                                      "segmentation": a["segmentation"], "iscrowd": a["iscrowd"],
                                       "area": float(rle_area(a["segmentation"]))})
         for a in (state["annotations"] if detections is None else detections.get(name, [])):
             dt.append({"image_id": ids[name], "category_id": 1, "segmentation": a["segmentation"], "score": a["score"]})
+    objects = sum(1 for a in gt["annotations"] if not a["iscrowd"])
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
         if not dt:
-            return {"images": len(names), "AP": 0.0, "AP50": 0.0, "AR@100": 0.0, "masks": 0, "truth": len(gt["annotations"])}
+            return {"images": len(names), "AP": 0.0, "AP50": 0.0, "AR@100": 0.0, "masks": 0, "truth": objects}
         coco_dt = coco_gt.loadRes(dt)
         ev = COCOeval(coco_gt, coco_dt, "segm")
         ev.evaluate()
@@ -249,4 +253,4 @@ def auto_ap(project: Project, entry: dict, truth_coco: dict, detections: Optiona
         ev.summarize()
     s = ev.stats
     return {"images": len(names), "AP": float(s[0]), "AP50": float(s[1]), "AP75": float(s[2]), "AR@100": float(s[8]),
-            "masks": len(dt), "truth": len(gt["annotations"])}
+            "masks": len(dt), "truth": objects}
