@@ -50,6 +50,8 @@ def read_json(path: Path, what: str):
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
+        if what.startswith(("the --", "the Label")):  # a file the user named, not one of the project's own
+            raise ProjectError(f"{path} does not exist ({what})") from None
         raise ProjectError(f"{path} is missing: not a grounded engine project, or {what} was removed") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise ProjectError(f"{path} is corrupted ({what} is not valid JSON: {err})") from None
@@ -87,6 +89,8 @@ class Project:
     @classmethod
     def open(cls, root) -> "Project":
         root = Path(root)
+        if root.is_file():
+            raise ProjectError(f"{root} is a file: name the project's folder ({root.parent})")
         if not root.is_dir():
             raise FileNotFoundError(f"no project folder {root}")
         path = root / "project.json"
@@ -94,7 +98,7 @@ class Project:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ProjectError(f"{path} is not a grounded engine project file (format {state.get('format') if isinstance(state, dict) else None!r})")
         if state.get("version") != VERSION:
-            raise ProjectError(f"{path} is a version {state.get('version')} project; this grounded reads version "
+            raise ProjectError(f"{path} is a version {state.get('version')!r} project; this grounded reads version "
                                f"{VERSION} (made by another grounded version: use that one, or start a new project)")
         for key in ("data", "image_ids", "heldout", "model", "rounds", "train", "stage_settings"):
             if key not in state:
@@ -361,7 +365,8 @@ def masks_by_file(coco: dict, names: List[str], where: str, image_size: Optional
         if name not in known:
             bad(f"image {im['file_name']!r} is not in the data folder")
         if name in by_name:
-            bad(f"images {by_name[name]!r} and {im['file_name']!r} are both {name} in the data folder")
+            bad(f"image {name!r} is listed twice" if by_name[name] == im["file_name"] else
+                f"images {by_name[name]!r} and {im['file_name']!r} are both {name} in the data folder")
         by_name[name] = im["file_name"]
         try:
             h, w = (int(im["height"]), int(im["width"])) if "height" in im or "width" in im else (None, None)
