@@ -207,7 +207,8 @@ def test_a_broken_image_is_skipped_and_an_image_with_nothing_is_labelled_empty(t
     images = [{"id": k + 1, "file_name": n, "height": 40, "width": 50} for k, n in enumerate(["a.png", "b.png", "c.png"])]
     truth = {"images": images, "categories": [{"id": 1, "name": "blob"}],
              "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": encode(disc()[None])[0]},
-                             {"id": 2, "image_id": 2, "category_id": 1, "segmentation": encode(disc()[None])[0], "iscrowd": 1}]}
+                             {"id": 2, "image_id": 2, "category_id": 1, "segmentation": encode(disc()[None])[0], "iscrowd": 1},
+                             {"id": 3, "image_id": 3, "category_id": 1, "segmentation": encode(disc()[None])[0]}]}
     (tmp_path / "truth.json").write_text(json.dumps(truth))
     init_project(folder, tmp_path / "proj", model=tiny_model)
     lines = []
