@@ -225,3 +225,41 @@ def test_a_broken_image_is_skipped_and_an_image_with_nothing_is_labelled_empty(t
         from grounded.engine.stages import truth_masks
 
         truth_masks(dict(truth, images=[{"id": 1, "file_name": "a.png"}]), Project.open(tmp_path / "proj"))
+
+
+def test_an_image_replaced_by_another_size_is_not_trained_or_measured_on(tmp_path, monkeypatch):
+    """A labelled image replaced by a file of another size was trained on with masks that no longer fit
+    it; a held-out one replaced so made the evaluation fail after all the training with "No such file
+    ... eval/records/points/current.jsonl"."""
+    import shutil
+
+    from grounded.engine import finetune
+    from grounded.eval.masks import encode
+
+    folder = folder_of(tmp_path, ["a.png", "b.png", "g.png"])
+    images = [{"id": k + 1, "file_name": n, "height": 40, "width": 50} for k, n in enumerate(["a.png", "b.png", "g.png"])]
+    given = {"images": images, "categories": [{"id": 1, "name": "blob"}],
+             "annotations": [{"id": k + 1, "image_id": k + 1, "category_id": 1, "segmentation": encode(disc()[None])[0]}
+                             for k in range(3)]}
+    (tmp_path / "given.json").write_text(json.dumps(given))
+    project = init_project(folder, tmp_path / "proj", coco=str(tmp_path / "given.json"), heldout=["g.png"], model="unused")
+    Image.fromarray(np.zeros((60, 70, 3), np.uint8)).save(folder / "a.png")
+    lines = []
+    items = finetune.training_items(project, project.dataset_path(0), lines.append)
+    assert [item.key for item in items] == ["engine-2"]
+    assert lines == ["  a.png: left out of training: the file is 70x60 now, its masks 50x40 (replaced since it was labelled)"]
+
+    shutil.copy(folder / "a.png", folder / "g.png")
+    shutil.copy(project.dataset_path(0), project.dataset_path(1))
+    entry = {"index": 1, "stage": "manual", "images": [], "status": "training", "model": "unused", "finetune": True}
+    project.rounds.append(entry)
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before the held-out split was checked")
+
+    monkeypatch.setattr(finetune, "train_seeds", trained)
+    with pytest.raises(ProjectError, match=r"held-out image .*g\.png is 70x60 now, 50x40 in .*heldout\.json"):
+        run_round(project, entry, log=lines.append)
+    (folder / "g.png").unlink()  # gone: nothing left to measure on, so nothing is trained
+    run_round(project, entry, log=lines.append)
+    assert entry["status"] == "done" and "every held-out image is gone" in entry["decision"]["why"]

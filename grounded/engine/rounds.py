@@ -82,11 +82,17 @@ def run_round(project: Project, entry: dict, truth: Optional[str] = None, serve:
     if entry["status"] == "training":
         from .finetune import train_seeds, training_items
 
+        from .finetune import check_heldout
+
         if not project.heldout_names():
             entry["decision"] = {"accepted": False, "why": "no held-out split: a fine-tuned model cannot be judged, none trained"}
             entry["status"] = "done"
+        elif not check_heldout(project):
+            entry["decision"] = {"accepted": False, "why": "every held-out image is gone from the data folder: a fine-tuned "
+                                 "model cannot be judged, none trained"}
+            entry["status"] = "done"
         else:
-            items = training_items(project, project.dataset_path(entry["index"]))
+            items = training_items(project, project.dataset_path(entry["index"]), log)
             if not items:
                 entry["decision"] = {"accepted": False, "why": "nothing labelled to train on"}
                 entry["status"] = "done"
