@@ -263,3 +263,35 @@ def test_an_image_replaced_by_another_size_is_not_trained_or_measured_on(tmp_pat
     (folder / "g.png").unlink()  # gone: nothing left to measure on, so nothing is trained
     run_round(project, entry, log=lines.append)
     assert entry["status"] == "done" and "every held-out image is gone" in entry["decision"]["why"]
+
+
+def test_odd_names_in_task_urls_held_out_reviews_and_an_image_named_twice(tmp_path):
+    """A task's image URL cut at "&" or "#" in a file name; a Label Studio review of a held-out image went
+    into the dataset (and so into training); `--images c.png c.png` labelled c.png twice over (its masks
+    doubled)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from grounded.engine.labelstudio import brush_result, export_tasks, import_tasks
+    from grounded.eval.masks import encode
+
+    names = ["a&b #1.png", "c.png", "g.png"]
+    folder = folder_of(tmp_path, names)
+    given = {"images": [{"id": 1, "file_name": names[0]}, {"id": 3, "file_name": "g.png"}],
+             "categories": [{"id": 1, "name": "blob"}],
+             "annotations": [{"id": k, "image_id": k, "category_id": 1, "segmentation": encode(disc()[None])[0]} for k in (1, 3)]}
+    (tmp_path / "given.json").write_text(json.dumps(given))
+    project = init_project(folder, tmp_path / "proj", coco=str(tmp_path / "given.json"), heldout=["g.png"], model="unused")
+    assert export_tasks(project, tmp_path / "tasks.json") == 1
+    (task,) = json.loads((tmp_path / "tasks.json").read_text())
+    assert parse_qs(urlsplit(task["data"]["image"]).query)["d"] == [str(folder / names[0])]
+    export_tasks(project, tmp_path / "named.json", image_url="/data/local-files/?d=images/{name}")
+    (task,) = json.loads((tmp_path / "named.json").read_text())
+    assert parse_qs(urlsplit(task["data"]["image"]).query)["d"] == [f"images/{names[0]}"]
+
+    review = {"id": 1, "data": {"grounded_file_name": "g.png"}, "annotations": [{"id": 1, "result": [brush_result(disc(), "blob", 0)]}]}
+    (tmp_path / "reviewed.json").write_text(json.dumps([review]))
+    with pytest.raises(ValueError, match=r"reviews held-out images \['g.png'\]"):
+        import_tasks(project, tmp_path / "reviewed.json")
+    assert project.rounds == []
+    entry = start_round(project, "auto", images=["c.png", "c.png"])
+    assert entry["images"] == ["c.png"]

@@ -114,6 +114,8 @@ def export_tasks(project, out, round_index: Optional[int] = None, image_url: str
     """Tasks for a round's images (its saved masks, pre-filled ones included) or, without a round,
     for every image of the newest dataset version; the masks as brush pre-annotations. Writes `out`
     and, beside it, OUT.config.xml (the labelling config). Returns the number of tasks."""
+    from urllib.parse import quote
+
     from ..rle import decode_rle
     from .project import ProjectError, image_key, read_json
 
@@ -144,8 +146,9 @@ def export_tasks(project, out, round_index: Optional[int] = None, image_url: str
         for k, (segmentation, label, score) in enumerate(masks):
             results.append(brush_result(decode_rle(segmentation), label, k, score))
             labels.add(label)
-        path = project.data / name
-        tasks.append({"data": {"image": image_url.format(path=str(path), name=name), "grounded_file_name": name,
+        # Quoted: a name with "&", "#", "?", "%" or a space would otherwise end or split the URL's query.
+        path, url_name = quote(str(project.data / name), safe="/"), quote(name, safe="")
+        tasks.append({"data": {"image": image_url.format(path=path, name=url_name), "grounded_file_name": name,
                                "grounded_image_id": project.state["image_ids"].get(name)},
                       "predictions": [{"model_version": project.state["model"]["current"], "result": results}]})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +219,10 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
     if unknown:
         raise ValueError(f"tasks name images the project does not know: {unknown[:5]}")
     reviewed = [(n, m) for n, m in parsed if m is not None]
+    heldout = sorted({n for n, _ in reviewed} & set(project.heldout_names()))
+    if heldout:  # the held-out split is never trained on, so never in a dataset version
+        raise ValueError(f"{tasks_file} reviews held-out images {heldout[:5]}: they are never labelled into the "
+                         "dataset (they measure the models); leave their tasks out")
     if not reviewed:
         raise ValueError(f"no task in {tasks_file} has an annotation: nothing was reviewed (export from Label Studio "
                          "after annotating; a task's pre-annotations count once they are submitted as an annotation)")

@@ -43,6 +43,7 @@ def start_round(project: Project, stage: str, take: Optional[int] = None, images
     scan = project.scan()
     pool = project.pool(scan["present"])
     if images:
+        images = list(dict.fromkeys(images))  # an image named twice is labelled once
         unknown = [n for n in images if n not in pool]
         if unknown:
             raise ValueError(f"{unknown} are not unlabelled images of {project.data} (labelled, held out or missing)")
