@@ -276,7 +276,8 @@ def test_odd_names_in_task_urls_held_out_reviews_and_an_image_named_twice(tmp_pa
 
     names = ["a&b #1.png", "c.png", "g.png"]
     folder = folder_of(tmp_path, names)
-    given = {"images": [{"id": 1, "file_name": names[0]}, {"id": 3, "file_name": "g.png"}],
+    given = {"images": [{"id": 1, "file_name": names[0], "height": 40, "width": 50},
+                        {"id": 3, "file_name": "g.png", "height": 40, "width": 50}],
              "categories": [{"id": 1, "name": "blob"}],
              "annotations": [{"id": k, "image_id": k, "category_id": 1, "segmentation": encode(disc()[None])[0]} for k in (1, 3)]}
     (tmp_path / "given.json").write_text(json.dumps(given))
