@@ -293,6 +293,15 @@ def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[s
     settings = dict(DEFAULT_TRAIN, **(train or {}))
     if len(settings["seeds"]) < 3:
         raise ValueError(f"the acceptance rule needs at least 3 fine-tuning seeds, got {settings['seeds']}")
+    # Checked now: the settings are kept in project.json, and a round that met them at its training
+    # step could not go on (a resumed round reads the same settings).
+    if len(set(settings["seeds"])) != len(settings["seeds"]):
+        raise ValueError(f"the fine-tuning seeds must differ (the same seed trains the same model): {settings['seeds']}")
+    if int(settings["steps"]) < 1:
+        raise ValueError(f"--steps is the fine-tuning steps per seed: at least 1, got {settings['steps']}")
+    for stage, given in (stage_settings or {}).items():
+        if "points_per_side" in given and int(given["points_per_side"]) < 1:
+            raise ValueError(f"--points-per-side is the automatic masks' grid: at least 1, got {given['points_per_side']}")
     out.mkdir(parents=True, exist_ok=True)
     project = Project(out, {
         "format": FORMAT, "version": VERSION, "data": str(data), "image_ids": ids,
