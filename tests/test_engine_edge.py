@@ -301,3 +301,33 @@ def test_odd_names_in_task_urls_held_out_reviews_and_an_image_named_twice(tmp_pa
     assert project.rounds == []
     entry = start_round(project, "auto", images=["c.png", "c.png"])
     assert entry["images"] == ["c.png"]
+
+
+def test_a_killed_import_resumes_however_its_file_is_named(tmp_path, monkeypatch):
+    """The import kept its file's name as given: resumed as ./reviewed.json or by its absolute path (or
+    from another folder) it was refused, "round 1 is unfinished: finish it before importing"."""
+    from grounded.annotate.store import AnnotationStore
+    from grounded.engine.labelstudio import brush_result, import_tasks
+
+    folder_of(tmp_path, ["a.png", "b.png"])
+    init_project(tmp_path / "images", tmp_path / "proj", model="unused")
+    tasks = [{"id": k, "data": {"grounded_file_name": name}, "annotations": [{"id": k, "result": [brush_result(disc(), "blob", 0)]}]}
+             for k, name in enumerate(["a.png", "b.png"])]
+    (tmp_path / "reviewed.json").write_text(json.dumps(tasks))
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed during the import")
+
+    add_many = AnnotationStore.add_many
+    monkeypatch.setattr(AnnotationStore, "add_many", killed)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt), Project.open(tmp_path / "proj") as project:
+        import_tasks(project, "reviewed.json")
+    monkeypatch.setattr(AnnotationStore, "add_many", add_many)
+    monkeypatch.chdir(tmp_path / "images")
+    (tmp_path / "other.json").write_text(json.dumps(tasks[:1]))
+    with Project.open(tmp_path / "proj") as project:
+        with pytest.raises(ValueError, match=r"round 1 is unfinished \(an import of .*reviewed\.json\): run grounded engine import-ls"):
+            import_tasks(project, "../other.json")
+        path, count = import_tasks(project, "../reviewed.json")
+        assert count == 2 and len(project.rounds) == 1 and project.rounds[0]["status"] == "done"

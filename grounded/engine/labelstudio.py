@@ -211,8 +211,14 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
     if not isinstance(tasks, list):
         raise ValueError(f"{tasks_file} is not a Label Studio JSON export (a list of tasks)")
     unfinished = project.unfinished()
-    resumed = unfinished is not None and unfinished["stage"] == "review" and unfinished["source"] == str(tasks_file)
+    # The same file however it is named (relative or absolute, from any folder): the source is kept resolved.
+    source = str(Path(tasks_file).resolve())
+    resumed = (unfinished is not None and unfinished["stage"] == "review"
+               and str(Path(unfinished["source"]).resolve()) == source)
     if unfinished is not None and not resumed:
+        if unfinished["stage"] == "review":
+            raise ValueError(f"round {unfinished['index']} is unfinished (an import of {unfinished['source']}): run "
+                             f"grounded engine import-ls {project.root} {unfinished['source']} to finish it first")
         raise ValueError(f"round {unfinished['index']} is unfinished: finish it before importing")
     parsed = [task_masks(t) for t in tasks]
     unknown = [n for n, _ in parsed if n not in project.state["image_ids"]]
@@ -245,7 +251,7 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
         raise ValueError(f"{tasks_file} changed since round {unfinished['index']} began importing it")
     entry = unfinished if resumed else {
         "index": len(project.rounds) + 1, "stage": "review", "images": names, "status": "labelling",
-        "model": project.model_spec(), "finetune": False, "started": time.time(), "source": str(tasks_file),
+        "model": project.model_spec(), "finetune": False, "started": time.time(), "source": source,
         "not_reviewed": len(parsed) - len(reviewed), "imported": []}
     if not resumed:
         project.rounds.append(entry)
