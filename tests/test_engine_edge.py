@@ -226,6 +226,9 @@ def test_a_broken_image_is_skipped_and_an_image_with_nothing_is_labelled_empty(t
         assert "1 unreadable, skipped: c.png" in status_text(project)
     assert any("c.png: skipped, cannot be read" in line for line in lines)
     assert "could not be read and were skipped: c.png" in (tmp_path / "proj" / "report.md").read_text()
+    (folder / "c.png").write_bytes(good)  # mended: the next round takes it
+    with Project.open(tmp_path / "proj") as project:
+        assert start_round(project, "manual", finetune=False)["images"] == ["c.png"]
     with pytest.raises(ProjectError, match="a.png.* has no height and width"):
         from grounded.engine.stages import truth_masks
 

@@ -181,7 +181,10 @@ class Project:
         """Images that some round took (labelled, or being labelled by an unfinished round)."""
         names = set(self.labelled_names())
         for entry in self.rounds:
-            names.update(entry["images"])
+            # A finished round's unreadable images were never labelled: they go back to the pool, so that
+            # a file mended since is labelled by a later round.
+            skipped = entry.get("unreadable", {}) if entry["status"] == "done" else {}
+            names.update(n for n in entry["images"] if n not in skipped)
         return sorted(names)
 
     def pool(self, present: List[str]) -> List[str]:
