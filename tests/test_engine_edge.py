@@ -334,3 +334,22 @@ def test_a_killed_import_resumes_however_its_file_is_named(tmp_path, monkeypatch
             import_tasks(project, "../other.json")
         path, count = import_tasks(project, "../reviewed.json")
         assert count == 2 and len(project.rounds) == 1 and project.rounds[0]["status"] == "done"
+
+
+def test_status_of_a_page_round_shows_the_work_saved_so_far(tmp_path):
+    """Mid-round, a page round's status said "0 images labelled" whatever the person had saved: only the
+    simulated annotator's and the auto stage's images were counted."""
+    from grounded.annotate.store import AnnotationStore
+    from grounded.engine.report import status_text
+    from grounded.engine.stages import round_records
+
+    folder_of(tmp_path, ["a.png", "b.png", "c.png"])
+    project = init_project(tmp_path / "images", tmp_path / "proj", model="unused")
+    entry = start_round(project, "manual")
+    store = AnnotationStore(project.round_dir(entry) / "labels", round_records(project, entry["images"]))
+    for record in store.images:
+        record.height, record.width = 40, 50
+    version = store.add("a.png", 0, disc(), "blob", 0.9, {})["version"]
+    store.add("a.png", version, disc(radius=3), "blob", 0.9, {})
+    store.add("b.png", 0, disc(), "blob", 0.9, {})
+    assert "round 1 manual: labelling, 3 images, 2 images labelled (3 masks so far)" in status_text(Project.open(tmp_path / "proj"))
