@@ -81,9 +81,7 @@ def run_round(project: Project, entry: dict, truth: Optional[str] = None, serve:
         entry["status"] = "training" if entry["finetune"] else "done"
         project.save()
     if entry["status"] == "training":
-        from .finetune import train_seeds, training_items
-
-        from .finetune import check_heldout
+        from .finetune import check_heldout, train_seeds, training_items
 
         if not project.heldout_names():
             entry["decision"] = {"accepted": False, "why": "no held-out split: a fine-tuned model cannot be judged, none trained"}

@@ -167,7 +167,8 @@ def label_simulated(project, entry: dict, store, segmenter, truths: Dict[str, np
         if record.file_name in done:
             continue
         if record.file_name not in truths:
-            raise ValueError(f"--truth has no masks for {record.file_name}: the simulated annotator needs them")
+            raise ValueError(f"--truth does not list {record.file_name}: the simulated annotator needs its objects "
+                             "(list an image that holds none with no annotations)")
         image = read_image(entry, record, log)
         if image is None:
             continue
