@@ -112,7 +112,8 @@ def test_a_coco_file_that_does_not_fit_its_images_is_refused_naming_the_problem(
 def test_init_refuses_an_out_folder_that_cannot_hold_a_project(tmp_path, capsys):
     """--out equal to the data folder put report_*.png among the images; --out an existing file, --coco a
     folder, a --heldout-fraction above 1: tracebacks or numpy's message; below 0: silently none.
-    --steps 0 or --points-per-side -2 were kept, and the first round stopped at them for good."""
+    --steps 0 or --points-per-side -2 were kept, and the first round stopped at them for good. An --out
+    holding an earlier project's datasets/ had its newest version taken for the new project's."""
     folder = folder_of(tmp_path, ["a.png", "._a.png"])  # macOS's resource fork beside a copied image
     (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
     assert "is the data folder itself" in one_line_error(capsys, ["engine", "init", folder, "--out", folder])
@@ -127,6 +128,9 @@ def test_init_refuses_an_out_folder_that_cannot_hold_a_project(tmp_path, capsys)
                                 ("--points-per-side", "-2", "at least 1, got -2")]:
         assert said in one_line_error(capsys, ["engine", "init", folder, "--out", tmp_path / "p", option, value])
     assert not (tmp_path / "p").exists() and not (folder / "project.json").exists()
+    (tmp_path / "old" / "datasets").mkdir(parents=True)  # an earlier project's, its project.json deleted
+    (tmp_path / "old" / "datasets" / "v004.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    assert "holds datasets of an earlier project" in one_line_error(capsys, ["engine", "init", folder, "--out", tmp_path / "old"])
     project = init_project(folder, folder / "proj", model="unused")  # a subfolder of the data will do
     assert list(project.state["image_ids"]) == ["a.png"]  # hidden files are no images
     with pytest.raises(ValueError, match="--take .* at least 1, got -1"):

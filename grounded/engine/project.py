@@ -234,13 +234,14 @@ def check_state(state: dict, path: Path) -> None:
             bad(repr(key), "an object")
     if not isinstance(state["rounds"], list):
         bad("'rounds'", "a list")
-    wanted = {"index": int, "stage": str, "images": list, "status": str}
+    wanted = {"index": (int, "an integer"), "stage": (str, "a string"), "images": (list, "a list"),
+              "status": (str, "a string")}
     for i, entry in enumerate(state["rounds"]):
         if not isinstance(entry, dict):
             bad(f"round entry {i + 1}", "an object")
-        for key, kind in wanted.items():
+        for key, (kind, said) in wanted.items():
             if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
-                bad(f"round entry {i + 1}'s {key!r}", f"a{'n' if kind is int else ''} {kind.__name__}")
+                bad(f"round entry {i + 1}'s {key!r}", said)
 
 
 def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[str]] = None,
@@ -262,6 +263,9 @@ def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[s
                            "(a subfolder of the data folder will do)")
     if (out / "project.json").exists():
         raise ProjectError(f"{out / 'project.json'} exists: {out} is a project already (grounded engine status {out})")
+    left = [name for name in ("datasets", "rounds", "models", "heldout.json") if (out / name).exists()]
+    if left:  # an earlier project's versions would be taken for this one's (the newest dataset is read)
+        raise ProjectError(f"--out {out} holds {', '.join(left)} of an earlier project; give the project a new or empty folder")
     if not 0 <= heldout_fraction <= 1:
         raise ValueError(f"--heldout-fraction is a fraction of the images with masks, from 0 to 1; got {heldout_fraction}")
     names = image_files(data)
