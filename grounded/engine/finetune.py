@@ -40,9 +40,11 @@ ACCEPTANCE_RULE = ("kept if, over >= 3 seeds, the per-object held-out NoC@90 dif
 MIN_SEEDS = 3
 
 
-def training_items(project, dataset_path: Path):
-    """TrainItems of the dataset version's images that are still in the data folder."""
-    from ..io.image import load_image
+def training_items(project, dataset_path: Path, log=print):
+    """TrainItems of the dataset version's images that are still in the data folder, as they were
+    labelled: a file since replaced by one of another size (its masks no longer fit) or that cannot be
+    read any more is left out, and said so."""
+    from ..io.image import ImageError, load_image
     from ..rle import decode_rle
     from ..sam.training.data import TrainItem
     from .project import read_json
@@ -56,8 +58,43 @@ def training_items(project, dataset_path: Path):
         path = project.data / im["file_name"]
         if im["id"] not in by_image or not path.exists():
             continue  # an image removed from the data folder: its masks stay in the dataset, out of training
-        items.append(TrainItem(f"engine-{im['id']}", load_image(path), np.stack(by_image[im["id"]])))
+        try:
+            image = load_image(path)
+        except (ImageError, OSError) as err:
+            log(f"  {im['file_name']}: left out of training, cannot be read ({err})")
+            continue
+        if image.shape[:2] != (im["height"], im["width"]):
+            log(f"  {im['file_name']}: left out of training: the file is {image.shape[1]}x{image.shape[0]} now, "
+                f"its masks {im['width']}x{im['height']} (replaced since it was labelled)")
+            continue
+        items.append(TrainItem(f"engine-{im['id']}", image, np.stack(by_image[im["id"]])))
     return items
+
+
+def check_heldout(project) -> List[str]:
+    """The held-out images still in the data folder, each checked against heldout.json: one replaced by
+    another size, or unreadable, is refused here, before any training (measuring on it would skip it
+    for some models and not others, or on nothing)."""
+    from ..io.image import ImageError, load_image
+    from .project import ProjectError, read_json
+
+    path = project.root / project.state["heldout"]["coco"]
+    coco = read_json(path, "the held-out split")
+    present = []
+    for im in coco.get("images", []):
+        file = project.data / im["file_name"]
+        if not file.exists():
+            continue  # removed: measured on the others
+        try:
+            shape = load_image(file).shape[:2]
+        except (ImageError, OSError) as err:
+            raise ProjectError(f"held-out image {file} cannot be read ({err}): restore it, or remove it from the "
+                               "data folder to measure on the others") from None
+        if shape != (im["height"], im["width"]):
+            raise ProjectError(f"held-out image {file} is {shape[1]}x{shape[0]} now, {im['width']}x{im['height']} in {path}: "
+                               "restore the original file, or remove it from the data folder to measure on the others")
+        present.append(im["file_name"])
+    return present
 
 
 def train_seeds(project, entry: dict, items, log=print) -> List[Path]:
@@ -145,6 +182,9 @@ def _records(out: Path, task: str, label: str) -> List[dict]:
     from ..eval.tasks.base import slug
 
     path = out / "records" / task / f"{slug(label)}.jsonl"
+    if not path.exists():
+        raise RuntimeError(f"the held-out evaluation measured no image with {label} ({task}): "
+                           f"{out / 'errors.jsonl'} says why")
     return [json.loads(t) for t in path.read_text().splitlines() if t.strip()]
 
 

@@ -114,9 +114,14 @@ def export_tasks(project, out, round_index: Optional[int] = None, image_url: str
     """Tasks for a round's images (its saved masks, pre-filled ones included) or, without a round,
     for every image of the newest dataset version; the masks as brush pre-annotations. Writes `out`
     and, beside it, OUT.config.xml (the labelling config). Returns the number of tasks."""
-    from ..rle import decode_rle
-    from .project import image_key, read_json
+    from urllib.parse import quote
 
+    from ..rle import decode_rle
+    from .project import ProjectError, image_key, read_json
+
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name the tasks file to write (e.g. {out / 'tasks.json'})")
     if round_index is not None:
         entries = [e for e in project.rounds if e["index"] == round_index]
         if not entries:
@@ -129,6 +134,8 @@ def export_tasks(project, out, round_index: Optional[int] = None, image_url: str
             per_image.append((name, [(a["segmentation"], a["label"], a.get("score")) for a in annotations]))
     else:
         path = project.latest_dataset()
+        if path is None:
+            raise ProjectError(f"{project.root / 'datasets'} holds no dataset version (v000.json is written at init)")
         coco = read_json(path, "a dataset version")
         names = {c["id"]: c["name"] for c in coco["categories"]}
         per_image = [(im["file_name"], [(a["segmentation"], names[a["category_id"]], a.get("score"))
@@ -139,11 +146,12 @@ def export_tasks(project, out, round_index: Optional[int] = None, image_url: str
         for k, (segmentation, label, score) in enumerate(masks):
             results.append(brush_result(decode_rle(segmentation), label, k, score))
             labels.add(label)
-        path = project.data / name
-        tasks.append({"data": {"image": image_url.format(path=str(path), name=name), "grounded_file_name": name,
+        # Quoted: a name with "&", "#", "?", "%" or a space would otherwise end or split the URL's query.
+        path, url_name = quote(str(project.data / name), safe="/"), quote(name, safe="")
+        tasks.append({"data": {"image": image_url.format(path=path, name=url_name), "grounded_file_name": name,
                                "grounded_image_id": project.state["image_ids"].get(name)},
                       "predictions": [{"model_version": project.state["model"]["current"], "result": results}]})
-    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(tasks))
     out.with_name(out.name + ".config.xml").write_text(label_config(sorted(labels) or ["object"]))
     return len(tasks)
@@ -153,22 +161,35 @@ def task_masks(task: dict) -> Tuple[str, Optional[List[Tuple[np.ndarray, str]]]]
     """A (reviewed) Label Studio task -> its image's file name and masks with labels from the newest
     annotation that was not cancelled (skipped); None when the task has no such annotation (not reviewed:
     its pre-annotations are proposals nobody accepted). An annotation with no brush results is a review
-    that found nothing: an empty list."""
-    data = task.get("data", {})
-    name = data.get("grounded_file_name")
+    that found nothing: an empty list. A task not in Label Studio's shape is refused, naming it."""
+    if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+        raise ValueError(f"a task {str(task)[:60]!r} is not a Label Studio task (an object with data)")
+    name = task["data"].get("grounded_file_name")
     if not name:
         raise ValueError(f"task {task.get('id')} has no data.grounded_file_name (not exported by grounded engine export-ls)")
-    annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+    where = f"task {task['id']} ({name})" if task.get("id") is not None else f"the task of {name}"
+    annotations = task.get("annotations") or []
+    if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+        raise ValueError(f"{where}: annotations should be a list of Label Studio annotations")
+    annotations = [a for a in annotations if not a.get("was_cancelled")]
     if not annotations:
         return name, None
-    results = max(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))["result"]
+    newest = max(annotations, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
+    results = newest.get("result") or []
+    if not isinstance(results, list):
+        raise ValueError(f"{where}: annotation {newest.get('id')}'s result should be a list")
     masks = []
     for r in results:
-        if r.get("type", "").lower() != "brushlabels":
+        if not isinstance(r, dict) or str(r.get("type", "")).lower() != "brushlabels":
             continue
-        value = r["value"]
-        labels = value.get("brushlabels") or ["object"]
-        masks.append((decode_brush(value["rle"], int(r["original_height"]), int(r["original_width"])), labels[0]))
+        try:
+            value = r["value"]
+            rle, height, width = value["rle"], int(r["original_height"]), int(r["original_width"])
+            labels = value.get("brushlabels") or ["object"]
+            masks.append((decode_brush(rle, height, width), str(labels[0])))
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            detail = f"lacks {err}" if isinstance(err, KeyError) else str(err)
+            raise ValueError(f"{where}: brush result {r.get('id')!r} {detail}") from None
     return name, masks
 
 
@@ -190,14 +211,24 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
     if not isinstance(tasks, list):
         raise ValueError(f"{tasks_file} is not a Label Studio JSON export (a list of tasks)")
     unfinished = project.unfinished()
-    resumed = unfinished is not None and unfinished["stage"] == "review" and unfinished["source"] == str(tasks_file)
+    # The same file however it is named (relative or absolute, from any folder): the source is kept resolved.
+    source = str(Path(tasks_file).resolve())
+    resumed = (unfinished is not None and unfinished["stage"] == "review"
+               and str(Path(unfinished["source"]).resolve()) == source)
     if unfinished is not None and not resumed:
+        if unfinished["stage"] == "review":
+            raise ValueError(f"round {unfinished['index']} is unfinished (an import of {unfinished['source']}): run "
+                             f"grounded engine import-ls {project.root} {unfinished['source']} to finish it first")
         raise ValueError(f"round {unfinished['index']} is unfinished: finish it before importing")
     parsed = [task_masks(t) for t in tasks]
     unknown = [n for n, _ in parsed if n not in project.state["image_ids"]]
     if unknown:
         raise ValueError(f"tasks name images the project does not know: {unknown[:5]}")
     reviewed = [(n, m) for n, m in parsed if m is not None]
+    heldout = sorted({n for n, _ in reviewed} & set(project.heldout_names()))
+    if heldout:  # the held-out split is never trained on, so never in a dataset version
+        raise ValueError(f"{tasks_file} reviews held-out images {heldout[:5]}: they are never labelled into the "
+                         "dataset (they measure the models); leave their tasks out")
     if not reviewed:
         raise ValueError(f"no task in {tasks_file} has an annotation: nothing was reviewed (export from Label Studio "
                          "after annotating; a task's pre-annotations count once they are submitted as an annotation)")
@@ -205,11 +236,22 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"{tasks_file} reviews {twice[:5]} in more than one task: keep one task per image")
+    # Every reviewed image is checked before the round begins: a refused import leaves no round behind.
+    sizes = {}
+    for name, masks in reviewed:
+        path = project.data / name
+        if not path.is_file():
+            raise ValueError(f"{tasks_file} reviews {name}, which is gone from the data folder {project.data}")
+        sizes[name] = load_image(path).shape[:2]
+        for k, (mask, _) in enumerate(masks):
+            if mask.shape != sizes[name]:
+                raise ValueError(f"{tasks_file}: the review of {name} has a {mask.shape[1]}x{mask.shape[0]} brush mask "
+                                 f"(mask {k + 1}), but the image is {sizes[name][1]}x{sizes[name][0]} (width x height)")
     if resumed and unfinished["images"] != names:
         raise ValueError(f"{tasks_file} changed since round {unfinished['index']} began importing it")
     entry = unfinished if resumed else {
         "index": len(project.rounds) + 1, "stage": "review", "images": names, "status": "labelling",
-        "model": project.model_spec(), "finetune": False, "started": time.time(), "source": str(tasks_file),
+        "model": project.model_spec(), "finetune": False, "started": time.time(), "source": source,
         "not_reviewed": len(parsed) - len(reviewed), "imported": []}
     if not resumed:
         project.rounds.append(entry)
@@ -221,7 +263,7 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
         if name in imported:
             continue
         record = by_name[name]
-        record.height, record.width = masks[0][0].shape if masks else load_image(record.path).shape[:2]
+        record.height, record.width = sizes[name]
         # Cleared first: a killed import may have written some of this image's labels; an empty review
         # is saved as such, so the dataset drops the image's earlier masks.
         version = store.clear(record.key, store.get(record.key)["version"])["version"]

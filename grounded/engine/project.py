@@ -23,7 +23,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 FORMAT = "grounded-engine-project"
 VERSION = 1
@@ -50,18 +50,32 @@ def read_json(path: Path, what: str):
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
+        if what.startswith(("the --", "the Label")):  # a file the user named, not one of the project's own
+            raise ProjectError(f"{path} does not exist ({what})") from None
         raise ProjectError(f"{path} is missing: not a grounded engine project, or {what} was removed") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise ProjectError(f"{path} is corrupted ({what} is not valid JSON: {err})") from None
+    except OSError as err:  # a folder, a file we may not read: named, not a traceback
+        raise ProjectError(f"{path} cannot be read as {what} ({err.strerror or err})") from None
 
 
 def image_files(folder: Path) -> List[str]:
-    """The images of a data folder (not its subfolders), by name, sorted."""
-    return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images of a data folder (not its subfolders), by name, sorted. Hidden files are left out:
+    macOS writes `._NAME.png` resource forks beside copied images, which are no images."""
+    return sorted(p.name for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def image_key(file_name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", file_name) or "image"
+    """The file-system-safe key of an image's saved labels. A name that needs changing gets a hash of
+    itself appended: "x?y.png" and "x_y.png", or two names in a non-Latin script, must not share one
+    label file. The hash goes after the name, so a key never equals another image's plain name."""
+    key = re.sub(r"[^A-Za-z0-9._-]", "_", file_name)
+    if key == file_name and not key.startswith("."):
+        return key
+    import hashlib
+
+    return f"{key.lstrip('.') or 'image'}-{hashlib.sha1(file_name.encode()).hexdigest()[:10]}"
 
 
 class Project:
@@ -75,6 +89,8 @@ class Project:
     @classmethod
     def open(cls, root) -> "Project":
         root = Path(root)
+        if root.is_file():
+            raise ProjectError(f"{root} is a file: name the project's folder ({root.parent})")
         if not root.is_dir():
             raise FileNotFoundError(f"no project folder {root}")
         path = root / "project.json"
@@ -82,11 +98,12 @@ class Project:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ProjectError(f"{path} is not a grounded engine project file (format {state.get('format') if isinstance(state, dict) else None!r})")
         if state.get("version") != VERSION:
-            raise ProjectError(f"{path} is a version {state.get('version')} project; this grounded reads version "
+            raise ProjectError(f"{path} is a version {state.get('version')!r} project; this grounded reads version "
                                f"{VERSION} (made by another grounded version: use that one, or start a new project)")
         for key in ("data", "image_ids", "heldout", "model", "rounds", "train", "stage_settings"):
             if key not in state:
                 raise ProjectError(f"{path} is corrupted: it lacks {key!r}")
+        check_state(state, path)
         return cls(root, state)
 
     def save(self) -> None:
@@ -164,7 +181,10 @@ class Project:
         """Images that some round took (labelled, or being labelled by an unfinished round)."""
         names = set(self.labelled_names())
         for entry in self.rounds:
-            names.update(entry["images"])
+            # A finished round's unreadable images were never labelled: they go back to the pool, so that
+            # a file mended since is labelled by a later round.
+            skipped = entry.get("unreadable", {}) if entry["status"] == "done" else {}
+            names.update(n for n in entry["images"] if n not in skipped)
         return sorted(names)
 
     def pool(self, present: List[str]) -> List[str]:
@@ -192,6 +212,38 @@ class Project:
         return next((r for r in self.rounds if r["status"] != "done"), None)
 
 
+def check_state(state: dict, path: Path) -> None:
+    """The shape of a project file edited by hand: a wrong type is named here, not met as a traceback
+    later."""
+    def bad(what: str, want: str):
+        raise ProjectError(f"{path} is corrupted: {what} should be {want}")
+
+    if not isinstance(state["data"], str):
+        bad("'data'", "the data folder's path")
+    ids = state["image_ids"]
+    if not isinstance(ids, dict) or not all(isinstance(v, int) for v in ids.values()):
+        bad("'image_ids'", "{file name: id}")
+    heldout = state["heldout"]
+    if not isinstance(heldout, dict) or not isinstance(heldout.get("images"), list) or not isinstance(heldout.get("coco"), str):
+        bad("'heldout'", '{"images": [file names], "coco": "heldout.json"}')
+    model = state["model"]
+    if not isinstance(model, dict) or not all(isinstance(model.get(k), str) for k in ("base", "current")):
+        bad("'model'", '{"base": ..., "current": ...}')
+    for key in ("train", "stage_settings"):
+        if not isinstance(state[key], dict):
+            bad(repr(key), "an object")
+    if not isinstance(state["rounds"], list):
+        bad("'rounds'", "a list")
+    wanted = {"index": (int, "an integer"), "stage": (str, "a string"), "images": (list, "a list"),
+              "status": (str, "a string")}
+    for i, entry in enumerate(state["rounds"]):
+        if not isinstance(entry, dict):
+            bad(f"round entry {i + 1}", "an object")
+        for key, (kind, said) in wanted.items():
+            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+                bad(f"round entry {i + 1}'s {key!r}", said)
+
+
 def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[str]] = None,
                  heldout_fraction: float = 0.0, model: str = "mobile_sam", train: Optional[dict] = None,
                  seed: int = 0, stage_settings: Optional[dict] = None) -> Project:
@@ -203,19 +255,37 @@ def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[s
     data, out = Path(data).expanduser().resolve(), Path(out).expanduser()
     if not data.is_dir():
         raise FileNotFoundError(f"no data folder {data}")
+    if out.exists() and not out.is_dir():
+        raise ProjectError(f"--out {out} is a file; the project needs a folder (new, or empty)")
+    if out.resolve() == data:
+        # The project writes report_*.png into its folder, which would then join the images.
+        raise ProjectError(f"--out {out} is the data folder itself; give the project a folder of its own "
+                           "(a subfolder of the data folder will do)")
     if (out / "project.json").exists():
         raise ProjectError(f"{out / 'project.json'} exists: {out} is a project already (grounded engine status {out})")
+    left = [name for name in ("datasets", "rounds", "models", "heldout.json") if (out / name).exists()]
+    if left:  # an earlier project's versions would be taken for this one's (the newest dataset is read)
+        raise ProjectError(f"--out {out} holds {', '.join(left)} of an earlier project; give the project a new or empty folder")
+    if not 0 <= heldout_fraction <= 1:
+        raise ValueError(f"--heldout-fraction is a fraction of the images with masks, from 0 to 1; got {heldout_fraction}")
     names = image_files(data)
     if not names:
         raise ValueError(f"no images in {data} (looked for {', '.join(IMAGE_SUFFIXES)})")
     ids = {name: i + 1 for i, name in enumerate(names)}
     annotations: Dict[str, List[dict]] = {}
     categories = [{"id": 1, "name": "object"}]
+    from ..io.image import load_image
+
+    sizes: Dict[str, tuple] = {}
+
+    def image_size(name: str) -> tuple:
+        if name not in sizes:
+            sizes[name] = load_image(data / name).shape[:2]  # also finds an unreadable image now, named
+        return sizes[name]
+
     if coco:
         given = read_json(Path(coco), "the --coco file")
-        if not isinstance(given, dict) or "images" not in given or "annotations" not in given:
-            raise ProjectError(f"{coco} is not a COCO file (it needs images and annotations)")
-        annotations, categories = masks_by_file(given, names, coco)
+        annotations, categories = masks_by_file(given, names, coco, image_size)
     heldout = list(heldout or [])
     unknown = [h for h in heldout if h not in ids]
     if unknown:
@@ -230,6 +300,15 @@ def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[s
     settings = dict(DEFAULT_TRAIN, **(train or {}))
     if len(settings["seeds"]) < 3:
         raise ValueError(f"the acceptance rule needs at least 3 fine-tuning seeds, got {settings['seeds']}")
+    # Checked now: the settings are kept in project.json, and a round that met them at its training
+    # step could not go on (a resumed round reads the same settings).
+    if len(set(settings["seeds"])) != len(settings["seeds"]):
+        raise ValueError(f"the fine-tuning seeds must differ (the same seed trains the same model): {settings['seeds']}")
+    if int(settings["steps"]) < 1:
+        raise ValueError(f"--steps is the fine-tuning steps per seed: at least 1, got {settings['steps']}")
+    for stage, given in (stage_settings or {}).items():
+        if "points_per_side" in given and int(given["points_per_side"]) < 1:
+            raise ValueError(f"--points-per-side is the automatic masks' grid: at least 1, got {given['points_per_side']}")
     out.mkdir(parents=True, exist_ok=True)
     project = Project(out, {
         "format": FORMAT, "version": VERSION, "data": str(data), "image_ids": ids,
@@ -239,12 +318,8 @@ def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[s
         "stage_settings": {"semi": dict(SEMI_SETTINGS, **(stage_settings or {}).get("semi", {})),
                            "auto": dict(AUTO_SETTINGS, **(stage_settings or {}).get("auto", {}))},
     })
-    from ..io.image import load_image
-
-    sizes = {}
     for name in set(annotations) | set(heldout):
-        image = load_image(data / name)
-        sizes[name] = image.shape[:2]
+        image_size(name)
     write_json(out / "heldout.json", coco_file({h: annotations[h] for h in heldout}, ids, sizes, categories))
     write_json(project.dataset_path(0), coco_file({k: v for k, v in annotations.items() if k not in heldout}, ids, sizes,
                                                   categories))
@@ -281,26 +356,67 @@ DEFAULT_TRAIN = {
 }
 
 
-def masks_by_file(coco: dict, names: List[str], where: str):
-    """A COCO file's masks per image file name (RLE or polygons, as COCO RLE), labelled by category."""
+def masks_by_file(coco: dict, names: List[str], where: str, image_size: Optional[Callable[[str], tuple]] = None,
+                  crowd: bool = False):
+    """A COCO file's masks per image file name (RLE or polygons, as COCO RLE), labelled by category.
+    Crowd annotations (iscrowd=1) mark regions, not objects: left out, as grounded's trainer and eval
+    leave them out, unless `crowd` (then each mask says "iscrowd"). `image_size(file name)` gives the
+    file's (height, width): an image entry without a size takes the file's, one that disagrees with
+    the file is refused (its masks would not fit the pixels)."""
     from ..eval.masks import to_rle
 
+    def bad(message: str):
+        raise ProjectError(f"{where}: {message}")
+
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) or not isinstance(coco.get("annotations"), list):
+        bad("not a COCO file (it needs lists of images and annotations)")
     known = set(names)
-    cats = {c["id"]: c.get("name", str(c["id"])) for c in coco.get("categories", [])}
-    images = {}
+    cats = {c.get("id"): c.get("name", str(c.get("id"))) for c in coco.get("categories") or [] if isinstance(c, dict)}
+    images, by_name = {}, {}
     for im in coco["images"]:
+        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or "id" not in im:
+            bad(f"image entry {str(im)[:80]} needs an id and a file_name")
+        # The data folder is flat: a COCO file's own folders ("train/a.png") are dropped.
         name = Path(im["file_name"]).name
         if name not in known:
-            raise ProjectError(f"{where}: image {im['file_name']!r} is not in the data folder")
-        images[im["id"]] = (name, int(im["height"]), int(im["width"]))
+            bad(f"image {im['file_name']!r} is not in the data folder")
+        if name in by_name:
+            bad(f"image {name!r} is listed twice" if by_name[name] == im["file_name"] else
+                f"images {by_name[name]!r} and {im['file_name']!r} are both {name} in the data folder")
+        by_name[name] = im["file_name"]
+        try:
+            h, w = (int(im["height"]), int(im["width"])) if "height" in im or "width" in im else (None, None)
+        except (KeyError, TypeError, ValueError):
+            bad(f"image {im['file_name']!r} has no valid height and width")
+        if image_size is not None:
+            actual = tuple(int(v) for v in image_size(name))
+            if h is not None and (h, w) != actual:
+                bad(f"image {im['file_name']!r} is {w}x{h} there, but the file is {actual[1]}x{actual[0]} (width x height): "
+                    "its masks would not fit")
+            h, w = actual
+        elif h is None:
+            bad(f"image {im['file_name']!r} has no height and width")
+        images[im["id"]] = (name, h, w)
     out: Dict[str, List[dict]] = {}
     for a in coco["annotations"]:
+        if not isinstance(a, dict):
+            bad(f"annotation {str(a)[:80]} is not an object")
         if a.get("image_id") not in images:
-            raise ProjectError(f"{where}: annotation {a.get('id')} names image {a.get('image_id')}, which the file lacks")
+            bad(f"annotation {a.get('id')} names image {a.get('image_id')}, which the file lacks")
+        if a.get("iscrowd") and not crowd:
+            continue
         name, h, w = images[a["image_id"]]
-        out.setdefault(name, []).append({"segmentation": to_rle(a["segmentation"], h, w),
-                                         "label": cats.get(a.get("category_id"), "object"),
-                                         "score": float(a.get("score", 1.0))})
+        if "segmentation" not in a:
+            bad(f"annotation {a.get('id')} of {name} has no segmentation (the engine needs masks, not only boxes)")
+        try:
+            rle = to_rle(a["segmentation"], h, w)
+        except (ValueError, TypeError, IndexError, KeyError) as err:
+            bad(f"annotation {a.get('id')} of {name}: {err}")
+        if tuple(rle["size"]) != (h, w):
+            bad(f"annotation {a.get('id')} of {name} is a {rle['size'][1]}x{rle['size'][0]} mask on a {w}x{h} image")
+        out.setdefault(name, []).append({"segmentation": rle, "label": cats.get(a.get("category_id"), "object"),
+                                         "score": float(a.get("score", 1.0)),
+                                         **({"iscrowd": 1 if a.get("iscrowd") else 0} if crowd else {})})
     labels = sorted({a["label"] for v in out.values() for a in v}) or ["object"]
     return out, [{"id": i + 1, "name": n} for i, n in enumerate(labels)]
 

@@ -103,6 +103,9 @@ def write_report(project) -> Path:
         if entry.get("unreviewed_prefill"):
             details += [f"Round {entry['index']}: {entry['unreviewed_prefill']} pre-filled masks were never reviewed and "
                         "are not in the dataset.", ""]
+        if entry.get("unreadable"):
+            details += [f"Round {entry['index']}: {len(entry['unreadable'])} images could not be read and were skipped: "
+                        + "; ".join(f"{name} ({why})" for name, why in sorted(entry["unreadable"].items())), ""]
         if entry.get("removed_images") or entry.get("added_images"):
             details += [f"Round {entry['index']}: at its start, {len(entry.get('added_images', []))} images were new in "
                         f"the data folder and {len(entry.get('removed_images', []))} were gone (left out of training).", ""]
@@ -165,6 +168,26 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def labelling_progress(project, entry: dict) -> tuple:
+    """A round still labelling: the images with saved masks and the masks, from its annotation store
+    (the page saves there as the person works; the simulated annotator and the auto stage too), so a
+    page round's status shows the work done so far. Pre-filled masks nobody reviewed do not count."""
+    from .project import image_key
+
+    labels = project.round_dir(entry) / "labels" / "images"
+    images, masks = set(entry.get("labelled", [])), 0
+    for name in entry["images"]:
+        try:
+            saved = json.loads((labels / f"{image_key(name)}.json").read_text())["annotations"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not saved yet (or being written)
+        kept = [a for a in saved if not a.get("prefill")]
+        masks += len(kept)
+        if kept:
+            images.add(name)
+    return len(images), masks
+
+
 def status_text(project) -> str:
     """`grounded engine status`: the project at a glance."""
     scan = project.scan()
@@ -178,11 +201,16 @@ def status_text(project) -> str:
     for entry in project.rounds:
         f = round_figures(project, entry)
         decision = entry.get("decision") or {}
-        lines.append(f"round {entry['index']} {entry['stage']}: {entry['status']}, {f['images']} images, "
-                     f"{f['masks'] if f['masks'] is not None else len(entry.get('labelled', []))} "
-                     f"{'masks' if f['masks'] is not None else 'images labelled'}"
+        if f["masks"] is not None:
+            done = f"{f['masks']} masks"
+        else:
+            images, masks = labelling_progress(project, entry)
+            done = f"{images} images labelled ({masks} masks so far)"
+        lines.append(f"round {entry['index']} {entry['stage']}: {entry['status']}, {f['images']} images, {done}"
                      + (f", {f['clicks_per_mask']:.2f} clicks/mask" if f["clicks_per_mask"] is not None else "")
-                     + (f"; {decision.get('why')}" if decision else ""))
+                     + (f"; {decision.get('why')}" if decision else "")
+                     + (f"; {len(entry['unreadable'])} unreadable, skipped: {', '.join(sorted(entry['unreadable'])[:5])}"
+                        if entry.get("unreadable") else ""))
     unfinished = project.unfinished()
     if unfinished:
         lines.append(f"round {unfinished['index']} is unfinished ({unfinished['status']}): "

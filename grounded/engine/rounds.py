@@ -37,10 +37,13 @@ def start_round(project: Project, stage: str, take: Optional[int] = None, images
     if is_sam3(spec) and (stage == "auto" or finetune):
         raise ValueError(f"the model in force {spec} is SAM 3: it makes no automatic masks (no auto stage) and the "
                          "engine fine-tunes SAM 1's decoder only: run manual and semi rounds with --no-finetune")
+    if take is not None and take < 1:
+        raise ValueError(f"--take is how many unlabelled images the round labels: at least 1, got {take}")
     check_detector(prefill)
     scan = project.scan()
     pool = project.pool(scan["present"])
     if images:
+        images = list(dict.fromkeys(images))  # an image named twice is labelled once
         unknown = [n for n in images if n not in pool]
         if unknown:
             raise ValueError(f"{unknown} are not unlabelled images of {project.data} (labelled, held out or missing)")
@@ -78,13 +81,17 @@ def run_round(project: Project, entry: dict, truth: Optional[str] = None, serve:
         entry["status"] = "training" if entry["finetune"] else "done"
         project.save()
     if entry["status"] == "training":
-        from .finetune import train_seeds, training_items
+        from .finetune import check_heldout, train_seeds, training_items
 
         if not project.heldout_names():
             entry["decision"] = {"accepted": False, "why": "no held-out split: a fine-tuned model cannot be judged, none trained"}
             entry["status"] = "done"
+        elif not check_heldout(project):
+            entry["decision"] = {"accepted": False, "why": "every held-out image is gone from the data folder: a fine-tuned "
+                                 "model cannot be judged, none trained"}
+            entry["status"] = "done"
         else:
-            items = training_items(project, project.dataset_path(entry["index"]))
+            items = training_items(project, project.dataset_path(entry["index"]), log)
             if not items:
                 entry["decision"] = {"accepted": False, "why": "nothing labelled to train on"}
                 entry["status"] = "done"
@@ -218,7 +225,8 @@ def auto_ap(project: Project, entry: dict, truth_coco: dict, detections: Optiona
     from ..rle import rle_area
     from .project import image_key, masks_by_file
 
-    truth, _ = masks_by_file(truth_coco, sorted(project.state["image_ids"]), "--truth")
+    # Crowd regions kept as COCOeval keeps them: they absorb detections, and are no object to find.
+    truth, _ = masks_by_file(truth_coco, sorted(project.state["image_ids"]), "--truth", crowd=True)
     labels_dir = project.round_dir(entry) / "labels" / "images"
     names = [n for n in entry["images"] if n in truth and (labels_dir / f"{image_key(n)}.json").exists()]
     if not names:
@@ -232,16 +240,17 @@ def auto_ap(project: Project, entry: dict, truth_coco: dict, detections: Optiona
         gt["images"].append({"id": ids[name], "file_name": name, "height": h, "width": w})
         for a in truth[name]:
             gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": ids[name], "category_id": 1,
-                                      "segmentation": a["segmentation"], "iscrowd": 0,
+                                      "segmentation": a["segmentation"], "iscrowd": a["iscrowd"],
                                       "area": float(rle_area(a["segmentation"]))})
         for a in (state["annotations"] if detections is None else detections.get(name, [])):
             dt.append({"image_id": ids[name], "category_id": 1, "segmentation": a["segmentation"], "score": a["score"]})
+    objects = sum(1 for a in gt["annotations"] if not a["iscrowd"])
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
         if not dt:
-            return {"images": len(names), "AP": 0.0, "AP50": 0.0, "AR@100": 0.0, "masks": 0, "truth": len(gt["annotations"])}
+            return {"images": len(names), "AP": 0.0, "AP50": 0.0, "AR@100": 0.0, "masks": 0, "truth": objects}
         coco_dt = coco_gt.loadRes(dt)
         ev = COCOeval(coco_gt, coco_dt, "segm")
         ev.evaluate()
@@ -249,4 +258,4 @@ def auto_ap(project: Project, entry: dict, truth_coco: dict, detections: Optiona
         ev.summarize()
     s = ev.stats
     return {"images": len(names), "AP": float(s[0]), "AP50": float(s[1]), "AP75": float(s[2]), "AR@100": float(s[8]),
-            "masks": len(dt), "truth": len(gt["annotations"])}
+            "masks": len(dt), "truth": objects}

@@ -85,7 +85,6 @@ def prefill(project, entry: dict, model, segmenter, log=print) -> Dict[str, List
     import json
 
     from ..annotate.store import atomic_write
-    from ..io.image import load_image
     from ..rle import rle_area, rle_to_bbox
 
     path = project.round_dir(entry) / "prefill.json"
@@ -95,8 +94,11 @@ def prefill(project, entry: dict, model, segmenter, log=print) -> Dict[str, List
     todo = [r for r in round_records(project, entry["images"]) if r.key not in done and r.path.exists()]
     propose = proposer(project, entry, model, segmenter) if todo else None  # a finished pre-fill loads no detector
     for record in todo:
+        image = read_image(entry, record, log)
+        if image is None:
+            continue
         masks = []
-        for r in propose(load_image(record.path)):
+        for r in propose(image):
             masks.append({"id": next_id, "image_id": record.image_id, "label": r["label"], "segmentation": r["segmentation"],
                           "area": rle_area(r["segmentation"]), "bbox": rle_to_bbox(r["segmentation"]), "iscrowd": 0,
                           "score": r["score"], "prefill": True,
@@ -130,12 +132,34 @@ def truth_masks(truth_coco: Optional[dict], project) -> Dict[str, np.ndarray]:
     if truth_coco is None:
         return {}
     by_file, _ = masks_by_file(truth_coco, sorted(project.state["image_ids"]), "--truth")
-    return {name: decode([a["segmentation"] for a in v]) for name, v in by_file.items()}
+    truths = {name: decode([a["segmentation"] for a in v]) for name, v in by_file.items()}
+    # An image the truth lists with no object (or crowd regions only) holds nothing: its annotator
+    # finds nothing, deletes every pre-filled mask, and goes on.
+    for im in truth_coco["images"]:
+        name = Path(im["file_name"]).name
+        if name not in truths:
+            truths[name] = np.zeros((0, int(im.get("height") or 0), int(im.get("width") or 0)), bool)
+    return truths
+
+
+def read_image(entry: dict, record, log=print) -> Optional[np.ndarray]:
+    """A round's image, or None when the file cannot be read (a broken or truncated file among good
+    ones): it is skipped and named in the round's entry ("unreadable": the status and the report list
+    it), so that one bad file does not stop the round. A resumed round tries it again."""
+    from ..io.image import ImageError, load_image
+
+    try:
+        image = load_image(record.path)
+    except (ImageError, OSError) as err:
+        entry.setdefault("unreadable", {})[record.file_name] = str(err)
+        log(f"  {record.file_name}: skipped, cannot be read ({err})")
+        return None
+    entry.get("unreadable", {}).pop(record.file_name, None)
+    return image
 
 
 def label_simulated(project, entry: dict, store, segmenter, truths: Dict[str, np.ndarray], log=print) -> None:
     """Manual or semi stage by the simulated annotator, image by image (done images are skipped on resume)."""
-    from ..io.image import load_image
     from .annotator import label_manual, label_semi
 
     done = set(entry.setdefault("labelled", []))
@@ -143,8 +167,11 @@ def label_simulated(project, entry: dict, store, segmenter, truths: Dict[str, np
         if record.file_name in done:
             continue
         if record.file_name not in truths:
-            raise ValueError(f"--truth has no masks for {record.file_name}: the simulated annotator needs them")
-        image = load_image(record.path)
+            raise ValueError(f"--truth does not list {record.file_name}: the simulated annotator needs its objects "
+                             "(list an image that holds none with no annotations)")
+        image = read_image(entry, record, log)
+        if image is None:
+            continue
         record.height, record.width = image.shape[:2]
         if entry["stage"] == "manual":
             saved = label_manual(segmenter, store, record.key, image, truths[record.file_name])
@@ -159,14 +186,15 @@ def label_simulated(project, entry: dict, store, segmenter, truths: Dict[str, np
 
 def label_auto(project, entry: dict, store, segmenter, settings: dict, log=print) -> None:
     """Auto stage: automatic masks on every image of the round, image by image."""
-    from ..io.image import load_image
     from ..rle import decode_rle
 
     done = set(entry.setdefault("labelled", []))
     for record in store.images:
         if record.file_name in done:
             continue
-        image = load_image(record.path)
+        image = read_image(entry, record, log)
+        if image is None:
+            continue
         record.height, record.width = image.shape[:2]
         records = auto_masks(segmenter, image, settings)
         state = store.get(record.key)
