@@ -128,6 +128,11 @@ def test_init_refuses_an_out_folder_that_cannot_hold_a_project(tmp_path, capsys)
                                 ("--points-per-side", "-2", "at least 1, got -2")]:
         assert said in one_line_error(capsys, ["engine", "init", folder, "--out", tmp_path / "p", option, value])
     assert not (tmp_path / "p").exists() and not (folder / "project.json").exists()
+    from grounded.cli import main
+
+    with pytest.raises(SystemExit):  # before: "invalid literal for int() with base 10: 'a'", no option named
+        main(["engine", "init", str(folder), "--out", str(tmp_path / "p"), "--seeds", "0,a,2"])
+    assert "argument --seeds: comma-separated integers, e.g. 0,1,2; got '0,a,2'" in capsys.readouterr().err
     (tmp_path / "old" / "datasets").mkdir(parents=True)  # an earlier project's, its project.json deleted
     (tmp_path / "old" / "datasets" / "v004.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     assert "holds datasets of an earlier project" in one_line_error(capsys, ["engine", "init", folder, "--out", tmp_path / "old"])

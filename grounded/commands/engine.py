@@ -33,7 +33,7 @@ def add_cli(sub) -> None:
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--model", default="mobile_sam", help="the starting SAM, SAM 2 / 2.1 or SAM 3 (a name, file or folder; default mobile_sam)")
     i.add_argument("--steps", type=int, help="fine-tuning steps per seed (default 20)")
-    i.add_argument("--seeds", help="comma-separated fine-tuning seeds, at least 3 (default 0,1,2)")
+    i.add_argument("--seeds", type=seed_list, help="comma-separated fine-tuning seeds, at least 3 (default 0,1,2)")
     i.add_argument("--points-per-side", type=int, help="automatic-mask grid for the semi and auto stages (default 32, the paper's)")
     i.set_defaults(func=run_init)
 
@@ -90,6 +90,13 @@ def add_cli(sub) -> None:
     m.set_defaults(func=run_import_ls)
 
 
+def seed_list(text: str) -> list:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+
+
 def run_init(args) -> int:
     from ..engine.project import init_project
 
@@ -97,7 +104,7 @@ def run_init(args) -> int:
     if args.steps is not None:
         train["steps"] = args.steps
     if args.seeds:
-        train["seeds"] = [int(s) for s in args.seeds.split(",")]
+        train["seeds"] = args.seeds
     stage_settings = None
     if args.points_per_side:
         stage_settings = {k: {"points_per_side": args.points_per_side} for k in ("semi", "auto")}
