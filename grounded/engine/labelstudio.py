@@ -193,6 +193,40 @@ def task_masks(task: dict) -> Tuple[str, Optional[List[Tuple[np.ndarray, str]]]]
     return name, masks
 
 
+def checked_reviews(project, tasks_file, tasks: list):
+    """The tasks' (image, masks) pairs, the reviewed ones among them and each reviewed image's size,
+    every one checked before an import's round begins: a refused import leaves no round behind."""
+    from ..io.image import load_image
+
+    parsed = [task_masks(t) for t in tasks]
+    unknown = [n for n, _ in parsed if n not in project.state["image_ids"]]
+    if unknown:
+        raise ValueError(f"tasks name images the project does not know: {unknown[:5]}")
+    reviewed = [(n, m) for n, m in parsed if m is not None]
+    heldout = sorted({n for n, _ in reviewed} & set(project.heldout_names()))
+    if heldout:  # the held-out split is never trained on, so never in a dataset version
+        raise ValueError(f"{tasks_file} reviews held-out images {heldout[:5]}: they are never labelled into the "
+                         "dataset (they measure the models); leave their tasks out")
+    if not reviewed:
+        raise ValueError(f"no task in {tasks_file} has an annotation: nothing was reviewed (export from Label Studio "
+                         "after annotating; a task's pre-annotations count once they are submitted as an annotation)")
+    names = [n for n, _ in reviewed]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{tasks_file} reviews {twice[:5]} in more than one task: keep one task per image")
+    sizes = {}
+    for name, masks in reviewed:
+        path = project.data / name
+        if not path.is_file():
+            raise ValueError(f"{tasks_file} reviews {name}, which is gone from the data folder {project.data}")
+        sizes[name] = load_image(path).shape[:2]
+        for k, (mask, _) in enumerate(masks):
+            if mask.shape != sizes[name]:
+                raise ValueError(f"{tasks_file}: the review of {name} has a {mask.shape[1]}x{mask.shape[0]} brush mask "
+                                 f"(mask {k + 1}), but the image is {sizes[name][1]}x{sizes[name][0]} (width x height)")
+    return parsed, reviewed, sizes
+
+
 def import_tasks(project, tasks_file) -> Tuple[Path, int]:
     """Reviewed tasks -> a `review` round (its labels saved as the page's are) and the dataset version
     after it. A task's newest annotation is the review of its image: its masks replace what the image
@@ -202,7 +236,6 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
     a half-written one is written again. Returns the new version's path and the number of masks imported."""
     import time
 
-    from ..io.image import load_image
     from .project import read_json
     from .rounds import write_dataset
     from .stages import open_store
@@ -220,33 +253,8 @@ def import_tasks(project, tasks_file) -> Tuple[Path, int]:
             raise ValueError(f"round {unfinished['index']} is unfinished (an import of {unfinished['source']}): run "
                              f"grounded engine import-ls {project.root} {unfinished['source']} to finish it first")
         raise ValueError(f"round {unfinished['index']} is unfinished: finish it before importing")
-    parsed = [task_masks(t) for t in tasks]
-    unknown = [n for n, _ in parsed if n not in project.state["image_ids"]]
-    if unknown:
-        raise ValueError(f"tasks name images the project does not know: {unknown[:5]}")
-    reviewed = [(n, m) for n, m in parsed if m is not None]
-    heldout = sorted({n for n, _ in reviewed} & set(project.heldout_names()))
-    if heldout:  # the held-out split is never trained on, so never in a dataset version
-        raise ValueError(f"{tasks_file} reviews held-out images {heldout[:5]}: they are never labelled into the "
-                         "dataset (they measure the models); leave their tasks out")
-    if not reviewed:
-        raise ValueError(f"no task in {tasks_file} has an annotation: nothing was reviewed (export from Label Studio "
-                         "after annotating; a task's pre-annotations count once they are submitted as an annotation)")
+    parsed, reviewed, sizes = checked_reviews(project, tasks_file, tasks)
     names = [n for n, _ in reviewed]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"{tasks_file} reviews {twice[:5]} in more than one task: keep one task per image")
-    # Every reviewed image is checked before the round begins: a refused import leaves no round behind.
-    sizes = {}
-    for name, masks in reviewed:
-        path = project.data / name
-        if not path.is_file():
-            raise ValueError(f"{tasks_file} reviews {name}, which is gone from the data folder {project.data}")
-        sizes[name] = load_image(path).shape[:2]
-        for k, (mask, _) in enumerate(masks):
-            if mask.shape != sizes[name]:
-                raise ValueError(f"{tasks_file}: the review of {name} has a {mask.shape[1]}x{mask.shape[0]} brush mask "
-                                 f"(mask {k + 1}), but the image is {sizes[name][1]}x{sizes[name][0]} (width x height)")
     if resumed and unfinished["images"] != names:
         raise ValueError(f"{tasks_file} changed since round {unfinished['index']} began importing it")
     entry = unfinished if resumed else {

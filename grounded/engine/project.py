@@ -244,17 +244,8 @@ def check_state(state: dict, path: Path) -> None:
                 bad(f"round entry {i + 1}'s {key!r}", said)
 
 
-def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[str]] = None,
-                 heldout_fraction: float = 0.0, model: str = "mobile_sam", train: Optional[dict] = None,
-                 seed: int = 0, stage_settings: Optional[dict] = None) -> Project:
-    """A new project over the images of `data`: `coco` gives masks some images already have (they
-    are dataset v000, except the held-out ones); the held-out split is `heldout` (file names) or a
-    seeded `heldout_fraction` of the images with masks; its masks are heldout.json."""
-    import numpy as np
-
-    data, out = Path(data).expanduser().resolve(), Path(out).expanduser()
-    if not data.is_dir():
-        raise FileNotFoundError(f"no data folder {data}")
+def check_out_folder(out: Path, data: Path) -> None:
+    """A project's folder must be new or empty, and not the data folder."""
     if out.exists() and not out.is_dir():
         raise ProjectError(f"--out {out} is a file; the project needs a folder (new, or empty)")
     if out.resolve() == data:
@@ -266,6 +257,36 @@ def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[s
     left = [name for name in ("datasets", "rounds", "models", "heldout.json") if (out / name).exists()]
     if left:  # an earlier project's versions would be taken for this one's (the newest dataset is read)
         raise ProjectError(f"--out {out} holds {', '.join(left)} of an earlier project; give the project a new or empty folder")
+
+
+def checked_train_settings(train: Optional[dict], stage_settings: Optional[dict]) -> dict:
+    """The fine-tuning settings with their defaults. Checked at init: they are kept in project.json, and a
+    round that met them at its training step could not go on (a resumed round reads the same settings)."""
+    settings = dict(DEFAULT_TRAIN, **(train or {}))
+    if len(settings["seeds"]) < 3:
+        raise ValueError(f"the acceptance rule needs at least 3 fine-tuning seeds, got {settings['seeds']}")
+    if len(set(settings["seeds"])) != len(settings["seeds"]):
+        raise ValueError(f"the fine-tuning seeds must differ (the same seed trains the same model): {settings['seeds']}")
+    if int(settings["steps"]) < 1:
+        raise ValueError(f"--steps is the fine-tuning steps per seed: at least 1, got {settings['steps']}")
+    for given in (stage_settings or {}).values():
+        if "points_per_side" in given and int(given["points_per_side"]) < 1:
+            raise ValueError(f"--points-per-side is the automatic masks' grid: at least 1, got {given['points_per_side']}")
+    return settings
+
+
+def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[str]] = None,
+                 heldout_fraction: float = 0.0, model: str = "mobile_sam", train: Optional[dict] = None,
+                 seed: int = 0, stage_settings: Optional[dict] = None) -> Project:
+    """A new project over the images of `data`: `coco` gives masks some images already have (they
+    are dataset v000, except the held-out ones); the held-out split is `heldout` (file names) or a
+    seeded `heldout_fraction` of the images with masks; its masks are heldout.json."""
+    import numpy as np
+
+    data, out = Path(data).expanduser().resolve(), Path(out).expanduser()
+    if not data.is_dir():
+        raise FileNotFoundError(f"no data folder {data}")
+    check_out_folder(out, data)
     if not 0 <= heldout_fraction <= 1:
         raise ValueError(f"--heldout-fraction is a fraction of the images with masks, from 0 to 1; got {heldout_fraction}")
     names = image_files(data)
@@ -297,18 +318,7 @@ def init_project(data, out, coco: Optional[str] = None, heldout: Optional[List[s
     missing = [h for h in heldout if not annotations.get(h)]
     if missing:
         raise ValueError(f"held-out images need masks (from --coco) to evaluate on: {missing} have none")
-    settings = dict(DEFAULT_TRAIN, **(train or {}))
-    if len(settings["seeds"]) < 3:
-        raise ValueError(f"the acceptance rule needs at least 3 fine-tuning seeds, got {settings['seeds']}")
-    # Checked now: the settings are kept in project.json, and a round that met them at its training
-    # step could not go on (a resumed round reads the same settings).
-    if len(set(settings["seeds"])) != len(settings["seeds"]):
-        raise ValueError(f"the fine-tuning seeds must differ (the same seed trains the same model): {settings['seeds']}")
-    if int(settings["steps"]) < 1:
-        raise ValueError(f"--steps is the fine-tuning steps per seed: at least 1, got {settings['steps']}")
-    for stage, given in (stage_settings or {}).items():
-        if "points_per_side" in given and int(given["points_per_side"]) < 1:
-            raise ValueError(f"--points-per-side is the automatic masks' grid: at least 1, got {given['points_per_side']}")
+    settings = checked_train_settings(train, stage_settings)
     out.mkdir(parents=True, exist_ok=True)
     project = Project(out, {
         "format": FORMAT, "version": VERSION, "data": str(data), "image_ids": ids,
