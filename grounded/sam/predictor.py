@@ -39,7 +39,6 @@ class SamPredictor:
         self.cache_size = cache_size
         self.autocast_dtype = autocast_dtype
         self._cache: "OrderedDict[str, ImageState]" = OrderedDict()
-        self._batch: List[ImageState] = []
         self.reset_image()
 
     # ------------------------------------------------------------------ images
@@ -54,7 +53,7 @@ class SamPredictor:
             self._remember(key, state)
         else:
             self._cache.move_to_end(key)
-        self._batch = []  # a single image ends the last set_images: predict_batch would prompt stale images
+        self._batch = []
         self._use(state)
 
     @torch.no_grad()
@@ -196,8 +195,7 @@ class SamPredictor:
         """`predict_many` for each image given to `set_images`; each argument is a list with one
         entry (or None) per image. Returns one (masks, scores, low-res logits) per image."""
         if not self._batch:
-            raise RuntimeError("predict_batch prompts the images of set_images(...); none are set (set_image, "
-                               "set_torch_image and reset_image end them): call set_images(...) first")
+            raise RuntimeError("call set_images(...) before predict_batch(...) (set_image and reset_image end them)")
         n = len(self._batch)
         args = [point_coords, point_labels, boxes, mask_input]
         for name, arg in zip(("point_coords", "point_labels", "boxes", "mask_input"), args):
@@ -318,7 +316,7 @@ class SamPredictor:
         return self.model.device
 
     def reset_image(self) -> None:
-        self._batch = []
+        self._batch: List[ImageState] = []  # the images of set_images; a single image ends them
         self.is_image_set = False
         self.features = None
         self.original_size = self.input_size = None
