@@ -362,3 +362,23 @@ def test_status_of_a_page_round_shows_the_work_saved_so_far(tmp_path):
     store.add("a.png", version, disc(radius=3), "blob", 0.9, {})
     store.add("b.png", 0, disc(), "blob", 0.9, {})
     assert "round 1 manual: labelling, 3 images, 2 images labelled (3 masks so far)" in status_text(Project.open(tmp_path / "proj"))
+
+
+def test_export_leaves_out_images_gone_from_the_data_folder(tmp_path):
+    """Before, a removed image got a task whose picture Label Studio could not load."""
+    from grounded.engine.labelstudio import export_tasks
+    from grounded.eval.masks import encode
+
+    folder = folder_of(tmp_path, ["a.png", "b.png"])
+    given = {"images": [{"id": k, "file_name": n, "height": 40, "width": 50} for k, n in ((1, "a.png"), (2, "b.png"))],
+             "categories": [{"id": 1, "name": "blob"}],
+             "annotations": [{"id": k, "image_id": k, "category_id": 1, "segmentation": encode(disc()[None])[0]}
+                             for k in (1, 2)]}
+    (tmp_path / "given.json").write_text(json.dumps(given))
+    project = init_project(folder, tmp_path / "proj", coco=str(tmp_path / "given.json"), model="unused")
+    (folder / "b.png").unlink()
+    lines = []
+    assert export_tasks(project, tmp_path / "tasks.json", log=lines.append) == 1
+    assert [t["data"]["grounded_file_name"] for t in json.loads((tmp_path / "tasks.json").read_text())] == ["a.png"]
+    assert len(json.loads((tmp_path / "tasks.json").read_text())[0]["predictions"][0]["result"]) == 1
+    assert lines == [f"1 image(s) gone from {project.data} get no task: b.png"]

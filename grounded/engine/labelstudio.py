@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -110,10 +110,12 @@ def label_config(labels: List[str]) -> str:
     return LABEL_CONFIG.format(labels="".join(f"    <Label value={quoteattr(n)}/>\n" for n in labels))
 
 
-def export_tasks(project, out, round_index: Optional[int] = None, image_url: str = "/data/local-files/?d={path}") -> int:
+def export_tasks(project, out, round_index: Optional[int] = None, image_url: str = "/data/local-files/?d={path}",
+                 log=print) -> int:
     """Tasks for a round's images (its saved masks, pre-filled ones included) or, without a round,
     for every image of the newest dataset version; the masks as brush pre-annotations. Writes `out`
-    and, beside it, OUT.config.xml (the labelling config). Returns the number of tasks."""
+    and, beside it, OUT.config.xml (the labelling config). Images gone from the data folder get no
+    task (Label Studio could not show them), and are named. Returns the number of tasks."""
     from urllib.parse import quote
 
     from ..rle import decode_rle
@@ -138,10 +140,17 @@ def export_tasks(project, out, round_index: Optional[int] = None, image_url: str
             raise ProjectError(f"{project.root / 'datasets'} holds no dataset version (v000.json is written at init)")
         coco = read_json(path, "a dataset version")
         names = {c["id"]: c["name"] for c in coco["categories"]}
-        per_image = [(im["file_name"], [(a["segmentation"], names[a["category_id"]], a.get("score"))
-                                        for a in coco["annotations"] if a["image_id"] == im["id"]]) for im in coco["images"]]
+        by_image: Dict[int, list] = {}
+        for a in coco["annotations"]:
+            by_image.setdefault(a["image_id"], []).append((a["segmentation"], names[a["category_id"]], a.get("score")))
+        per_image = [(im["file_name"], by_image.get(im["id"], [])) for im in coco["images"]]
+    present = [(name, masks) for name, masks in per_image if (project.data / name).is_file()]
+    if len(present) < len(per_image):
+        gone = sorted({name for name, _ in per_image} - {name for name, _ in present})
+        log(f"{len(gone)} image(s) gone from {project.data} get no task: {', '.join(gone[:5])}"
+            f"{' ...' if len(gone) > 5 else ''}")
     tasks, labels = [], set()
-    for name, masks in per_image:
+    for name, masks in present:
         results = []
         for k, (segmentation, label, score) in enumerate(masks):
             results.append(brush_result(decode_rle(segmentation), label, k, score))
