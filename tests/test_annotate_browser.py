@@ -280,7 +280,8 @@ def test_two_tabs_conflict_visibly_and_a_coco_mask_is_corrected(model, headless_
         second.click("#accept")  # this tab has not seen the first one's mask: refused, and said
         second.wait_for_function("document.querySelector('#status').className === 'conflict'", timeout=WAIT_MS)
         assert "changed elsewhere" in second.inner_text("#status")
-        assert second.locator("#masks li").count() == 1  # the other tab's mask is shown now
+        # the other tab's mask is shown now (the page reloads the image's masks after saying so)
+        second.wait_for_function("document.querySelectorAll('#masks li').length === 1", timeout=WAIT_MS)
         first.close()
         second.close()
     coco_file = photo_folder / "labels.json"
