@@ -168,12 +168,12 @@ def _read_json(path: Path):
 
 
 def _is_sa1b_json(path: Path) -> bool:
+    from ..sam.training.data import is_sa1b_json
+
     try:
-        with open(path) as f:
-            head = f.read(4096)
+        return is_sa1b_json(path)
     except OSError:
         return False
-    return '"image"' in head and '"annotations"' in head
 
 
 # ---- loading ------------------------------------------------------------------------------------

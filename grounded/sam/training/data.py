@@ -199,7 +199,7 @@ class Sa1bDataset:
             raise FileNotFoundError(f"folder {self.folder} does not exist")
         # Other JSON files beside them (a COCO file, metadata) are not images: left out now, as `grounded
         # eval` leaves them out, not found at the step that reaches them.
-        self.jsons = sorted(p for p in self.folder.glob("*.json") if _looks_like_sa1b(p))
+        self.jsons = sorted(p for p in self.folder.glob("*.json") if is_sa1b_json(p))
         if not self.jsons:
             raise ValueError(f"no SA-1B style .json files in {self.folder}")
 
@@ -222,7 +222,7 @@ class Sa1bDataset:
         return TrainItem(f"sa1b:{name}", image, masks)
 
 
-def _looks_like_sa1b(path: Path) -> bool:
+def is_sa1b_json(path: Path) -> bool:
     """Whether a JSON file's start names an image and its annotations, as SA-1B's files do."""
     with open(path, "rb") as f:
         head = f.read(4096)
